@@ -1,0 +1,673 @@
+//! The execution engine: runs a body at most once per key, whatever the store.
+//!
+//! [`Call`] is the public entry point (the `#[idempotent]` attribute expands
+//! to it); [`execute`] is the loop behind it, generic over how a value is
+//! encoded for the store, so the HTTP layer reuses it unchanged.
+
+use std::borrow::Cow;
+use std::fmt::{self, Display};
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
+
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
+use crate::key::{IdempotencyKey, StorageKey};
+use crate::record::{ClaimOutcome, LeaseToken};
+use crate::runtime::Idempotency;
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+/// The settings of one idempotent operation (a function, an HTTP route).
+///
+/// Unset values fall back to the [`Idempotency`] runtime's defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_core::Operation;
+///
+/// static CHARGE: Operation = Operation::new("payments::charge")
+///     .ttl(Duration::from_secs(24 * 3600))
+///     .wait(Duration::from_secs(5));
+/// assert_eq!(CHARGE.name(), "payments::charge");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Operation {
+    name: &'static str,
+    ttl: Option<Duration>,
+    lease: Option<Duration>,
+    wait: Option<Duration>,
+    error_ttl: Option<Duration>,
+}
+
+impl Operation {
+    /// An operation named `name`, with the runtime's defaults.
+    ///
+    /// The name is part of every storage key: keep it stable across
+    /// releases, or earlier records stop being found.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            ttl: None,
+            lease: None,
+            wait: None,
+            error_ttl: None,
+        }
+    }
+
+    /// How long a completed record is kept.
+    #[must_use]
+    pub const fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long the lease of a running call lasts before renewal.
+    #[must_use]
+    pub const fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Wait up to `wait` for a duplicate in flight to finish, then replay its
+    /// response (or run, if it failed), instead of failing at once with
+    /// [`Error::InProgress`].
+    #[must_use]
+    pub const fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Cache errors too, kept for `ttl` (with [`Call::run_caching_errors`]).
+    #[must_use]
+    pub const fn cache_errors(mut self, ttl: Duration) -> Self {
+        self.error_ttl = Some(ttl);
+        self
+    }
+
+    /// The operation's name.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The result of an idempotent call, and whether it was replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed<T> {
+    /// The body's value, fresh or replayed.
+    pub value: T,
+    /// `true` when the value came from the store, `false` when the body ran now.
+    pub replayed: bool,
+}
+
+impl<T> Executed<T> {
+    /// The value.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+/// One idempotent call, assembled step by step and then [`run`](Call::run).
+///
+/// ```
+/// use idempotent_core::{Idempotency, MemoryStore, Operation};
+///
+/// static CHARGE: Operation = Operation::new("charge");
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), idempotent_core::Error> {
+/// let idempotency = Idempotency::new(MemoryStore::new());
+/// let mut charges = 0;
+/// for _ in 0..3 {
+///     let receipt = idempotency
+///         .call(&CHARGE)
+///         .key("order-42")
+///         .payload(&1000)
+///         .run(async {
+///             charges += 1;
+///             Ok::<_, idempotent_core::Error>(format!("receipt #{charges}"))
+///         })
+///         .await?;
+///     assert_eq!(receipt.value, "receipt #1");
+/// }
+/// assert_eq!(charges, 1);
+/// # Ok(()) }
+/// ```
+#[must_use = "a call does nothing until it is run"]
+pub struct Call<'a> {
+    runtime: Option<Cow<'a, Idempotency>>,
+    operation: &'a Operation,
+    scope: Option<String>,
+    key: Result<IdempotencyKey, Error>,
+    fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("operation", &self.operation.name)
+            .field("scope", &self.scope)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idempotency {
+    /// Starts a call of `operation` on this runtime.
+    pub fn call<'a>(&'a self, operation: &'a Operation) -> Call<'a> {
+        Call::new(operation).runtime_ref(self)
+    }
+}
+
+impl<'a> Call<'a> {
+    /// Starts a call of `operation` on the process-wide runtime
+    /// ([`Idempotency::install`]), unless [`runtime`](Call::runtime) names another.
+    pub fn new(operation: &'a Operation) -> Self {
+        Self {
+            runtime: None,
+            operation,
+            scope: None,
+            key: Err(Error::InvalidKey(crate::KeyError::Empty)),
+            fingerprint: Fingerprint::from_u128(0),
+        }
+    }
+
+    /// Runs on `runtime` (cloned: a reference count) instead of the global one.
+    pub fn runtime(mut self, runtime: &Idempotency) -> Self {
+        self.runtime = Some(Cow::Owned(runtime.clone()));
+        self
+    }
+
+    fn runtime_ref(mut self, runtime: &'a Idempotency) -> Self {
+        self.runtime = Some(Cow::Borrowed(runtime));
+        self
+    }
+
+    /// The idempotency key: anything that displays as 1 to 255 visible ASCII
+    /// characters. A malformed key makes [`run`](Call::run) fail with
+    /// [`Error::InvalidKey`] without running the body.
+    pub fn key<K: Display + ?Sized>(mut self, key: &K) -> Self {
+        self.key = IdempotencyKey::from_token(&key.to_string()).map_err(Error::InvalidKey);
+        self
+    }
+
+    /// An already validated key.
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.key = Ok(key);
+        self
+    }
+
+    /// The scope (tenant, principal): the same key in two scopes is two keys.
+    pub fn scope<S: Display + ?Sized>(mut self, scope: &S) -> Self {
+        self.scope = Some(scope.to_string());
+        self
+    }
+
+    /// The payload, fingerprinted with [`Fingerprint::of`].
+    pub fn payload<P: Serialize + ?Sized>(self, payload: &P) -> Self {
+        self.fingerprint(Fingerprint::of(payload))
+    }
+
+    /// The payload fingerprint, computed by the caller.
+    pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    /// Runs `body` once per key and stores its `Ok` value; an `Err` releases
+    /// the key, so a retry runs the body again.
+    pub async fn run<T, E, F>(self, body: F) -> Result<Executed<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let codec = ResultCodec::<false>;
+        self.run_with(&codec, body).await
+    }
+
+    /// Like [`run`](Call::run), but an `Err` is stored and replayed too, for
+    /// the operation's error TTL (its TTL if it sets none).
+    ///
+    /// Errors the library itself raises ([`Error`]) are never stored.
+    pub async fn run_caching_errors<T, E, F>(self, body: F) -> Result<Executed<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error> + Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        let codec = ResultCodec::<true>;
+        self.run_with(&codec, body).await
+    }
+
+    async fn run_with<T, E, F, C>(self, codec: &C, body: F) -> Result<Executed<T>, E>
+    where
+        E: From<Error>,
+        F: Future<Output = Result<T, E>>,
+        C: Codec<Result<T, E>>,
+    {
+        let runtime = match self.runtime {
+            Some(runtime) => runtime,
+            None => Cow::Borrowed(Idempotency::global()?),
+        };
+        let key = self.key?;
+        let storage_key = StorageKey::new(
+            runtime.namespace(),
+            self.scope.as_deref().unwrap_or(""),
+            self.operation.name,
+            &key,
+        );
+        let executed = execute(
+            &runtime,
+            self.operation,
+            &key,
+            storage_key,
+            self.fingerprint,
+            codec,
+            body,
+        )
+        .await?;
+        let replayed = executed.replayed;
+        executed.value.map(|value| Executed { value, replayed })
+    }
+}
+
+/// How a body's output is stored and replayed.
+pub(crate) trait Codec<V> {
+    /// The bytes to store and for how long, or `None` to release the key.
+    fn encode(
+        &self,
+        value: &V,
+        operation: &Operation,
+        runtime: &Idempotency,
+    ) -> Result<Option<(Vec<u8>, Duration)>, Error>;
+    /// Decodes stored bytes.
+    fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<V, Error>;
+}
+
+/// Stores `Ok` as `b'O'` + JSON and, when `CACHE_ERRORS`, `Err` as `b'E'` + JSON.
+struct ResultCodec<const CACHE_ERRORS: bool>;
+
+const OK_TAG: u8 = b'O';
+const ERR_TAG: u8 = b'E';
+
+fn encode_json<T: Serialize>(tag: u8, value: &T, operation: &Operation) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::with_capacity(128);
+    bytes.push(tag);
+    serde_json::to_writer(&mut bytes, value).map_err(|e| codec_error("encode", operation, e))?;
+    Ok(bytes)
+}
+
+fn decode_json<T: DeserializeOwned>(bytes: &[u8], operation: &Operation) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| codec_error("decode", operation, e))
+}
+
+fn codec_error(action: &'static str, operation: &Operation, detail: impl Display) -> Error {
+    Error::Codec {
+        action,
+        operation: operation.name.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+impl<T, E> Codec<Result<T, E>> for ResultCodec<false>
+where
+    T: Serialize + DeserializeOwned,
+{
+    fn encode(
+        &self,
+        value: &Result<T, E>,
+        operation: &Operation,
+        runtime: &Idempotency,
+    ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
+        match value {
+            Ok(value) => Ok(Some((
+                encode_json(OK_TAG, value, operation)?,
+                operation.ttl.unwrap_or(runtime.ttl()),
+            ))),
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Result<T, E>, Error> {
+        match bytes.split_first() {
+            Some((&OK_TAG, json)) => decode_json(json, operation).map(Ok),
+            Some((&ERR_TAG, _)) => Err(codec_error(
+                "decode",
+                operation,
+                "the record holds a cached error, but this call does not cache errors",
+            )),
+            _ => Err(codec_error("decode", operation, "unknown record tag")),
+        }
+    }
+}
+
+impl<T, E> Codec<Result<T, E>> for ResultCodec<true>
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned,
+{
+    fn encode(
+        &self,
+        value: &Result<T, E>,
+        operation: &Operation,
+        runtime: &Idempotency,
+    ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
+        let ttl = operation.ttl.unwrap_or(runtime.ttl());
+        Ok(Some(match value {
+            Ok(value) => (encode_json(OK_TAG, value, operation)?, ttl),
+            Err(error) => (
+                encode_json(ERR_TAG, error, operation)?,
+                operation.error_ttl.unwrap_or(ttl),
+            ),
+        }))
+    }
+
+    fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Result<T, E>, Error> {
+        match bytes.split_first() {
+            Some((&OK_TAG, json)) => decode_json(json, operation).map(Ok),
+            Some((&ERR_TAG, json)) => decode_json(json, operation).map(Err),
+            _ => Err(codec_error("decode", operation, "unknown record tag")),
+        }
+    }
+}
+
+/// Runs `body` at most once for `storage_key`: claims, then runs and
+/// completes, replays, waits, or refuses, as the claim answers.
+pub(crate) async fn execute<V, C, F>(
+    runtime: &Idempotency,
+    operation: &Operation,
+    key: &IdempotencyKey,
+    storage_key: StorageKey,
+    fingerprint: Fingerprint,
+    codec: &C,
+    body: F,
+) -> Result<Executed<V>, Error>
+where
+    C: Codec<V>,
+    F: Future<Output = V>,
+{
+    let span = tracing::info_span!(
+        "idempotent",
+        operation = operation.name,
+        key = %key,
+        outcome = tracing::field::Empty,
+    );
+    let result = execute_inner(
+        runtime,
+        operation,
+        key,
+        storage_key,
+        fingerprint,
+        codec,
+        body,
+    )
+    .instrument(span.clone())
+    .await;
+    span.record(
+        "outcome",
+        match &result {
+            Ok(Executed { replayed: true, .. }) => "replayed",
+            Ok(Executed {
+                replayed: false, ..
+            }) => "executed",
+            Err(Error::InProgress { .. }) => "in_progress",
+            Err(Error::KeyReused { .. }) => "mismatch",
+            Err(Error::StoreUnavailable(_)) => "store_unavailable",
+            Err(_) => "error",
+        },
+    );
+    result
+}
+
+async fn execute_inner<V, C, F>(
+    runtime: &Idempotency,
+    operation: &Operation,
+    key: &IdempotencyKey,
+    storage_key: StorageKey,
+    fingerprint: Fingerprint,
+    codec: &C,
+    body: F,
+) -> Result<Executed<V>, Error>
+where
+    C: Codec<V>,
+    F: Future<Output = V>,
+{
+    let store = runtime.store();
+    let lease = operation.lease.unwrap_or(runtime.lease());
+    let wait_until = operation
+        .wait
+        .map(|wait| tokio::time::Instant::now() + wait);
+    loop {
+        let claim = timed(
+            operation,
+            "claim",
+            store.claim(&storage_key, fingerprint, lease),
+        )
+        .await;
+        match claim.map_err(|error| store_error(operation, error))? {
+            ClaimOutcome::Acquired(acquired) => {
+                let guard = LeaseGuard {
+                    store: Arc::clone(store),
+                    key: storage_key,
+                    token: acquired.token,
+                    armed: true,
+                };
+                return run_owned(runtime, operation, key, codec, guard, lease, body).await;
+            }
+            ClaimOutcome::Completed(bytes) => {
+                telemetry::count(telemetry::REPLAYED, operation.name);
+                let value = codec.decode(&bytes, operation)?;
+                return Ok(Executed {
+                    value,
+                    replayed: true,
+                });
+            }
+            ClaimOutcome::InFlight { retry_after } => {
+                telemetry::count(telemetry::IN_FLIGHT, operation.name);
+                let now = tokio::time::Instant::now();
+                match wait_until {
+                    Some(until) if until > now => {
+                        let timeout = retry_after.min(until - now);
+                        if store.wait(&storage_key, timeout).await.is_err() {
+                            // Don't spin on a failing store; the next claim reports it.
+                            tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
+                        }
+                    }
+                    _ => {
+                        return Err(Error::InProgress {
+                            key: key.to_string(),
+                            retry_after,
+                        });
+                    }
+                }
+            }
+            ClaimOutcome::Mismatch => {
+                telemetry::count(telemetry::MISMATCH, operation.name);
+                tracing::warn!("idempotency key reused with a different payload");
+                return Err(Error::KeyReused {
+                    operation: operation.name.to_owned(),
+                    key: key.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The caller owns the key: run the body under a renewed lease, then store
+/// its value or release the key.
+async fn run_owned<V, C, F>(
+    runtime: &Idempotency,
+    operation: &Operation,
+    key: &IdempotencyKey,
+    codec: &C,
+    mut guard: LeaseGuard,
+    lease: Duration,
+    body: F,
+) -> Result<Executed<V>, Error>
+where
+    C: Codec<V>,
+    F: Future<Output = V>,
+{
+    telemetry::count(telemetry::EXECUTED, operation.name);
+    let store = runtime.store();
+    let token = guard.token;
+    let storage_key = guard.key.clone();
+    let value = with_renewal(store.as_ref(), &storage_key, token, lease, operation, body).await;
+    let fresh = |value| {
+        Ok(Executed {
+            value,
+            replayed: false,
+        })
+    };
+    match codec.encode(&value, operation, runtime) {
+        Ok(Some((bytes, ttl))) => {
+            let completed = timed(
+                operation,
+                "complete",
+                store.complete(&storage_key, token, &bytes, ttl),
+            )
+            .await;
+            guard.disarm();
+            match completed {
+                Ok(()) => fresh(value),
+                Err(StoreError::LeaseLost) => Err(Error::LeaseLost {
+                    key: key.to_string(),
+                }),
+                Err(error) => {
+                    // The body ran: its value is real, so the caller gets it.
+                    // The record stays in progress until its lease runs out.
+                    tracing::error!(%error, "the body ran but its result could not be stored");
+                    fresh(value)
+                }
+            }
+        }
+        Ok(None) => {
+            guard.disarm();
+            release(store.as_ref(), operation, &storage_key, token).await;
+            fresh(value)
+        }
+        Err(error) => {
+            guard.disarm();
+            tracing::error!(%error, "the body ran but its result could not be encoded; releasing the key");
+            release(store.as_ref(), operation, &storage_key, token).await;
+            fresh(value)
+        }
+    }
+}
+
+/// A failed claim: a record that cannot be decoded is a codec error (so
+/// nobody mistakes it for an outage); anything else means the store is
+/// unavailable.
+fn store_error(operation: &Operation, error: StoreError) -> Error {
+    match error {
+        StoreError::Corrupt { key, detail } => codec_error(
+            "decode",
+            operation,
+            format_args!("the record under `{key}` is corrupt: {detail}"),
+        ),
+        other => Error::StoreUnavailable(other),
+    }
+}
+
+async fn release(store: &dyn Store, operation: &Operation, key: &StorageKey, token: LeaseToken) {
+    if let Err(error) = timed(operation, "release", store.release(key, token)).await {
+        tracing::warn!(%error, "could not release the key; it is freed when its lease runs out");
+    }
+}
+
+async fn timed<T>(
+    operation: &Operation,
+    call: &'static str,
+    future: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let result = future.await;
+    telemetry::store_call(operation.name, call, started.elapsed(), result.is_ok());
+    result
+}
+
+/// A lease renewal in flight.
+type Renewal<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
+
+/// Polls `body` and, once it has had to wait, renews the lease every third
+/// of its length, in the same task: no spawn, and nothing at all on the fast
+/// path of a body that finishes on its first poll.
+async fn with_renewal<F: Future>(
+    store: &dyn Store,
+    key: &StorageKey,
+    token: LeaseToken,
+    lease: Duration,
+    operation: &Operation,
+    body: F,
+) -> F::Output {
+    let mut body = pin!(body);
+    let interval = (lease / 3).max(Duration::from_millis(1));
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut renewal: Option<Renewal<'_>> = None;
+    let mut lost = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(value) = body.as_mut().poll(cx) {
+            return Poll::Ready(value);
+        }
+        loop {
+            if let Some(pending) = renewal.as_mut() {
+                let Poll::Ready(result) = pending.as_mut().poll(cx) else {
+                    return Poll::Pending;
+                };
+                renewal = None;
+                match result {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost) => {
+                        lost = true;
+                        tracing::warn!(
+                            operation = operation.name,
+                            "lease lost while the body runs; its result will not be stored"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not renew the lease; retrying");
+                    }
+                }
+            }
+            if lost {
+                return Poll::Pending;
+            }
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            timer.as_mut().reset(tokio::time::Instant::now() + interval);
+            renewal = Some(store.renew(key, token, lease));
+        }
+    })
+    .await
+}
+
+/// Releases the lease if the body panics or its future is dropped, so that
+/// a cancelled call does not hold the key until its lease runs out.
+struct LeaseGuard {
+    store: Arc<dyn Store>,
+    key: StorageKey,
+    token: LeaseToken,
+    armed: bool,
+}
+
+impl LeaseGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            Arc::clone(&self.store).release_detached(self.key.clone(), self.token);
+        }
+    }
+}

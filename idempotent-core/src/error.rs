@@ -1,0 +1,102 @@
+//! The error type of every idempotent call.
+
+use std::time::Duration;
+
+use crate::key::KeyError;
+use crate::store::StoreError;
+
+/// Why an idempotent call did not run or replay its body.
+///
+/// Functions under `#[idempotent]` return their own error type `E`, which
+/// must implement `From<Error>`; these are the errors the library adds.
+///
+/// ```
+/// use idempotent_core::Error;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum PaymentError {
+///     #[error("card declined")]
+///     Declined,
+///     #[error(transparent)]
+///     Idempotency(#[from] Error),
+/// }
+/// # let _ = PaymentError::Declined;
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The idempotency key is malformed.
+    #[error("invalid idempotency key: {0}")]
+    InvalidKey(#[from] KeyError),
+    /// The key was used before with a different payload.
+    #[error("idempotency key `{key}` was already used for `{operation}` with a different payload")]
+    KeyReused {
+        /// The operation.
+        operation: String,
+        /// The key.
+        key: String,
+    },
+    /// A call with the same key is running now.
+    #[error("a call with idempotency key `{key}` is in progress; retry after {retry_after:?}")]
+    InProgress {
+        /// The key.
+        key: String,
+        /// When to try again (the time left on the running call's lease).
+        retry_after: Duration,
+    },
+    /// The store could not be reached; the body was not run.
+    #[error("the idempotency store is unavailable; the call was not run")]
+    StoreUnavailable(#[source] StoreError),
+    /// The body ran, but its lease was taken over meanwhile (it outlived its
+    /// lease without renewal); its result was not recorded.
+    #[error("the lease on idempotency key `{key}` was lost; the result was not recorded")]
+    LeaseLost {
+        /// The key.
+        key: String,
+    },
+    /// A value could not be encoded for the store, or a stored one decoded.
+    #[error("could not {action} the stored response of `{operation}`: {detail}")]
+    Codec {
+        /// `encode` or `decode`.
+        action: &'static str,
+        /// The operation.
+        operation: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// No runtime was given and none was installed at start-up.
+    #[error(
+        "no idempotency runtime is configured: call `Idempotency::builder(store).build().install()` at start-up, or pass `runtime = ...` to #[idempotent]"
+    )]
+    NotConfigured,
+}
+
+impl Error {
+    /// Whether the key was reused with another payload.
+    pub fn is_key_reused(&self) -> bool {
+        matches!(self, Self::KeyReused { .. })
+    }
+
+    /// Whether a call with the same key is in progress.
+    pub fn is_in_progress(&self) -> bool {
+        matches!(self, Self::InProgress { .. })
+    }
+
+    /// Whether the store was unavailable (the body did not run).
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(self, Self::StoreUnavailable(_))
+    }
+
+    /// Whether the lease was lost.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::LeaseLost { .. })
+    }
+
+    /// For [`Error::InProgress`], when to try again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::InProgress { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Run a function once per idempotency key, however often it is called.
+//!
+//! Networks lose responses, clients retry, and a non-idempotent operation
+//! (charge a card, create an order, send an email) runs twice. This crate
+//! records each key with the result of its first execution and replays that
+//! result for every later call with the same key.
+//!
+//! ```
+//! use idempotent_core::{idempotent, Idempotency, MemoryStore};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! struct Receipt { id: u64, amount: u64 }
+//!
+//! #[derive(Debug, thiserror::Error)]
+//! enum PaymentError {
+//!     #[error(transparent)]
+//!     Idempotency(#[from] idempotent_core::Error),
+//! }
+//!
+//! static CHARGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+//!
+//! #[idempotent(key = payment_id, ttl = "24h")]
+//! async fn charge(payment_id: &str, amount: u64) -> Result<Receipt, PaymentError> {
+//!     let id = CHARGES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+//!     Ok(Receipt { id, amount })
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), PaymentError> {
+//! Idempotency::new(MemoryStore::new()).install().expect("installed once");
+//! let first = charge("pay-1", 1000).await?;
+//! let retry = charge("pay-1", 1000).await?;
+//! assert_eq!(first, retry);
+//! assert_eq!(CHARGES.load(std::sync::atomic::Ordering::SeqCst), 1);
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces, one concept a module: [`key`](IdempotencyKey) validation,
+//! payload [`fingerprint`](Fingerprint)s, the [`record`] state machine,
+//! [`Store`] backends ([`MemoryStore`]), the [`engine`](Call) and its
+//! process-wide [`Idempotency`] runtime, and [`telemetry`] names.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod engine;
+mod error;
+mod fingerprint;
+mod key;
+pub mod record;
+mod runtime;
+mod store;
+pub mod telemetry;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+/// Runs an `async fn` once per idempotency key; see the crate documentation.
+#[doc(inline)]
+pub use idempotent_macros::idempotent;
+
+pub use engine::{Call, Executed, Operation};
+pub use error::Error;
+pub use fingerprint::Fingerprint;
+pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, StorageKey};
+pub use record::{ClaimOutcome, Lease, LeaseToken};
+pub use runtime::{DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder};
+#[cfg(feature = "redis")]
+pub use store::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
+#[cfg(feature = "memory")]
+pub use store::{MemoryStore, MemoryStoreBuilder};
+pub use store::{Store, StoreError};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

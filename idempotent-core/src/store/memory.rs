@@ -1,0 +1,450 @@
+//! The in-memory store: one process, no set-up.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{Store, StoreError};
+use crate::fingerprint::Fingerprint;
+use crate::key::StorageKey;
+use crate::record::{
+    self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis, Record, RecordState,
+};
+
+/// How many expired records one call removes at most, so that a burst of
+/// expiries is spread over several calls instead of stalling one.
+const PURGE_BATCH: usize = 64;
+
+/// An in-memory [`Store`]: sharded, one lock per claim, no background task.
+///
+/// - Each key lives in one of several shards, each behind its own mutex;
+///   every operation takes exactly one shard lock once, so a claim is atomic.
+/// - Expiry costs O(expired), not a scan: each shard keeps a min-heap of
+///   deadlines, and every call first removes the records whose deadline has
+///   passed (at most a small batch per call).
+/// - Callers waiting on an in-flight key are woken when it completes, is
+///   released or is taken over (a [`Notify`] per waited-on key, no polling).
+/// - An optional bound on entries ([`MemoryStoreBuilder::max_entries`]) evicts
+///   the completed record closest to expiry; it never evicts a record in
+///   progress and refuses the claim instead ([`StoreError::CapacityExceeded`]).
+///   Evicting a completed record shortens its deduplication window, so size
+///   the bound for the traffic of one TTL.
+///
+/// The clock is tokio's, so tests can use `tokio::time::pause`.
+/// Cloning is cheap and shares the records.
+///
+/// ```
+/// use idempotent_core::MemoryStore;
+///
+/// let store = MemoryStore::builder().shards(16).max_entries(100_000).build();
+/// assert!(store.is_empty());
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+    epoch: Instant,
+    max_per_shard: Option<usize>,
+    max_entries: usize,
+    next_token: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    table: HashTable<Slot>,
+    deadlines: Deadlines,
+}
+
+/// The deadlines of one shard, as two min-heaps: leases of records in
+/// progress, and expiries of completed records. Keeping them apart lets an
+/// eviction go straight to the completed record closest to expiry, however
+/// many calls are running.
+#[derive(Default)]
+struct Deadlines {
+    leases: BinaryHeap<Reverse<Deadline>>,
+    expiries: BinaryHeap<Reverse<Deadline>>,
+}
+
+struct Slot {
+    hash: u64,
+    key: StorageKey,
+    record: Record,
+    waiters: Option<Arc<Notify>>,
+}
+
+/// A heap entry. It may be stale (the record changed since): it is checked
+/// against the record when popped.
+struct Deadline {
+    at: Millis,
+    hash: u64,
+    key: StorageKey,
+}
+
+impl PartialEq for Deadline {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    shards: usize,
+    max_entries: Option<usize>,
+}
+
+impl MemoryStoreBuilder {
+    /// The number of shards (rounded up to a power of two; default 64).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
+    /// Bounds the number of records kept (default: unbounded).
+    ///
+    /// The bound is applied per shard (`max_entries / shards`, at least 1).
+    pub fn max_entries(mut self, max_entries: usize) -> Self {
+        self.max_entries = Some(max_entries.max(1));
+        self
+    }
+
+    /// Builds the store.
+    pub fn build(self) -> MemoryStore {
+        let shards = self.shards.next_power_of_two();
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..shards).map(|_| Mutex::default()).collect(),
+                hasher: foldhash::fast::RandomState::default(),
+                epoch: Instant::now(),
+                max_per_shard: self.max_entries.map(|m| m.div_ceil(shards).max(1)),
+                max_entries: self.max_entries.unwrap_or(usize::MAX),
+                next_token: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.inner.shards.len())
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An unbounded store with 64 shards.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Starts building a store.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            shards: 64,
+            max_entries: None,
+        }
+    }
+
+    /// The number of records held, including expired ones not yet removed.
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock(s).table.len()).sum()
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn now(&self) -> Millis {
+        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Locks the shard of `key`, removes what has expired there, and hands
+    /// the shard and the key's hash to `f`.
+    fn with_shard<R>(&self, key: &StorageKey, f: impl FnOnce(&mut Shard, u64, Millis) -> R) -> R {
+        let hash = self.inner.hasher.hash_one(key.as_str());
+        // The top bits pick the shard; hashbrown uses the low and top-7 bits
+        // inside the table, which is fine to share.
+        let index = (hash >> 32) as usize & (self.inner.shards.len() - 1);
+        let now = self.now();
+        let mut shard = lock(&self.inner.shards[index]);
+        shard.purge(now, PURGE_BATCH);
+        f(&mut shard, hash, now)
+    }
+
+    fn fenced(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        apply: impl FnOnce(Entry<'_, Slot>, &mut Deadlines, Millis),
+    ) -> Result<(), StoreError> {
+        self.with_shard(key, |shard, hash, now| {
+            let entry = shard.table.entry(hash, |s| s.key == *key, |s| s.hash);
+            let current = match &entry {
+                Entry::Occupied(o) => Some(&o.get().record),
+                Entry::Vacant(_) => None,
+            };
+            record::check_fence(current, token, now).map_err(|_| StoreError::LeaseLost)?;
+            apply(entry, &mut shard.deadlines, now);
+            Ok(())
+        })
+    }
+}
+
+impl Shard {
+    /// Removes the records whose deadline has passed, popping at most
+    /// `budget` heap entries (stale ones count too, so one call never
+    /// stalls on a backlog).
+    fn purge(&mut self, now: Millis, budget: usize) {
+        for _ in 0..budget {
+            let Some(d) = self.deadlines.pop_due(now) else {
+                return;
+            };
+            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.key == d.key) {
+                if !slot.get().record.is_live(now) {
+                    let (slot, _) = slot.remove();
+                    if let Some(waiters) = slot.waiters {
+                        waiters.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes room for one more record, evicting the completed record closest
+    /// to expiry. Records in progress are never evicted.
+    fn make_room(&mut self, limit: usize, now: Millis) -> bool {
+        if self.table.len() < limit {
+            return true;
+        }
+        self.purge(now, usize::MAX);
+        if self.table.len() < limit {
+            return true;
+        }
+        // Every entry popped here is either evicted or stale, so the work is
+        // paid for by the pushes that created the entries.
+        while let Some(Reverse(d)) = self.deadlines.expiries.pop() {
+            let Ok(slot) = self.table.find_entry(d.hash, |s| s.key == d.key) else {
+                continue;
+            };
+            let record = &slot.get().record;
+            if matches!(record.state, RecordState::Completed { .. }) && record.deadline() == d.at {
+                slot.remove();
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Deadlines {
+    fn push(&mut self, slot: &Slot) {
+        let heap = match slot.record.state {
+            RecordState::InProgress { .. } => &mut self.leases,
+            RecordState::Completed { .. } => &mut self.expiries,
+        };
+        heap.push(Reverse(Deadline {
+            at: slot.record.deadline(),
+            hash: slot.hash,
+            key: slot.key.clone(),
+        }));
+    }
+
+    /// Pops the earliest entry of either heap if its deadline has passed.
+    fn pop_due(&mut self, now: Millis) -> Option<Deadline> {
+        let due = |heap: &BinaryHeap<Reverse<Deadline>>| {
+            heap.peek().map(|Reverse(d)| d.at).filter(|&at| at <= now)
+        };
+        let heap = match (due(&self.leases), due(&self.expiries)) {
+            (None, None) => return None,
+            (Some(l), Some(e)) if e < l => &mut self.expiries,
+            (Some(_), _) => &mut self.leases,
+            (None, Some(_)) => &mut self.expiries,
+        };
+        heap.pop().map(|Reverse(d)| d)
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // Nothing panics while a shard is locked; if something did, the shard's
+    // data is still consistent (every update is a single assignment).
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.with_shard(key, |shard, hash, now| {
+            let current = shard.table.find(hash, |s| s.key == *key).map(|s| &s.record);
+            if let ClaimDecision::Answer(answer) = record::decide_claim(current, fingerprint, now) {
+                return Ok(answer);
+            }
+            let token = LeaseToken::from_u128(u128::from(
+                self.inner.next_token.fetch_add(1, Ordering::Relaxed),
+            ));
+            let record = Record {
+                fingerprint,
+                state: RecordState::InProgress {
+                    token,
+                    lease_until: now.saturating_add(record::millis(lease)),
+                },
+            };
+            let is_new = current.is_none();
+            if is_new {
+                if let Some(limit) = self.inner.max_per_shard {
+                    if !shard.make_room(limit, now) {
+                        return Err(StoreError::CapacityExceeded {
+                            limit: self.inner.max_entries,
+                        });
+                    }
+                }
+            }
+            let Shard { table, deadlines } = shard;
+            let slot = match table.entry(hash, |s| s.key == *key, |s| s.hash) {
+                Entry::Occupied(mut o) => {
+                    // A dead record taken over: wake anyone waiting on it.
+                    let slot = o.get_mut();
+                    slot.record = record;
+                    if let Some(waiters) = &slot.waiters {
+                        waiters.notify_waiters();
+                    }
+                    o.into_mut()
+                }
+                Entry::Vacant(v) => v
+                    .insert(Slot {
+                        hash,
+                        key: key.clone(),
+                        record,
+                        waiters: None,
+                    })
+                    .into_mut(),
+            };
+            deadlines.push(slot);
+            Ok(ClaimOutcome::Acquired(Lease {
+                token,
+                duration: lease,
+            }))
+        })
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.fenced(key, token, |entry, deadlines, now| {
+            if let Entry::Occupied(mut o) = entry {
+                let slot = o.get_mut();
+                slot.record.state = RecordState::Completed {
+                    response: Arc::from(response),
+                    expires_at: now.saturating_add(record::millis(ttl)),
+                };
+                if let Some(waiters) = slot.waiters.take() {
+                    waiters.notify_waiters();
+                }
+                deadlines.push(slot);
+            }
+        })
+    }
+
+    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
+        self.release_now(key, token)
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.fenced(key, token, |entry, deadlines, now| {
+            if let Entry::Occupied(mut o) = entry {
+                let slot = o.get_mut();
+                if let RecordState::InProgress { lease_until, .. } = &mut slot.record.state {
+                    *lease_until = now.saturating_add(record::millis(lease));
+                }
+                deadlines.push(slot);
+            }
+        })
+    }
+
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let waiting = self.with_shard(key, |shard, hash, now| {
+            let slot = shard.table.find_mut(hash, |s| s.key == *key)?;
+            let RecordState::InProgress { lease_until, .. } = slot.record.state else {
+                return None;
+            };
+            // Created under the shard lock, so a completion that follows
+            // cannot be missed (`notify_waiters` wakes every `Notified`
+            // created before it).
+            let notified = Arc::clone(slot.waiters.get_or_insert_default()).notified_owned();
+            Some((
+                notified,
+                Duration::from_millis(lease_until.saturating_sub(now)),
+            ))
+        });
+        if let Some((notified, lease_left)) = waiting {
+            // The lease running out is a change too (the key may be taken over).
+            let _ = tokio::time::timeout(timeout.min(lease_left), notified).await;
+        }
+        Ok(())
+    }
+
+    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
+        // Releasing is synchronous here: no task, no waiting for the lease.
+        let _ = self.release_now(&key, token);
+    }
+}
+
+impl MemoryStore {
+    fn release_now(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
+        self.fenced(key, token, |entry, _, _| {
+            if let Entry::Occupied(o) = entry {
+                let (slot, _) = o.remove();
+                if let Some(waiters) = slot.waiters {
+                    waiters.notify_waiters();
+                }
+            }
+        })
+    }
+}

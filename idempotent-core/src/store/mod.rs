@@ -1,0 +1,196 @@
+//! Where records live: the [`Store`] trait and its backends.
+//!
+//! A store applies the transitions of [`record`](crate::record) atomically;
+//! it holds no policy of its own. Every backend passes the same conformance
+//! suite (`idempotent-core/tests/conformance/`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::fingerprint::Fingerprint;
+use crate::key::StorageKey;
+use crate::record::{ClaimOutcome, LeaseToken};
+
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+
+/// A backend holding idempotency records.
+///
+/// Usable generically (`S: Store`) and as a trait object (`Arc<dyn Store>`).
+/// Each method is one atomic step of the state machine in
+/// [`record`](crate::record); `complete`, `release` and `renew` are fenced by
+/// the lease token and answer [`StoreError::LeaseLost`] when it is not the
+/// live one.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use idempotent_core::{ClaimOutcome, Fingerprint, IdempotencyKey, MemoryStore, StorageKey, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+/// let key = StorageKey::new("idem", "", "charge", &"k1".parse::<IdempotencyKey>()?);
+/// let fp = Fingerprint::of(&1000);
+/// let ClaimOutcome::Acquired(lease) = store.claim(&key, fp, Duration::from_secs(30)).await? else {
+///     unreachable!("a fresh key is acquired")
+/// };
+/// store.complete(&key, lease.token, b"receipt", Duration::from_secs(3600)).await?;
+/// assert_eq!(
+///     store.claim(&key, fp, Duration::from_secs(30)).await?,
+///     ClaimOutcome::Completed(b"receipt"[..].into())
+/// );
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Claims `key` for a caller whose payload has `fingerprint`, in one atomic step.
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError>;
+
+    /// Stores `response` for `key` and keeps it for `ttl`, if `token` holds the live lease.
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes the record of `key`, if `token` holds the live lease.
+    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError>;
+
+    /// Extends the lease on `key` to `lease` from now, if `token` holds the live lease.
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Returns when the record of `key` may have changed (completed, released
+    /// or expired), or after `timeout`, whichever comes first. Spurious
+    /// returns are allowed: callers claim again afterwards.
+    ///
+    /// The default sleeps a bounded interval (a polling fallback); stores
+    /// with change notifications override it.
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let _ = key;
+        tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
+        Ok(())
+    }
+
+    /// Releases a lease from synchronous code (a `Drop` impl, when a body
+    /// panicked or its future was dropped), without waiting for the answer.
+    ///
+    /// The default spawns [`release`](Store::release) on the current tokio
+    /// runtime, if there is one; otherwise the lease simply runs out. Stores
+    /// that can release synchronously override it.
+    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(error) = self.release(&key, token).await {
+                    tracing::warn!(%key, %error, "could not release an abandoned lease; it will expire");
+                }
+            });
+        }
+    }
+}
+
+/// Why a store could not answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be reached, or did not answer in time.
+    #[error("the idempotency store is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The token does not hold the live lease: it expired, or another caller took it over.
+    #[error("the lease is no longer held: it expired or was taken over")]
+    LeaseLost,
+    /// A stored record could not be decoded (written by something else, or truncated).
+    #[error("the stored record for `{key}` is corrupt: {detail}")]
+    Corrupt {
+        /// The storage key of the record.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The store is full of records that may not be evicted.
+    #[error(
+        "the idempotency store is full ({limit} records) and no completed record can be evicted"
+    )]
+    CapacityExceeded {
+        /// The configured bound on the whole store. A store may enforce it
+        /// in parts (the memory store gives each shard `limit / shards`),
+        /// so a claim can be refused a little before `limit` records exist.
+        limit: usize,
+    },
+}
+
+impl StoreError {
+    /// Wraps any error as [`StoreError::Unavailable`].
+    pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable(error.into())
+    }
+
+    /// Whether this is [`StoreError::LeaseLost`].
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::LeaseLost)
+    }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        (**self).claim(key, fingerprint, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        (**self).complete(key, token, response, ttl).await
+    }
+
+    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
+        (**self).release(key, token).await
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        (**self).renew(key, token, lease).await
+    }
+
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        (**self).wait(key, timeout).await
+    }
+
+    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
+        Arc::clone(&*self).release_detached(key, token);
+    }
+}

@@ -1,0 +1,614 @@
+//! The Redis store: several processes and machines share one state.
+//!
+//! # Layout
+//!
+//! One Redis string per record, under `<key_prefix><storage key>`, so every
+//! operation touches one key (one hash slot) and works unchanged on a
+//! cluster. Expiry is Redis's own (`PX`): a lease that runs out, or a
+//! completed record past its TTL, is simply gone; there is no sweeper.
+//!
+//! ```text
+//! InProgress: 'P' | fingerprint (16 bytes) | lease token (16 bytes) [| 'w']   PX = lease
+//! Completed:  'C' | fingerprint (16 bytes) | response bytes           PX = ttl
+//! ```
+//!
+//! Each transition is one atomic round trip:
+//!
+//! - claim is `SET key <InProgress> NX PX <lease> GET` (Redis 7): it writes
+//!   the record only when the key is absent (or expired: a dead lease is
+//!   gone), and otherwise returns the record that is there, which
+//!   [`record::decide_claim`] answers. No script: a claim, and so every
+//!   replay, costs Redis what a plain `SET` does. Only an in-flight answer
+//!   asks a second question, `PTTL`, for its `retry_after`.
+//! - complete, release and renew are Lua scripts (`EVALSHA`, reloaded after
+//!   `NOSCRIPT`) that check the lease token and write in one step.
+//!
+//! A caller that waits on an in-flight key appends `'w'` to its record (a
+//! small script, on that rare path only); completion and release of a
+//! marked record are announced on a pub/sub channel, which wakes the
+//! waiters. Unmarked records publish nothing, so the common path pays no
+//! pub/sub traffic.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Script, ScriptInvocation, Value};
+use tokio::sync::Notify;
+
+use super::{Store, StoreError};
+use crate::fingerprint::Fingerprint;
+use crate::key::StorageKey;
+use crate::record::{
+    self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis, Record, RecordState,
+};
+
+/// The default bound on every Redis call, after which it fails closed.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a caller waiting on an in-flight key re-checks it, in case a
+/// completion notice was missed (sent before it subscribed, or lost with a
+/// dropped pub/sub connection).
+const WAIT_POLL_FALLBACK: Duration = Duration::from_millis(200);
+
+/// Shared prefix of the fenced scripts: the live lease must carry ARGV[1].
+macro_rules! fenced {
+    ($body:literal) => {
+        concat!(
+            r"
+local v = redis.call('GET', KEYS[1])
+if not v or string.len(v) < 33 or string.sub(v, 1, 1) ~= 'P' or string.sub(v, 18, 33) ~= ARGV[1] then
+  return 0
+end
+",
+            $body,
+            "\nreturn 1\n"
+        )
+    };
+}
+
+const COMPLETE: &str = fenced!(
+    r"
+redis.call('SET', KEYS[1], 'C' .. string.sub(v, 2, 17) .. ARGV[2], 'PX', ARGV[3])
+if string.len(v) > 33 then
+  redis.call('PUBLISH', ARGV[4], KEYS[1])
+end"
+);
+
+const RELEASE: &str = fenced!(
+    r"
+redis.call('DEL', KEYS[1])
+if string.len(v) > 33 then
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+end"
+);
+
+/// Marks an in-progress record as waited on; answers 1 if it still is in progress.
+const MARK_WAITING: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 1) ~= 'P' or string.len(v) < 33 then
+  return 0
+end
+if string.len(v) == 33 then
+  redis.call('SETRANGE', KEYS[1], 33, 'w')
+end
+return 1
+";
+
+const RENEW: &str = fenced!(
+    r"
+redis.call('PEXPIRE', KEYS[1], ARGV[2])"
+);
+
+/// A [`Store`] on Redis, standalone or cluster.
+///
+/// - Fails closed: a refused connection or a call that takes longer than
+///   [`timeout`](RedisStoreBuilder::timeout) (default 1 s) is
+///   [`StoreError::Unavailable`], so the engine never runs a body without a
+///   claim. The connection is re-established in the background: when Redis
+///   comes back, the store works again without a restart.
+/// - A stored value that is not a record this store wrote is
+///   [`StoreError::Corrupt`], never a panic and never a re-execution.
+/// - Waiting on an in-flight key is woken by a pub/sub notice, with a
+///   polling fallback of at most 200 ms.
+///
+/// ```no_run
+/// use idempotent_core::{Idempotency, RedisStore};
+///
+/// # async fn start() -> Result<(), idempotent_core::StoreError> {
+/// let store = RedisStore::builder()
+///     .url("redis://127.0.0.1:6379")
+///     .key_prefix("shop:")
+///     .build()
+///     .await?;
+/// Idempotency::new(store).install().expect("installed once");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connection: Connection,
+    key_prefix: Box<str>,
+    channel: Box<str>,
+    timeout: Duration,
+    token_base: u128,
+    next_token: AtomicU64,
+    waiters: Arc<Waiters>,
+    notifier: tokio::task::JoinHandle<()>,
+    scripts: Scripts,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.notifier.abort();
+    }
+}
+
+struct Scripts {
+    complete: Script,
+    release: Script,
+    renew: Script,
+    mark_waiting: Script,
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Callers waiting on in-flight keys, by Redis key: the key's `Notify` and
+/// how many callers wait on it.
+#[derive(Default)]
+struct Waiters(Mutex<HashMap<Vec<u8>, Waiting>>);
+
+type Waiting = (Arc<Notify>, usize);
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field(
+                "cluster",
+                &matches!(self.inner.connection, Connection::Cluster(_)),
+            )
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: Option<String>,
+    cluster: Vec<String>,
+    key_prefix: String,
+    timeout: Option<Duration>,
+}
+
+impl RedisStoreBuilder {
+    /// A standalone server: `redis://host:port/db` (or `rediss://` when the
+    /// `redis` crate's TLS support is enabled in your build). A
+    /// `redis+cluster://host1:port1,host2:port2` URL means a cluster with
+    /// those seed nodes.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        match url.strip_prefix("redis+cluster://") {
+            Some(seeds) => {
+                self.cluster = seeds
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| format!("redis://{s}"))
+                    .collect();
+                self.url = None;
+            }
+            None => self.url = Some(url),
+        }
+        self
+    }
+
+    /// A Redis Cluster, reached through these seed nodes (`redis://host:port`).
+    pub fn cluster_nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cluster = nodes.into_iter().map(Into::into).collect();
+        self.url = None;
+        self
+    }
+
+    /// Prepended to every Redis key (default none).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The bound on every call, including (re)connecting (default 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Connects. A standalone store connects lazily, so it can be built
+    /// while Redis is down (calls fail closed until it is up); a cluster
+    /// store reads the cluster's topology from a seed node now.
+    ///
+    /// Must be called within a tokio runtime.
+    pub async fn build(self) -> Result<RedisStore, StoreError> {
+        let timeout = self.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
+        let (connection, pubsub_url) = if self.cluster.is_empty() {
+            let url = self
+                .url
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
+            let client = redis::Client::open(url.as_str()).map_err(StoreError::unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(timeout);
+            let manager = ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(StoreError::unavailable)?;
+            (Connection::Single(manager), url)
+        } else {
+            let client =
+                redis::cluster::ClusterClientBuilder::new(self.cluster.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(StoreError::unavailable)?;
+            let connection = tokio::time::timeout(timeout * 3, client.get_async_connection())
+                .await
+                .map_err(StoreError::unavailable)?
+                .map_err(StoreError::unavailable)?;
+            (Connection::Cluster(connection), self.cluster[0].clone())
+        };
+        let channel = format!("{}idempotent:done", self.key_prefix);
+        let waiters = Arc::new(Waiters::default());
+        let notifier = tokio::spawn(notify_waiters(
+            pubsub_url,
+            channel.clone(),
+            Arc::clone(&waiters),
+            timeout,
+        ));
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                connection,
+                key_prefix: self.key_prefix.into_boxed_str(),
+                channel: channel.into_boxed_str(),
+                timeout,
+                token_base: u128::from(RandomState::new().hash_one(std::process::id())) << 64,
+                next_token: AtomicU64::new(1),
+                waiters,
+                notifier,
+                scripts: Scripts {
+                    complete: Script::new(COMPLETE),
+                    release: Script::new(RELEASE),
+                    renew: Script::new(RENEW),
+                    mark_waiting: Script::new(MARK_WAITING),
+                },
+            }),
+        })
+    }
+}
+
+impl RedisStore {
+    /// Starts building a store.
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// Connects to `url` with the default settings (see [`RedisStoreBuilder::url`]).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder().url(url).build().await
+    }
+
+    /// The Redis key of a storage key.
+    pub fn redis_key(&self, key: &StorageKey) -> String {
+        format!("{}{}", self.inner.key_prefix, key.as_str())
+    }
+
+    fn new_token(&self) -> LeaseToken {
+        // A random per-store base plus a counter: unique within the store,
+        // and across processes with overwhelming probability.
+        let n = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        LeaseToken::from_u128(self.inner.token_base | u128::from(n))
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        self.bounded(async {
+            match &self.inner.connection {
+                Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
+                Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+            }
+        })
+        .await
+    }
+
+    async fn query(&self, command: &redis::Cmd) -> Result<Value, StoreError> {
+        self.bounded(async {
+            match &self.inner.connection {
+                Connection::Single(c) => command.query_async(&mut c.clone()).await,
+                Connection::Cluster(c) => command.query_async(&mut c.clone()).await,
+            }
+        })
+        .await
+    }
+
+    /// Bounds a call by the store's timeout and classifies its errors.
+    async fn bounded(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<Value>>,
+    ) -> Result<Value, StoreError> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if error.code() == Some("WRONGTYPE") => Err(StoreError::Corrupt {
+                key: String::new(),
+                detail: format!("the key holds another type of value: {error}"),
+            }),
+            Ok(Err(error)) => Err(StoreError::unavailable(error)),
+            Err(elapsed) => Err(StoreError::unavailable(TimedOut(
+                self.inner.timeout,
+                elapsed,
+            ))),
+        }
+    }
+
+    async fn fenced(
+        &self,
+        script: &Script,
+        key: &StorageKey,
+        token: LeaseToken,
+        args: &[&[u8]],
+    ) -> Result<(), StoreError> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.redis_key(key))
+            .arg(&token.as_u128().to_be_bytes()[..]);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        match self
+            .invoke(&invocation)
+            .await
+            .map_err(|e| with_key(e, key))?
+        {
+            Value::Int(1) => Ok(()),
+            Value::Int(0) => Err(StoreError::LeaseLost),
+            other => Err(corrupt(key, format!("unexpected script answer {other:?}"))),
+        }
+    }
+}
+
+/// A call that did not finish within the store's timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer from Redis within {0:?}")]
+struct TimedOut(Duration, #[source] tokio::time::error::Elapsed);
+
+fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn with_key(error: StoreError, key: &StorageKey) -> StoreError {
+    match error {
+        StoreError::Corrupt { detail, .. } => corrupt(key, detail),
+        other => other,
+    }
+}
+
+/// `'P'`, fingerprint, token (and a `'w'` when waited on).
+const IN_PROGRESS_LEN: usize = 1 + 16 + 16;
+
+/// Decodes a stored value into a [`Record`] whose deadline is "alive" (Redis
+/// keeps the expiry itself and only hands out live keys).
+fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreError> {
+    let u128_at = |at: usize| {
+        let raw: [u8; 16] = bytes[at..at + 16].try_into().unwrap_or_default();
+        u128::from_be_bytes(raw)
+    };
+    let state = match bytes.first() {
+        Some(b'P') if (IN_PROGRESS_LEN..=IN_PROGRESS_LEN + 1).contains(&bytes.len()) => {
+            RecordState::InProgress {
+                token: LeaseToken::from_u128(u128_at(17)),
+                lease_until: Millis::MAX,
+            }
+        }
+        Some(b'C') if bytes.len() >= 17 => RecordState::Completed {
+            response: Arc::from(&bytes[17..]),
+            expires_at: Millis::MAX,
+        },
+        _ => {
+            return Err(corrupt(
+                key,
+                "not an idempotency record (unknown tag, or truncated)",
+            ));
+        }
+    };
+    Ok(Record {
+        fingerprint: Fingerprint::from_u128(u128_at(1)),
+        state,
+    })
+}
+
+fn millis_arg(duration: Duration) -> String {
+    record::millis(duration).to_string()
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let token = self.new_token();
+        let redis_key = self.redis_key(key);
+        let mut value = Vec::with_capacity(IN_PROGRESS_LEN);
+        value.push(b'P');
+        value.extend_from_slice(&fingerprint.as_u128().to_be_bytes());
+        value.extend_from_slice(&token.as_u128().to_be_bytes());
+        let mut set = redis::cmd("SET");
+        set.arg(&redis_key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis_arg(lease))
+            .arg("GET");
+        let current = match self.query(&set).await.map_err(|e| with_key(e, key))? {
+            Value::Nil => {
+                return Ok(ClaimOutcome::Acquired(Lease {
+                    token,
+                    duration: lease,
+                }));
+            }
+            Value::BulkString(bytes) => decode(key, bytes)?,
+            other => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
+        };
+        // Redis only returns live keys: the record's deadline is "later".
+        match record::decide_claim(Some(&current), fingerprint, 0) {
+            ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) => {
+                let ttl = match self.query(redis::cmd("PTTL").arg(&redis_key)).await {
+                    Ok(Value::Int(ttl)) => u64::try_from(ttl).unwrap_or(0),
+                    Ok(_) => 0,
+                    Err(error) => return Err(with_key(error, key)),
+                };
+                Ok(ClaimOutcome::InFlight {
+                    retry_after: Duration::from_millis(ttl),
+                })
+            }
+            ClaimDecision::Answer(answer) => Ok(answer),
+            // Not reachable for a live record; answered conservatively.
+            ClaimDecision::Acquire => Ok(ClaimOutcome::InFlight {
+                retry_after: Duration::from_millis(1),
+            }),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let ttl = millis_arg(ttl);
+        let scripts = &self.inner.scripts;
+        self.fenced(
+            &scripts.complete,
+            key,
+            token,
+            &[response, ttl.as_bytes(), self.inner.channel.as_bytes()],
+        )
+        .await
+    }
+
+    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
+        self.fenced(
+            &self.inner.scripts.release,
+            key,
+            token,
+            &[self.inner.channel.as_bytes()],
+        )
+        .await
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let lease = millis_arg(lease);
+        self.fenced(&self.inner.scripts.renew, key, token, &[lease.as_bytes()])
+            .await
+    }
+
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let redis_key = self.redis_key(key);
+        // Listen first, then mark: a completion after the mark is announced
+        // and heard; one before it leaves no in-progress record to mark.
+        let notified = self.inner.waiters.register(redis_key.as_bytes());
+        let mut mark = self.inner.scripts.mark_waiting.prepare_invoke();
+        mark.key(&redis_key);
+        let result = match self.invoke(&mark).await {
+            Ok(Value::Int(1)) => {
+                let _ = tokio::time::timeout(timeout.min(WAIT_POLL_FALLBACK), notified).await;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(error) => Err(with_key(error, key)),
+        };
+        self.inner.waiters.unregister(redis_key.as_bytes());
+        result
+    }
+}
+
+impl Waiters {
+    fn register(&self, key: &[u8]) -> tokio::sync::futures::OwnedNotified {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = map
+            .entry(key.to_vec())
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Arc::clone(&entry.0).notified_owned()
+    }
+
+    fn unregister(&self, key: &[u8]) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = map.get_mut(key) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(key);
+            }
+        }
+    }
+
+    fn wake(&self, key: &[u8]) {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((notify, _)) = map.get(key) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// Listens for completion notices and wakes the matching waiters, for the
+/// life of the store; reconnects after a lost connection.
+async fn notify_waiters(url: String, channel: String, waiters: Arc<Waiters>, timeout: Duration) {
+    loop {
+        let subscribed = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
+                })??;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match subscribed.await {
+            Ok(pubsub) => {
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    waiters.wake(message.get_payload_bytes());
+                }
+            }
+            Err(error) => tracing::debug!(%error, "completion notices unavailable; waiters poll"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,263 @@
+//! Parses the arguments of `#[idempotent(...)]` into [`Args`].
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{Expr, Ident, LitStr, Path, Token};
+
+mod kw {
+    syn::custom_keyword!(key);
+    syn::custom_keyword!(runtime);
+    syn::custom_keyword!(scope);
+    syn::custom_keyword!(ttl);
+    syn::custom_keyword!(lease);
+    syn::custom_keyword!(wait);
+    syn::custom_keyword!(cache_errors);
+    syn::custom_keyword!(skip);
+    syn::custom_keyword!(fingerprint);
+    syn::custom_keyword!(name);
+}
+
+/// The options, as listed in error messages.
+const OPTIONS: &str = "`key`, `runtime`, `scope`, `ttl`, `lease`, `wait`, `cache_errors`, `skip`, `fingerprint`, `name`, `crate`";
+
+/// A duration option, in milliseconds, with the span of its literal.
+pub(crate) struct Millis {
+    pub(crate) value: u64,
+    pub(crate) span: Span,
+}
+
+/// The parsed, validated options.
+pub(crate) struct Args {
+    pub(crate) key: Expr,
+    pub(crate) runtime: Option<Expr>,
+    pub(crate) scope: Option<Expr>,
+    pub(crate) ttl: Option<Millis>,
+    pub(crate) lease: Option<Millis>,
+    pub(crate) wait: Option<Millis>,
+    /// `Some(None)`: cache errors with the operation's TTL.
+    pub(crate) cache_errors: Option<Option<Millis>>,
+    pub(crate) skip: Vec<Ident>,
+    pub(crate) fingerprint: Option<Expr>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
+/// Each option with the span of its name, before combinations are checked.
+#[derive(Default)]
+struct RawArgs {
+    key: Option<(Span, Expr)>,
+    runtime: Option<(Span, Expr)>,
+    scope: Option<(Span, Expr)>,
+    ttl: Option<(Span, Millis)>,
+    lease: Option<(Span, Millis)>,
+    wait: Option<(Span, Millis)>,
+    cache_errors: Option<(Span, Option<Millis>)>,
+    skip: Option<(Span, Vec<Ident>)>,
+    fingerprint: Option<(Span, Expr)>,
+    name: Option<(Span, LitStr)>,
+    krate: Option<(Span, Path)>,
+}
+
+/// Stores `value` in `slot`, refusing a second occurrence of the option.
+fn set_once<T>(
+    slot: &mut Option<(Span, T)>,
+    span: Span,
+    option: &str,
+    value: T,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(syn::Error::new(
+            span,
+            format!("`{option}` is given more than once; keep one"),
+        ));
+    }
+    *slot = Some((span, value));
+    Ok(())
+}
+
+fn parse_value<T: Parse>(input: ParseStream<'_>) -> syn::Result<T> {
+    input.parse::<Token![=]>()?;
+    input.parse()
+}
+
+fn parse_duration(input: ParseStream<'_>) -> syn::Result<Millis> {
+    let lit: LitStr = parse_value(input)?;
+    let value = duration_millis(&lit.value()).map_err(|why| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid duration {:?}: {why}; write a number and a unit (ms, s, m, h, d), such as \"30s\", \"24h\" or \"1h30m\"",
+                lit.value()
+            ),
+        )
+    })?;
+    Ok(Millis {
+        value,
+        span: lit.span(),
+    })
+}
+
+/// Parses `"1h30m"`-style durations into milliseconds.
+fn duration_millis(text: &str) -> Result<u64, &'static str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("it is empty");
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err("expected a number");
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| "the number is too large")?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "" => return Err("a number has no unit"),
+            _ => return Err("unknown unit"),
+        };
+        rest = &rest[unit_len..];
+        total = number
+            .checked_mul(unit)
+            .and_then(|ms| total.checked_add(ms))
+            .ok_or("the duration is too large")?;
+    }
+    if total == 0 {
+        return Err("it must be longer than zero");
+    }
+    Ok(total)
+}
+
+impl Parse for Args {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut raw = RawArgs::default();
+        while !input.is_empty() {
+            let lookahead = input.lookahead1();
+            let span = input.span();
+            if lookahead.peek(kw::key) {
+                input.parse::<kw::key>()?;
+                set_once(&mut raw.key, span, "key", parse_value(input)?)?;
+            } else if lookahead.peek(kw::runtime) {
+                input.parse::<kw::runtime>()?;
+                set_once(&mut raw.runtime, span, "runtime", parse_value(input)?)?;
+            } else if lookahead.peek(kw::scope) {
+                input.parse::<kw::scope>()?;
+                set_once(&mut raw.scope, span, "scope", parse_value(input)?)?;
+            } else if lookahead.peek(kw::ttl) {
+                input.parse::<kw::ttl>()?;
+                set_once(&mut raw.ttl, span, "ttl", parse_duration(input)?)?;
+            } else if lookahead.peek(kw::lease) {
+                input.parse::<kw::lease>()?;
+                set_once(&mut raw.lease, span, "lease", parse_duration(input)?)?;
+            } else if lookahead.peek(kw::wait) {
+                input.parse::<kw::wait>()?;
+                set_once(&mut raw.wait, span, "wait", parse_duration(input)?)?;
+            } else if lookahead.peek(kw::cache_errors) {
+                input.parse::<kw::cache_errors>()?;
+                let ttl = if input.peek(Token![=]) {
+                    Some(parse_duration(input)?)
+                } else {
+                    None
+                };
+                set_once(&mut raw.cache_errors, span, "cache_errors", ttl)?;
+            } else if lookahead.peek(kw::skip) {
+                input.parse::<kw::skip>()?;
+                let content;
+                syn::parenthesized!(content in input);
+                let names = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
+                set_once(&mut raw.skip, span, "skip", names.into_iter().collect())?;
+            } else if lookahead.peek(kw::fingerprint) {
+                input.parse::<kw::fingerprint>()?;
+                set_once(
+                    &mut raw.fingerprint,
+                    span,
+                    "fingerprint",
+                    parse_value(input)?,
+                )?;
+            } else if lookahead.peek(kw::name) {
+                input.parse::<kw::name>()?;
+                let name: LitStr = parse_value(input)?;
+                if name.value().is_empty() {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        "the operation `name` must not be empty",
+                    ));
+                }
+                set_once(&mut raw.name, span, "name", name)?;
+            } else if lookahead.peek(Token![crate]) {
+                input.parse::<Token![crate]>()?;
+                let path: LitStr = parse_value(input)?;
+                set_once(&mut raw.krate, span, "crate", path.parse()?)?;
+            } else if input.peek(Ident) {
+                let unknown: Ident = input.parse()?;
+                return Err(syn::Error::new(
+                    unknown.span(),
+                    format!("unknown option `{unknown}`; expected one of {OPTIONS}"),
+                ));
+            } else {
+                return Err(lookahead.error());
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        raw.build()
+    }
+}
+
+impl RawArgs {
+    /// Checks the combinations, pointing at the offending option.
+    fn build(self) -> syn::Result<Args> {
+        let Some((_, key)) = self.key else {
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "missing `key`: write `#[idempotent(key = <expression>)]`, such as `key = request.payment_id`",
+            ));
+        };
+        if let (Some((span, _)), Some(_)) = (&self.skip, &self.fingerprint) {
+            return Err(syn::Error::new(
+                *span,
+                "`skip` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the default fingerprint of the arguments",
+            ));
+        }
+        Ok(Args {
+            key,
+            runtime: self.runtime.map(|(_, v)| v),
+            scope: self.scope.map(|(_, v)| v),
+            ttl: self.ttl.map(|(_, v)| v),
+            lease: self.lease.map(|(_, v)| v),
+            wait: self.wait.map(|(_, v)| v),
+            cache_errors: self.cache_errors.map(|(_, v)| v),
+            skip: self.skip.map(|(_, v)| v).unwrap_or_default(),
+            fingerprint: self.fingerprint.map(|(_, v)| v),
+            name: self.name.map(|(_, v)| v),
+            krate: self.krate.map(|(_, v)| v),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_millis;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_millis("300ms"), Ok(300));
+        assert_eq!(duration_millis("30s"), Ok(30_000));
+        assert_eq!(duration_millis("1h30m"), Ok(5_400_000));
+        assert_eq!(duration_millis("1d"), Ok(86_400_000));
+        for bad in ["", "24", "h", "24x", "0s", "1.5h", "99999999999999999999s"] {
+            assert!(duration_millis(bad).is_err(), "{bad}");
+        }
+    }
+}

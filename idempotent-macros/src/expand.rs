@@ -1,0 +1,205 @@
+//! Generates the code of `#[idempotent]`: the original body, unchanged, run
+//! through `idempotent_core::__private`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, Pat, ReturnType};
+
+use crate::attr::{Args, Millis};
+
+/// The entry point: on any error, the user's item is emitted unchanged next
+/// to the `compile_error!`, so the rest of the crate still type-checks and
+/// rust-analyzer keeps working.
+pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(error) => return with_error(item, error),
+    };
+    let args = syn::parse2::<Args>(args);
+    let expanded = args.and_then(|args| generate(args, &func));
+    match expanded {
+        Ok(tokens) => tokens,
+        Err(error) => with_error(func.into_token_stream(), error),
+    }
+}
+
+fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
+    let error = error.to_compile_error();
+    quote!(#item #error)
+}
+
+fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
+    let sig = &func.sig;
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |error: syn::Error| match &mut errors {
+        Some(all) => all.combine(error),
+        None => errors = Some(error),
+    };
+
+    if sig.asyncness.is_none() {
+        push(syn::Error::new(
+            sig.fn_token.span(),
+            "`#[idempotent]` only applies to `async fn`: write `async fn`",
+        ));
+    }
+    let output = match &sig.output {
+        ReturnType::Type(_, ty) => Some(ty),
+        ReturnType::Default => {
+            push(syn::Error::new(
+                sig.ident.span(),
+                "`#[idempotent]` functions must return `Result<T, E>`: add a return type such as `-> Result<Receipt, MyError>`",
+            ));
+            None
+        }
+    };
+    let fingerprint = fingerprint_arguments(&args, func).unwrap_or_else(|error| {
+        push(error);
+        TokenStream::new()
+    });
+    if let Some(errors) = errors {
+        return Err(errors);
+    }
+    let Some(output) = output else {
+        return Err(syn::Error::new(sig.ident.span(), "missing return type"));
+    };
+
+    let krate = match &args.krate {
+        Some(path) => path.to_token_stream(),
+        None => quote!(::idempotent_core),
+    };
+    let private = quote!(#krate::__private);
+
+    let name = operation_name(&args, func, &private);
+    let options = duration_options(&args, &private);
+    let key = &args.key;
+    let runtime = args
+        .runtime
+        .as_ref()
+        .map(|runtime| quote!(.runtime(&(#runtime))));
+    let scope = args.scope.as_ref().map(|scope| quote!(.scope(&(#scope))));
+    // The runner's bounds check the return type, given explicitly so that a
+    // type error (not a `Result`, `T` not `Serialize`) points at it.
+    let run = if args.cache_errors.is_some() {
+        quote!(#private::run_caching_errors::<#output, _>)
+    } else {
+        quote!(#private::run::<#output, _>)
+    };
+
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+        ..
+    } = func;
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
+            let __idempotent_operation = __IDEMPOTENT_OPERATION
+                .get_or_init(|| #private::Operation::new(#name) #options);
+            let __idempotent_call = #private::Call::new(__idempotent_operation)
+                #runtime
+                #scope
+                .key(&(#key))
+                .fingerprint(#fingerprint);
+            #run(__idempotent_call, async move #block).await
+        }
+    })
+}
+
+/// The operation name: `name = "..."`, else the method's `Self` type and
+/// name, else the function's module path and name.
+fn operation_name(args: &Args, func: &ItemFn, private: &TokenStream) -> TokenStream {
+    if let Some(name) = &args.name {
+        return name.to_token_stream();
+    }
+    let ident = func.sig.ident.to_string();
+    if func.sig.receiver().is_some() {
+        quote!(#private::method_name(::core::any::type_name::<Self>(), #ident))
+    } else {
+        quote!(::core::concat!(::core::module_path!(), "::", #ident))
+    }
+}
+
+fn duration_options(args: &Args, private: &TokenStream) -> TokenStream {
+    let duration = |millis: &Millis| {
+        let value = millis.value;
+        quote_spanned!(millis.span=> #private::Duration::from_millis(#value))
+    };
+    let mut options = TokenStream::new();
+    for (method, value) in [
+        ("ttl", &args.ttl),
+        ("lease", &args.lease),
+        ("wait", &args.wait),
+    ] {
+        if let Some(value) = value {
+            let method = syn::Ident::new(method, Span::call_site());
+            let value = duration(value);
+            options.extend(quote!(.#method(#value)));
+        }
+    }
+    match &args.cache_errors {
+        Some(Some(ttl)) => {
+            let ttl = duration(ttl);
+            options.extend(quote!(.cache_errors(#ttl)));
+        }
+        Some(None) => {}
+        None => {}
+    }
+    options
+}
+
+/// The fingerprint expression: `fingerprint = <expr>`, or every named
+/// argument but the receiver and the `skip`ped ones.
+fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream> {
+    let private = match &args.krate {
+        Some(path) => quote!(#path::__private),
+        None => quote!(::idempotent_core::__private),
+    };
+    if let Some(expr) = &args.fingerprint {
+        return Ok(quote!(#private::fingerprint(&(#expr))));
+    }
+    let mut names = Vec::new();
+    let mut errors: Option<syn::Error> = None;
+    for input in &func.sig.inputs {
+        let FnArg::Typed(typed) = input else {
+            continue;
+        };
+        match &*typed.pat {
+            Pat::Ident(pat) if args.skip.contains(&pat.ident) => {}
+            Pat::Ident(pat) => names.push(pat.ident.clone()),
+            Pat::Wild(_) => {}
+            other => {
+                let error = syn::Error::new(
+                    other.span(),
+                    "cannot fingerprint a destructured argument: bind it to a name, or give `fingerprint = <expression>`",
+                );
+                match &mut errors {
+                    Some(all) => all.combine(error),
+                    None => errors = Some(error),
+                }
+            }
+        }
+    }
+    for skipped in &args.skip {
+        let known = func.sig.inputs.iter().any(|input| {
+            matches!(input, FnArg::Typed(t) if matches!(&*t.pat, Pat::Ident(p) if p.ident == *skipped))
+        });
+        if !known {
+            let error = syn::Error::new(
+                skipped.span(),
+                format!("`skip` names `{skipped}`, but the function has no argument of that name"),
+            );
+            match &mut errors {
+                Some(all) => all.combine(error),
+                None => errors = Some(error),
+            }
+        }
+    }
+    if let Some(errors) = errors {
+        return Err(errors);
+    }
+    Ok(quote!(#private::fingerprint(&(#(&#names,)*))))
+}
