@@ -1,0 +1,165 @@
+//! Redis failures: a dead or silent Redis fails closed (the body never runs)
+//! within the store's timeout, the store recovers by itself when Redis comes
+//! back, and records it cannot decode are errors, never re-executions.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use support::redis_server::RedisServer;
+
+static OP: Operation = Operation::new("failures.charge");
+const TIMEOUT: Duration = Duration::from_millis(300);
+
+async fn idempotency(server: &RedisServer) -> Idempotency {
+    let store = RedisStore::builder()
+        .url(server.url())
+        .timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("a standalone store builds even before connecting");
+    Idempotency::new(store)
+}
+
+async fn charge(idem: &Idempotency, key: &str, runs: &AtomicUsize) -> Result<u64, Error> {
+    idem.call(&OP)
+        .key(key)
+        .payload(&100)
+        .run(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Error>(100)
+        })
+        .await
+        .map(|e| e.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_fails_closed_and_the_store_recovers_after_restart() {
+    let mut server = RedisServer::start();
+    let idem = idempotency(&server).await;
+    let runs = AtomicUsize::new(0);
+    assert_eq!(charge(&idem, "before", &runs).await.unwrap(), 100);
+
+    server.kill();
+    for key in ["during-1", "during-2", "before"] {
+        let started = Instant::now();
+        let error = charge(&idem, key, &runs).await.unwrap_err();
+        assert!(error.is_store_unavailable(), "{error:?}");
+        // Bounded: a few timeouts at most, never a hang.
+        assert!(
+            started.elapsed() < TIMEOUT * 10,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "no body runs without a claim"
+    );
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match charge(&idem, "after", &runs).await {
+            Ok(value) => {
+                assert_eq!(value, 100);
+                break;
+            }
+            Err(error) if error.is_store_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the store did not recover: {error:?}"),
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // The same key again is a replay, served by the restarted server.
+    charge(&idem, "after", &runs).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_does_not_answer_fails_closed_within_the_timeout() {
+    let server = RedisServer::start();
+    let idem = idempotency(&server).await;
+    let runs = AtomicUsize::new(0);
+    charge(&idem, "warm-up", &runs).await.unwrap();
+
+    // Every client's commands now block for 2 s: connected, but silent.
+    assert!(
+        server
+            .command(&["CLIENT", "PAUSE", "2000", "ALL"])
+            .is_some_and(|r| r.contains("OK"))
+    );
+    let started = Instant::now();
+    let error = charge(&idem, "silent", &runs).await.unwrap_err();
+    assert!(error.is_store_unavailable(), "{error:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn undecodable_records_are_errors_not_re_executions() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .build()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store.clone());
+    let runs = AtomicUsize::new(0);
+    let redis_key = |key: &str| {
+        let key = idempotent_core::StorageKey::new(
+            idem.namespace(),
+            "",
+            OP.name(),
+            &key.parse().unwrap(),
+        );
+        store.redis_key(&key)
+    };
+
+    // Written by something else: not a record at all.
+    server
+        .command(&["SET", &redis_key("foreign"), "hello"])
+        .unwrap();
+    // Truncated: a record tag with too few bytes.
+    server
+        .command(&["SET", &redis_key("truncated"), "P12"])
+        .unwrap();
+    // Another type of value under the key.
+    server
+        .command(&["HSET", &redis_key("hash"), "a", "b"])
+        .unwrap();
+    for key in ["foreign", "truncated", "hash"] {
+        let error = charge(&idem, key, &runs).await.unwrap_err();
+        assert!(matches!(error, Error::Codec { .. }), "{key}: {error:?}");
+    }
+
+    // A completed record whose response is not what the function returns.
+    charge(&idem, "bad-response", &runs).await.unwrap();
+    let raw = server
+        .command(&["GET", &redis_key("bad-response")])
+        .unwrap();
+    assert!(raw.starts_with('$'), "{raw}");
+    let string_op = Operation::new("failures.charge");
+    let error = idem
+        .call(&string_op)
+        .key("bad-response")
+        .payload(&100)
+        .run(async { Ok::<Vec<String>, Error>(vec![]) })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Codec { .. }), "{error:?}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "only the first good call ran"
+    );
+}

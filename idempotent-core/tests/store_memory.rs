@@ -1,0 +1,256 @@
+//! `MemoryStore`: the conformance suite, and what only it promises (the
+//! bound on entries, expiry that removes records).
+
+#[macro_use]
+mod conformance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotent_core::{ClaimOutcome, Fingerprint, MemoryStore, StorageKey, Store, StoreError};
+
+// One test per case, each on a fresh store.
+conformance_tests!(conformance_memory => Arc::new(MemoryStore::new()));
+
+/// Every case at once through `Arc<dyn Store>` (the engine's view of a store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_all_cases_through_a_dyn_store() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    conformance::run_all(store).await;
+}
+
+/// Every case at once on one store with a single shard and a bound: cases
+/// sharing a shard (and its expiry heap) do not disturb each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_all_cases_on_one_shared_single_shard_store() {
+    conformance::run_all(Arc::new(
+        MemoryStore::builder().shards(1).max_entries(10_000).build(),
+    ))
+    .await;
+}
+
+fn key(i: usize) -> StorageKey {
+    StorageKey::new("t", "", "op", &format!("k{i}").parse().unwrap())
+}
+
+const FP: Fingerprint = Fingerprint::from_u128(1);
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test(start_paused = true)]
+async fn a_full_store_of_running_calls_refuses_new_claims() {
+    let store = MemoryStore::builder().shards(1).max_entries(10).build();
+    for i in 0..10 {
+        assert!(matches!(
+            store.claim(&key(i), FP, LEASE).await.unwrap(),
+            ClaimOutcome::Acquired(_)
+        ));
+    }
+    let refused = store.claim(&key(10), FP, LEASE).await;
+    assert!(
+        matches!(refused, Err(StoreError::CapacityExceeded { limit: 10 })),
+        "{refused:?}"
+    );
+    // Nothing in progress was evicted: every call still holds its key.
+    for i in 0..10 {
+        assert!(matches!(
+            store.claim(&key(i), FP, LEASE).await.unwrap(),
+            ClaimOutcome::InFlight { .. }
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_store_evicts_the_completed_record_nearest_expiry() {
+    let store = MemoryStore::builder().shards(1).max_entries(10).build();
+    for i in 0..100 {
+        let ClaimOutcome::Acquired(lease) = store.claim(&key(i), FP, LEASE).await.unwrap() else {
+            panic!("key {i} acquired")
+        };
+        store
+            .complete(&key(i), lease.token, b"r", Duration::from_secs(3600))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(store.len() <= 10);
+    }
+    // The ten most recent are kept; the oldest went first.
+    assert!(matches!(
+        store.claim(&key(99), FP, LEASE).await.unwrap(),
+        ClaimOutcome::Completed(_)
+    ));
+    assert!(matches!(
+        store.claim(&key(0), FP, LEASE).await.unwrap(),
+        ClaimOutcome::Acquired(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_records_are_removed_progressively() {
+    let store = MemoryStore::builder().shards(1).build();
+    for i in 0..10_000 {
+        let ClaimOutcome::Acquired(lease) = store.claim(&key(i), FP, LEASE).await.unwrap() else {
+            panic!("key {i} acquired")
+        };
+        store
+            .complete(&key(i), lease.token, b"r", Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.len(), 10_000);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // Each call removes a bounded batch, so the cleanup is spread out...
+    let other = StorageKey::new("t", "", "op", &"other".parse().unwrap());
+    store.claim(&other, FP, LEASE).await.unwrap();
+    let after_one_call = store.len();
+    assert!(
+        after_one_call < 10_000 && after_one_call > 1,
+        "{after_one_call}"
+    );
+    // ... and finishes as calls go on.
+    for _ in 0..200 {
+        store.claim(&other, FP, LEASE).await.unwrap();
+    }
+    assert_eq!(store.len(), 1);
+}
+
+async fn acquire(
+    store: &MemoryStore,
+    k: &StorageKey,
+    lease: Duration,
+) -> idempotent_core::LeaseToken {
+    match store.claim(k, FP, lease).await.unwrap() {
+        ClaimOutcome::Acquired(lease) => lease.token,
+        other => panic!("{k:?}: expected Acquired, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_bound_evicts_completed_records_and_never_one_in_progress() {
+    let store = MemoryStore::builder().shards(1).max_entries(10).build();
+    // Five running calls, then five completed records.
+    for i in 0..5 {
+        acquire(&store, &key(i), LEASE).await;
+    }
+    for i in 5..10 {
+        let token = acquire(&store, &key(i), LEASE).await;
+        store
+            .complete(&key(i), token, b"r", Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    // Five new claims fit, each by evicting a completed record.
+    for i in 10..15 {
+        acquire(&store, &key(i), LEASE).await;
+        assert_eq!(store.len(), 10);
+    }
+    // Now everything is in progress: the next new key is refused...
+    assert!(matches!(
+        store.claim(&key(15), FP, LEASE).await,
+        Err(StoreError::CapacityExceeded { limit: 10 })
+    ));
+    // ... and the completed records were the ones to go (a claim of one is a
+    // new record, refused too), while every running call still holds its key.
+    assert!(matches!(
+        store.claim(&key(5), FP, LEASE).await,
+        Err(StoreError::CapacityExceeded { .. })
+    ));
+    for i in (0..5).chain(10..15) {
+        assert!(
+            matches!(
+                store.claim(&key(i), FP, LEASE).await.unwrap(),
+                ClaimOutcome::InFlight { .. }
+            ),
+            "running call {i} was evicted"
+        );
+    }
+}
+
+/// Leases are much shorter than retention, so in the deadline order every
+/// running call comes before every completed record: eviction must still
+/// find the completed one, however many calls are running.
+#[tokio::test(start_paused = true)]
+async fn the_bound_evicts_a_completed_record_behind_many_running_calls() {
+    const BOUND: usize = 1000;
+    let store = MemoryStore::builder().shards(1).max_entries(BOUND).build();
+    let done = StorageKey::new("t", "", "op", &"done".parse().unwrap());
+    let token = acquire(&store, &done, LEASE).await;
+    store
+        .complete(&done, token, b"r", Duration::from_secs(3600))
+        .await
+        .unwrap();
+    for i in 0..BOUND - 1 {
+        acquire(&store, &key(i), LEASE).await;
+    }
+    assert_eq!(store.len(), BOUND);
+    let claimed = store.claim(&key(BOUND), FP, LEASE).await;
+    assert!(
+        matches!(claimed, Ok(ClaimOutcome::Acquired(_))),
+        "one completed record can be evicted, yet the claim got {claimed:?}"
+    );
+    assert_eq!(store.len(), BOUND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_removes_records_once_a_call_touches_their_shard() {
+    let store = MemoryStore::builder().shards(1).build();
+    let token = acquire(&store, &key(0), LEASE).await;
+    store
+        .complete(&key(0), token, b"r", Duration::from_secs(1))
+        .await
+        .unwrap();
+    acquire(&store, &key(1), Duration::from_secs(3)).await;
+    assert_eq!(store.len(), 2);
+    // Any call on the shard (here a refused renewal of an unknown key) purges it.
+    let untouched = StorageKey::new("t", "", "op", &"nothing".parse().unwrap());
+    let forged = idempotent_core::LeaseToken::from_u128(u128::MAX);
+
+    tokio::time::advance(Duration::from_millis(1001)).await;
+    assert!(store.renew(&untouched, forged, LEASE).await.is_err());
+    assert_eq!(store.len(), 1, "the completed record expired");
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(store.renew(&untouched, forged, LEASE).await.is_err());
+    assert!(store.is_empty(), "the abandoned lease expired");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detached_release_frees_the_key_at_once() {
+    let store = Arc::new(MemoryStore::new());
+    let token = acquire(&store, &key(0), LEASE).await;
+    Arc::clone(&store).release_detached(key(0), token);
+    // No task, no time: the very next claim acquires.
+    acquire(&store, &key(0), LEASE).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_returns_when_the_lease_runs_out() {
+    let store = MemoryStore::new();
+    acquire(&store, &key(0), Duration::from_secs(2)).await;
+    let started = tokio::time::Instant::now();
+    store
+        .wait(&key(0), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "waited {waited:?}; the lease ran out after 2 s"
+    );
+    acquire(&store, &key(0), LEASE).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_their_records() {
+    let store = MemoryStore::new();
+    let clone = store.clone();
+    let token = acquire(&store, &key(0), LEASE).await;
+    clone
+        .complete(&key(0), token, b"shared", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&key(0), FP, LEASE).await.unwrap(),
+        ClaimOutcome::Completed(b"shared"[..].into())
+    );
+    assert_eq!(clone.len(), 1);
+}
