@@ -1,0 +1,211 @@
+//! The Redis store against raw redis-rs on the same server, in one run.
+//!
+//! - fresh: the engine's claim + complete (two scripts) against
+//!   `SET key v NX PX` followed by `SET key response PX`;
+//! - replay: the engine's claim of a completed key (one script, decode)
+//!   against `GET`;
+//!
+//! each with 1, 8 and 64 concurrent tasks on a 2-worker runtime, reported as
+//! time per operation (criterion's throughput shows operations per second).
+//! Before the groups run, it prints `MEMORY USAGE` of one record holding a
+//! 200-byte response.
+//!
+//! Run: `cargo bench -p idempotent-core --features redis --bench redis`.
+//! It starts its own `redis-server` on a free port.
+
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use idempotent_core::{
+    ClaimOutcome, Error, Fingerprint, Idempotency, Operation, RedisStore, StorageKey, Store,
+};
+use redis::aio::ConnectionManager;
+use redis_server::RedisServer;
+
+static OP: Operation = Operation::new("bench.charge");
+const REPLAY_KEYS: u64 = 10_000;
+/// A response of about 200 bytes once encoded.
+const RESPONSE: &str = "ch_3Nx8Jk2eZvKYlo2C0x1y2z3a-receipt-0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+
+struct Setup {
+    _server: RedisServer,
+    runtime: tokio::runtime::Runtime,
+    idem: Idempotency,
+    raw: ConnectionManager,
+    next: Arc<AtomicU64>,
+}
+
+fn setup() -> Setup {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (idem, raw) = runtime.block_on(async {
+        let store = RedisStore::connect(&server.url()).await.expect("store");
+        let raw = ConnectionManager::new(redis::Client::open(server.url()).expect("client"))
+            .await
+            .expect("raw connection");
+        let idem = Idempotency::new(store.clone());
+        print_memory_usage(&server, &store).await;
+        for i in 0..REPLAY_KEYS {
+            engine_call(&idem, &format!("replay-{i}")).await;
+            let _: () = redis::cmd("SET")
+                .arg(format!("raw-replay-{i}"))
+                .arg(RESPONSE)
+                .query_async(&mut raw.clone())
+                .await
+                .expect("SET");
+        }
+        (idem, raw)
+    });
+    Setup {
+        _server: server,
+        runtime,
+        idem,
+        raw,
+        next: Arc::new(AtomicU64::new(0)),
+    }
+}
+
+async fn print_memory_usage(server: &RedisServer, store: &RedisStore) {
+    let key = StorageKey::new(
+        "idem",
+        "",
+        "payments.charge",
+        &"8e03978e-40d5-43e8-bc93-6894a57f9324".parse().expect("key"),
+    );
+    let ClaimOutcome::Acquired(lease) = store
+        .claim(&key, Fingerprint::of(&1), Duration::from_secs(30))
+        .await
+        .expect("claim")
+    else {
+        panic!("fresh key")
+    };
+    store
+        .complete(&key, lease.token, &[b'x'; 200], Duration::from_secs(86_400))
+        .await
+        .expect("complete");
+    let usage = server
+        .command(&["MEMORY", "USAGE", &store.redis_key(&key)])
+        .expect("MEMORY USAGE");
+    println!(
+        "MEMORY USAGE of one record with a 200-byte response (key {} bytes): {}",
+        store.redis_key(&key).len(),
+        usage.trim()
+    );
+}
+
+async fn engine_call(idem: &Idempotency, key: &str) {
+    idem.call(&OP)
+        .key(key)
+        .payload(&1000)
+        .run(async { Ok::<_, Error>(RESPONSE.to_owned()) })
+        .await
+        .expect("engine call");
+}
+
+/// Runs `ops` operations split over `tasks` tasks; returns the elapsed time.
+fn run_concurrent<F, Fut>(setup: &Setup, tasks: u64, ops: u64, op: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::clone(&setup.next);
+    setup.runtime.block_on(async move {
+        let started = Instant::now();
+        let per_task = ops.div_ceil(tasks);
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let op = op.clone();
+                let next = Arc::clone(&next);
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        op(next.fetch_add(1, Ordering::Relaxed)).await;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.expect("task");
+        }
+        started.elapsed() * u32::try_from(ops).unwrap_or(u32::MAX)
+            / u32::try_from(per_task * tasks).unwrap_or(u32::MAX)
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let setup = setup();
+    for path in ["fresh", "replay"] {
+        let mut group = c.benchmark_group(format!("redis/{path}"));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(4))
+            .warm_up_time(Duration::from_secs(1));
+        group.throughput(Throughput::Elements(1));
+        for tasks in [1u64, 8, 64] {
+            group.bench_with_input(BenchmarkId::new("engine", tasks), &tasks, |b, &tasks| {
+                b.iter_custom(|ops| {
+                    let idem = setup.idem.clone();
+                    run_concurrent(&setup, tasks, ops, move |n| {
+                        let idem = idem.clone();
+                        async move {
+                            let key = if path == "fresh" {
+                                format!("fresh-{n}")
+                            } else {
+                                format!("replay-{}", n % REPLAY_KEYS)
+                            };
+                            engine_call(&idem, &key).await;
+                        }
+                    })
+                });
+            });
+            group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
+                b.iter_custom(|ops| {
+                    let raw = setup.raw.clone();
+                    run_concurrent(&setup, tasks, ops, move |n| {
+                        let mut raw = raw.clone();
+                        async move {
+                            if path == "fresh" {
+                                let key = format!("raw-fresh-{n}");
+                                let _: Option<String> = redis::cmd("SET")
+                                    .arg(&key)
+                                    .arg("P")
+                                    .arg("NX")
+                                    .arg("PX")
+                                    .arg(30_000)
+                                    .query_async(&mut raw)
+                                    .await
+                                    .expect("SET NX");
+                                let _: () = redis::cmd("SET")
+                                    .arg(&key)
+                                    .arg(RESPONSE)
+                                    .arg("PX")
+                                    .arg(86_400_000)
+                                    .query_async(&mut raw)
+                                    .await
+                                    .expect("SET");
+                            } else {
+                                let _: Option<Vec<u8>> = redis::cmd("GET")
+                                    .arg(format!("raw-replay-{}", n % REPLAY_KEYS))
+                                    .query_async(&mut raw)
+                                    .await
+                                    .expect("GET");
+                            }
+                        }
+                    })
+                });
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
