@@ -147,6 +147,47 @@ async fn replay_calls<C: Charge>(charger: &C, keys: u64, seed: u64, calls: u64) 
     }
 }
 
+/// A reference point, not a competitor: what a lookup costs in a plain
+/// `Mutex<HashMap<String, Vec<u8>>>` holding the same keys and responses, so
+/// the growth from 1K to 1M keys that comes from the memory hierarchy alone
+/// (cache and TLB misses) can be told apart from the store's own.
+struct PlainMap(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+
+impl PlainMap {
+    fn key(buffer: &mut String, id: u64) {
+        use std::fmt::Write as _;
+        buffer.clear();
+        let _ = write!(buffer, "4:idem|0:|24:engine::Payments::charge|{id}");
+    }
+
+    fn filled(keys: u64) -> Self {
+        let mut map = std::collections::HashMap::with_capacity(keys as usize);
+        let mut key = String::new();
+        for id in 0..keys {
+            Self::key(&mut key, id);
+            let response = serde_json::to_vec(&Receipt {
+                id,
+                amount: amount_for(id),
+            })
+            .expect("a receipt encodes");
+            map.insert(key.clone(), response);
+        }
+        Self(std::sync::Mutex::new(map))
+    }
+
+    fn replay(&self, keys: u64, calls: u64) {
+        let mut rng = XorShift::new(calls);
+        let mut key = String::new();
+        for _ in 0..calls {
+            Self::key(&mut key, rng.next() % keys);
+            let response = self.0.lock().expect("not poisoned").get(&key).cloned();
+            let receipt: Receipt =
+                serde_json::from_slice(&response.expect("stored")).expect("decodes");
+            black_box(receipt);
+        }
+    }
+}
+
 /// xorshift64*: a cheap generator for the replayed keys.
 struct XorShift(u64);
 
@@ -343,6 +384,16 @@ fn replay(c: &mut Criterion, setup: &Setup) {
                 )
             });
             assert_eq!(payments.stored(), keys, "replays store nothing");
+        });
+    }
+    for (label, keys) in [("1K", SMALL), ("1M", setup.large_keys)] {
+        one.bench_function(format!("plain_map/{label}"), |b| {
+            let map = PlainMap::filled(keys);
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                map.replay(keys, iters);
+                started.elapsed()
+            });
         });
     }
     one.finish();

@@ -192,7 +192,14 @@ impl<'a> Call<'a> {
     /// characters. A malformed key makes [`run`](Call::run) fail with
     /// [`Error::InvalidKey`] without running the body.
     pub fn key<K: Display + ?Sized>(mut self, key: &K) -> Self {
-        self.key = IdempotencyKey::from_token(&key.to_string()).map_err(Error::InvalidKey);
+        self.key = crate::key::with_scratch(|text| {
+            use fmt::Write as _;
+            // Writing to a String fails only if `Display` itself does; what
+            // was written is then validated like any other key.
+            let _ = write!(text, "{key}");
+            IdempotencyKey::from_token(text)
+        })
+        .map_err(Error::InvalidKey);
         self
     }
 
@@ -221,36 +228,61 @@ impl<'a> Call<'a> {
 
     /// Runs `body` once per key and stores its `Ok` value; an `Err` releases
     /// the key, so a retry runs the body again.
-    pub async fn run<T, E, F>(self, body: F) -> Result<Executed<T>, E>
+    pub fn run<T, E, F>(self, body: F) -> impl Future<Output = Result<Executed<T>, E>>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
         F: Future<Output = Result<T, E>>,
     {
-        let codec = ResultCodec::<false>;
-        self.run_with(&codec, body).await
+        self.run_with(ResultCodec::<false>, body)
     }
 
     /// Like [`run`](Call::run), but an `Err` is stored and replayed too, for
     /// the operation's error TTL (its TTL if it sets none).
     ///
     /// Errors the library itself raises ([`Error`]) are never stored.
-    pub async fn run_caching_errors<T, E, F>(self, body: F) -> Result<Executed<T>, E>
+    pub fn run_caching_errors<T, E, F>(
+        self,
+        body: F,
+    ) -> impl Future<Output = Result<Executed<T>, E>>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        let codec = ResultCodec::<true>;
-        self.run_with(&codec, body).await
+        self.run_with(ResultCodec::<true>, body)
     }
 
-    async fn run_with<T, E, F, C>(self, codec: &C, body: F) -> Result<Executed<T>, E>
+    // Not an `async fn`: the set-up runs before the future is built, so the
+    // future holds only what it needs (each async layer would otherwise keep
+    // its own copy of the arguments).
+    fn run_with<T, E, F, C>(self, codec: C, body: F) -> impl Future<Output = Result<Executed<T>, E>>
     where
         E: From<Error>,
         F: Future<Output = Result<T, E>>,
         C: Codec<Result<T, E>>,
     {
+        let operation = self.operation;
+        let fingerprint = self.fingerprint;
+        let prepared = self.prepare();
+        async move {
+            let (runtime, key, storage_key) = prepared?;
+            let executed = execute(
+                &runtime,
+                operation,
+                &key,
+                storage_key,
+                fingerprint,
+                &codec,
+                body,
+            )
+            .await?;
+            let replayed = executed.replayed;
+            executed.value.map(|value| Executed { value, replayed })
+        }
+    }
+
+    fn prepare(self) -> Result<(Cow<'a, Idempotency>, IdempotencyKey, StorageKey), Error> {
         let runtime = match self.runtime {
             Some(runtime) => runtime,
             None => Cow::Borrowed(Idempotency::global()?),
@@ -262,18 +294,7 @@ impl<'a> Call<'a> {
             self.operation.name,
             &key,
         );
-        let executed = execute(
-            &runtime,
-            self.operation,
-            &key,
-            storage_key,
-            self.fingerprint,
-            codec,
-            body,
-        )
-        .await?;
-        let replayed = executed.replayed;
-        executed.value.map(|value| Executed { value, replayed })
+        Ok((runtime, key, storage_key))
     }
 }
 
@@ -379,18 +400,19 @@ where
 
 /// Runs `body` at most once for `storage_key`: claims, then runs and
 /// completes, replays, waits, or refuses, as the claim answers.
-pub(crate) async fn execute<V, C, F>(
-    runtime: &Idempotency,
-    operation: &Operation,
-    key: &IdempotencyKey,
+pub(crate) fn execute<'a, V, C, F>(
+    runtime: &'a Idempotency,
+    operation: &'a Operation,
+    key: &'a IdempotencyKey,
     storage_key: StorageKey,
     fingerprint: Fingerprint,
-    codec: &C,
+    codec: &'a C,
     body: F,
-) -> Result<Executed<V>, Error>
+) -> impl Future<Output = Result<Executed<V>, Error>> + 'a
 where
     C: Codec<V>,
-    F: Future<Output = V>,
+    F: Future<Output = V> + 'a,
+    V: 'a,
 {
     let span = tracing::info_span!(
         "idempotent",
@@ -398,31 +420,37 @@ where
         key = %key,
         outcome = tracing::field::Empty,
     );
-    let result = execute_inner(
-        runtime,
-        operation,
-        key,
-        storage_key,
-        fingerprint,
-        codec,
-        body,
-    )
-    .instrument(span.clone())
-    .await;
-    span.record(
-        "outcome",
-        match &result {
-            Ok(Executed { replayed: true, .. }) => "replayed",
-            Ok(Executed {
-                replayed: false, ..
-            }) => "executed",
-            Err(Error::InProgress { .. }) => "in_progress",
-            Err(Error::KeyReused { .. }) => "mismatch",
-            Err(Error::StoreUnavailable(_)) => "store_unavailable",
-            Err(_) => "error",
-        },
-    );
-    result
+    let recorded = span.clone();
+    async move {
+        let result = execute_inner(
+            runtime,
+            operation,
+            key,
+            storage_key,
+            fingerprint,
+            codec,
+            body,
+        )
+        .await;
+        if !recorded.is_disabled() {
+            recorded.record("outcome", outcome(&result));
+        }
+        result
+    }
+    .instrument(span)
+}
+
+fn outcome<V>(result: &Result<Executed<V>, Error>) -> &'static str {
+    match result {
+        Ok(Executed { replayed: true, .. }) => "replayed",
+        Ok(Executed {
+            replayed: false, ..
+        }) => "executed",
+        Err(Error::InProgress { .. }) => "in_progress",
+        Err(Error::KeyReused { .. }) => "mismatch",
+        Err(Error::StoreUnavailable(_)) => "store_unavailable",
+        Err(_) => "error",
+    }
 }
 
 async fn execute_inner<V, C, F>(
@@ -458,7 +486,13 @@ where
                     token: acquired.token,
                     armed: true,
                 };
-                return run_owned(runtime, operation, key, codec, guard, lease, body).await;
+                // Boxed: the running state (body, renewal timer, encoding)
+                // is large, and keeping it out of line keeps every caller's
+                // future small, so the replay path moves far fewer bytes.
+                return Box::pin(run_owned(
+                    runtime, operation, key, codec, guard, lease, body,
+                ))
+                .await;
             }
             ClaimOutcome::Completed(bytes) => {
                 telemetry::count(telemetry::REPLAYED, operation.name);
@@ -474,10 +508,7 @@ where
                 match wait_until {
                     Some(until) if until > now => {
                         let timeout = retry_after.min(until - now);
-                        if store.wait(&storage_key, timeout).await.is_err() {
-                            // Don't spin on a failing store; the next claim reports it.
-                            tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
-                        }
+                        Box::pin(wait_for(store.as_ref(), &storage_key, timeout)).await;
                     }
                     _ => {
                         return Err(Error::InProgress {
@@ -496,6 +527,14 @@ where
                 });
             }
         }
+    }
+}
+
+/// Waits for a duplicate in flight to finish (or for `timeout`).
+async fn wait_for(store: &dyn Store, key: &StorageKey, timeout: Duration) {
+    if store.wait(key, timeout).await.is_err() {
+        // Don't spin on a failing store; the next claim reports it.
+        tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
     }
 }
 

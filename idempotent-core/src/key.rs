@@ -108,6 +108,27 @@ impl IdempotencyKey {
     }
 }
 
+/// Runs `f` with an empty per-thread string buffer, so that text built on
+/// every call (keys, storage keys) costs one allocation, for the final value,
+/// instead of one per growth step plus a copy.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            scratch.clear();
+            let result = f(&mut scratch);
+            if scratch.capacity() > 4096 {
+                *scratch = String::new(); // don't keep a huge buffer alive
+            }
+            result
+        }
+        // Re-entered (a `Display` impl building a key itself): use a fresh one.
+        Err(_) => f(&mut String::new()),
+    })
+}
+
 fn validate(key: &str) -> Result<(), KeyError> {
     if key.is_empty() {
         return Err(KeyError::Empty);
@@ -197,19 +218,24 @@ impl StorageKey {
             s.push_str(part);
             s.push('|');
         }
-        let mut s = String::with_capacity(
-            namespace.len() + scope.len() + operation.len() + key.0.len() + 16,
-        );
-        push_part(&mut s, namespace);
-        push_part(&mut s, scope);
-        push_part(&mut s, operation);
-        s.push_str(&key.0);
-        Self(s.into())
+        with_scratch(|s| {
+            push_part(s, namespace);
+            push_part(s, scope);
+            push_part(s, operation);
+            s.push_str(&key.0);
+            Self(Arc::from(s.as_str()))
+        })
     }
 
     /// The storage key as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The same allocation, as bytes.
+    #[cfg(feature = "memory")]
+    pub(crate) fn to_bytes(&self) -> Arc<[u8]> {
+        Arc::from(Arc::clone(&self.0))
     }
 }
 

@@ -20,6 +20,9 @@ use crate::record::{
     self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis, Record, RecordState,
 };
 
+/// Responses up to this size are kept in the same allocation as their key.
+const INLINE_RESPONSE: usize = 1024;
+
 /// How many expired records one call removes at most, so that a burst of
 /// expiries is spread over several calls instead of stalling one.
 const PURGE_BATCH: usize = 64;
@@ -78,11 +81,69 @@ struct Deadlines {
     expiries: BinaryHeap<Reverse<Deadline>>,
 }
 
+/// One record. The key and a small response share one allocation (`data`),
+/// so a replay in a large store reads one place in memory for both the key
+/// comparison and the response, instead of two.
 struct Slot {
     hash: u64,
-    key: StorageKey,
-    record: Record,
+    /// The storage key, then (completed, at most [`INLINE_RESPONSE`] bytes)
+    /// the response.
+    data: Arc<[u8]>,
+    key_len: usize,
+    fingerprint: Fingerprint,
+    state: SlotState,
     waiters: Option<Arc<Notify>>,
+}
+
+/// [`RecordState`] without the response, which lives in [`Slot::data`]
+/// unless it is large.
+enum SlotState {
+    InProgress {
+        token: LeaseToken,
+        lease_until: Millis,
+    },
+    Completed {
+        expires_at: Millis,
+        large: Option<Arc<[u8]>>,
+    },
+}
+
+impl Slot {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len]
+    }
+
+    fn deadline(&self) -> Millis {
+        match self.state {
+            SlotState::InProgress { lease_until, .. } => lease_until,
+            SlotState::Completed { expires_at, .. } => expires_at,
+        }
+    }
+
+    fn is_live(&self, now: Millis) -> bool {
+        self.deadline() > now
+    }
+
+    /// The record, for the state machine of [`record`].
+    fn record(&self) -> Record {
+        let state = match &self.state {
+            SlotState::InProgress { token, lease_until } => RecordState::InProgress {
+                token: *token,
+                lease_until: *lease_until,
+            },
+            SlotState::Completed { expires_at, large } => RecordState::Completed {
+                response: match large {
+                    Some(response) => Arc::clone(response),
+                    None => Arc::from(&self.data[self.key_len..]),
+                },
+                expires_at: *expires_at,
+            },
+        };
+        Record {
+            fingerprint: self.fingerprint,
+            state,
+        }
+    }
 }
 
 /// A heap entry. It may be stale (the record changed since): it is checked
@@ -90,7 +151,14 @@ struct Slot {
 struct Deadline {
     at: Millis,
     hash: u64,
-    key: StorageKey,
+    data: Arc<[u8]>,
+    key_len: usize,
+}
+
+impl Deadline {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len]
+    }
 }
 
 impl PartialEq for Deadline {
@@ -212,12 +280,17 @@ impl MemoryStore {
         apply: impl FnOnce(Entry<'_, Slot>, &mut Deadlines, Millis),
     ) -> Result<(), StoreError> {
         self.with_shard(key, |shard, hash, now| {
-            let entry = shard.table.entry(hash, |s| s.key == *key, |s| s.hash);
+            let entry = shard
+                .table
+                .entry(hash, |s| s.key() == key.as_str().as_bytes(), |s| s.hash);
             let current = match &entry {
-                Entry::Occupied(o) => Some(&o.get().record),
-                Entry::Vacant(_) => None,
+                // Only a record in progress can pass the fence: don't copy a response out.
+                Entry::Occupied(o) if matches!(o.get().state, SlotState::InProgress { .. }) => {
+                    Some(o.get().record())
+                }
+                Entry::Occupied(_) | Entry::Vacant(_) => None,
             };
-            record::check_fence(current, token, now).map_err(|_| StoreError::LeaseLost)?;
+            record::check_fence(current.as_ref(), token, now).map_err(|_| StoreError::LeaseLost)?;
             apply(entry, &mut shard.deadlines, now);
             Ok(())
         })
@@ -233,8 +306,8 @@ impl Shard {
             let Some(d) = self.deadlines.pop_due(now) else {
                 return;
             };
-            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.key == d.key) {
-                if !slot.get().record.is_live(now) {
+            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.key() == d.key()) {
+                if !slot.get().is_live(now) {
                     let (slot, _) = slot.remove();
                     if let Some(waiters) = slot.waiters {
                         waiters.notify_waiters();
@@ -257,11 +330,11 @@ impl Shard {
         // Every entry popped here is either evicted or stale, so the work is
         // paid for by the pushes that created the entries.
         while let Some(Reverse(d)) = self.deadlines.expiries.pop() {
-            let Ok(slot) = self.table.find_entry(d.hash, |s| s.key == d.key) else {
+            let Ok(slot) = self.table.find_entry(d.hash, |s| s.key() == d.key()) else {
                 continue;
             };
-            let record = &slot.get().record;
-            if matches!(record.state, RecordState::Completed { .. }) && record.deadline() == d.at {
+            let found = slot.get();
+            if matches!(found.state, SlotState::Completed { .. }) && found.deadline() == d.at {
                 slot.remove();
                 return true;
             }
@@ -272,14 +345,15 @@ impl Shard {
 
 impl Deadlines {
     fn push(&mut self, slot: &Slot) {
-        let heap = match slot.record.state {
-            RecordState::InProgress { .. } => &mut self.leases,
-            RecordState::Completed { .. } => &mut self.expiries,
+        let heap = match slot.state {
+            SlotState::InProgress { .. } => &mut self.leases,
+            SlotState::Completed { .. } => &mut self.expiries,
         };
         heap.push(Reverse(Deadline {
-            at: slot.record.deadline(),
+            at: slot.deadline(),
             hash: slot.hash,
-            key: slot.key.clone(),
+            data: Arc::clone(&slot.data),
+            key_len: slot.key_len,
         }));
     }
 
@@ -313,19 +387,21 @@ impl Store for MemoryStore {
         lease: Duration,
     ) -> Result<ClaimOutcome, StoreError> {
         self.with_shard(key, |shard, hash, now| {
-            let current = shard.table.find(hash, |s| s.key == *key).map(|s| &s.record);
-            if let ClaimDecision::Answer(answer) = record::decide_claim(current, fingerprint, now) {
+            let current = shard
+                .table
+                .find(hash, |s| s.key() == key.as_str().as_bytes())
+                .map(Slot::record);
+            if let ClaimDecision::Answer(answer) =
+                record::decide_claim(current.as_ref(), fingerprint, now)
+            {
                 return Ok(answer);
             }
             let token = LeaseToken::from_u128(u128::from(
                 self.inner.next_token.fetch_add(1, Ordering::Relaxed),
             ));
-            let record = Record {
-                fingerprint,
-                state: RecordState::InProgress {
-                    token,
-                    lease_until: now.saturating_add(record::millis(lease)),
-                },
+            let state = SlotState::InProgress {
+                token,
+                lease_until: now.saturating_add(record::millis(lease)),
             };
             let is_new = current.is_none();
             if is_new {
@@ -338,11 +414,12 @@ impl Store for MemoryStore {
                 }
             }
             let Shard { table, deadlines } = shard;
-            let slot = match table.entry(hash, |s| s.key == *key, |s| s.hash) {
+            let slot = match table.entry(hash, |s| s.key() == key.as_str().as_bytes(), |s| s.hash) {
                 Entry::Occupied(mut o) => {
                     // A dead record taken over: wake anyone waiting on it.
                     let slot = o.get_mut();
-                    slot.record = record;
+                    slot.fingerprint = fingerprint;
+                    slot.state = state;
                     if let Some(waiters) = &slot.waiters {
                         waiters.notify_waiters();
                     }
@@ -351,8 +428,10 @@ impl Store for MemoryStore {
                 Entry::Vacant(v) => v
                     .insert(Slot {
                         hash,
-                        key: key.clone(),
-                        record,
+                        data: key.to_bytes(),
+                        key_len: key.as_str().len(),
+                        fingerprint,
+                        state,
                         waiters: None,
                     })
                     .into_mut(),
@@ -375,10 +454,15 @@ impl Store for MemoryStore {
         self.fenced(key, token, |entry, deadlines, now| {
             if let Entry::Occupied(mut o) = entry {
                 let slot = o.get_mut();
-                slot.record.state = RecordState::Completed {
-                    response: Arc::from(response),
-                    expires_at: now.saturating_add(record::millis(ttl)),
+                let expires_at = now.saturating_add(record::millis(ttl));
+                let large = if response.len() <= INLINE_RESPONSE {
+                    let key = &slot.data[..slot.key_len];
+                    slot.data = key.iter().chain(response).copied().collect();
+                    None
+                } else {
+                    Some(Arc::from(response))
                 };
+                slot.state = SlotState::Completed { expires_at, large };
                 if let Some(waiters) = slot.waiters.take() {
                     waiters.notify_waiters();
                 }
@@ -400,7 +484,7 @@ impl Store for MemoryStore {
         self.fenced(key, token, |entry, deadlines, now| {
             if let Entry::Occupied(mut o) = entry {
                 let slot = o.get_mut();
-                if let RecordState::InProgress { lease_until, .. } = &mut slot.record.state {
+                if let SlotState::InProgress { lease_until, .. } = &mut slot.state {
                     *lease_until = now.saturating_add(record::millis(lease));
                 }
                 deadlines.push(slot);
@@ -410,8 +494,10 @@ impl Store for MemoryStore {
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         let waiting = self.with_shard(key, |shard, hash, now| {
-            let slot = shard.table.find_mut(hash, |s| s.key == *key)?;
-            let RecordState::InProgress { lease_until, .. } = slot.record.state else {
+            let slot = shard
+                .table
+                .find_mut(hash, |s| s.key() == key.as_str().as_bytes())?;
+            let SlotState::InProgress { lease_until, .. } = slot.state else {
                 return None;
             };
             // Created under the shard lock, so a completion that follows
