@@ -95,6 +95,11 @@ impl Operation {
     pub const fn name(&self) -> &'static str {
         self.name
     }
+
+    /// The retention of a stored response: the operation's, else the runtime's.
+    pub(crate) fn ttl_on(&self, runtime: &Idempotency) -> Duration {
+        self.ttl.unwrap_or(runtime.ttl())
+    }
 }
 
 /// The result of an idempotent call, and whether it was replayed.

@@ -44,6 +44,9 @@
 mod engine;
 mod error;
 mod fingerprint;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod key;
 pub mod record;
 mod runtime;

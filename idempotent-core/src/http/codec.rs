@@ -1,0 +1,210 @@
+//! What the layer stores: a response's status, headers and body, in a compact
+//! binary form.
+//!
+//! Layout: `b'H'`, a format version (1), the status (u16), the header count
+//! (u16), each header as name length (u16), name, value length (u32), value;
+//! then the body, to the end. Big-endian integers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, response};
+
+use super::config::Config;
+use crate::engine::Codec;
+use crate::{Error, Idempotency, Operation};
+
+const TAG: u8 = b'H';
+const VERSION: u8 = 1;
+
+/// What a guarded request produced.
+pub(crate) enum Outcome<E> {
+    /// The handler answered now.
+    Fresh(response::Parts, Bytes),
+    /// A stored answer.
+    Replayed(Stored),
+    /// The inner service failed (not stored: the key is released).
+    Failed(E),
+    /// The handler's response body failed half-way (not stored).
+    BodyFailed(String),
+}
+
+/// A decoded stored response.
+pub(crate) struct Stored {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// Headers that describe one connection or one moment, not the response.
+fn kept(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::CONNECTION
+            | header::DATE
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+            | header::TE
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::UPGRADE
+    ) && name.as_str() != "keep-alive"
+}
+
+pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    // Lengths that do not fit the layout cannot occur with real HTTP stacks
+    // (hyper refuses far smaller heads); such headers are left out rather
+    // than written wrongly.
+    let kept: Vec<_> = headers
+        .iter()
+        .filter(|(name, value)| {
+            kept(name)
+                && name.as_str().len() <= usize::from(u16::MAX)
+                && u32::try_from(value.len()).is_ok()
+        })
+        .take(usize::from(u16::MAX))
+        .collect();
+    let size = 6 + kept
+        .iter()
+        .map(|(n, v)| 6 + n.as_str().len() + v.len())
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size + body.len());
+    out.extend_from_slice(&[TAG, VERSION]);
+    out.extend_from_slice(&status.as_u16().to_be_bytes());
+    out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+    for (name, value) in kept {
+        let name = name.as_str().as_bytes();
+        out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
+    let mut input = Reader(bytes);
+    match input.take(2)? {
+        [TAG, VERSION] => {}
+        [TAG, _] => return Err("unknown format version"),
+        _ => return Err("not a stored HTTP response"),
+    }
+    let status = StatusCode::from_u16(input.u16()?).map_err(|_| "invalid status")?;
+    let count = input.u16()?;
+    let mut headers = HeaderMap::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let len = input.u16()?;
+        let name = HeaderName::from_bytes(input.take(usize::from(len))?)
+            .map_err(|_| "invalid header name")?;
+        let len = input.u32()?;
+        let value = HeaderValue::from_bytes(input.take(len as usize)?)
+            .map_err(|_| "invalid header value")?;
+        headers.append(name, value);
+    }
+    Ok(Stored {
+        status,
+        headers,
+        body: Bytes::copy_from_slice(input.0),
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err("truncated");
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let bytes = self.take(2)?;
+        Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+/// Stores a fresh response the policy accepts; anything else releases the key.
+pub(crate) struct HttpCodec<'a>(pub(crate) &'a Config);
+
+impl<E> Codec<Outcome<E>> for HttpCodec<'_> {
+    fn encode(
+        &self,
+        value: &Outcome<E>,
+        operation: &Operation,
+        runtime: &Idempotency,
+    ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
+        Ok(match value {
+            Outcome::Fresh(parts, body)
+                if !parts.status.is_server_error() && (self.0.storable)(parts.status) =>
+            {
+                Some((
+                    encode(parts.status, &parts.headers, body),
+                    operation.ttl_on(runtime),
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Outcome<E>, Error> {
+        decode(bytes)
+            .map(Outcome::Replayed)
+            .map_err(|detail| Error::Codec {
+                action: "decode",
+                operation: operation.name().to_owned(),
+                detail: format!("the stored HTTP response is corrupt: {detail}"),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_status_headers_and_body_and_drops_per_connection_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        headers.insert(
+            header::DATE,
+            HeaderValue::from_static("Mon, 23 Nov 2026 04:00:00 GMT"),
+        );
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        let bytes = encode(StatusCode::CREATED, &headers, b"{\"id\":1}\0\xff");
+        let stored = decode(&bytes).unwrap();
+        assert_eq!(stored.status, StatusCode::CREATED);
+        assert_eq!(stored.body.as_ref(), b"{\"id\":1}\0\xff");
+        assert_eq!(stored.headers.len(), 3);
+        let multi: Vec<_> = stored.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        assert!(stored.headers.get(header::DATE).is_none());
+        assert!(stored.headers.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_never_panics() {
+        let good = encode(StatusCode::OK, &HeaderMap::new(), b"body");
+        for cut in 0..6 {
+            assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode(b"Ox").is_err());
+        assert!(decode(&[TAG, 9, 0, 200, 0, 0]).is_err());
+        assert!(decode(&[TAG, VERSION, 0, 1, 0, 0]).is_err(), "status 1");
+        assert!(decode(&[TAG, VERSION, 0, 200, 0, 1, 0, 1, b' ', 0, 0, 0, 0]).is_err());
+    }
+}

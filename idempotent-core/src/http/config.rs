@@ -1,0 +1,245 @@
+//! The layer and its settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, Method, StatusCode};
+
+use super::IDEMPOTENCY_KEY;
+use super::service::IdempotencyService;
+use crate::{Idempotency, Operation};
+
+/// The request body limit, by default: 2 MiB (axum's own default).
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// What a request gets when the same key is being processed right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InFlight {
+    /// `409 Conflict` at once, with `Retry-After` (the default).
+    Reject,
+    /// Wait up to this long for the first request to finish, then replay its
+    /// response (or run, if it failed); `409` if it is still running then.
+    Wait(Duration),
+}
+
+type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+type StatusFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+pub(crate) struct Config {
+    pub(crate) runtime: Idempotency,
+    pub(crate) operation: Operation,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) header: HeaderName,
+    pub(crate) required: bool,
+    pub(crate) body_limit: usize,
+    pub(crate) storable: Arc<StatusFn>,
+    pub(crate) scope: Option<Arc<ScopeFn>>,
+}
+
+/// A [`tower::Layer`] that makes the unsafe methods of a service idempotent;
+/// see the [module documentation](crate::http).
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("methods", &self.config.methods)
+            .field("header", &self.config.header)
+            .field("required", &self.config.required)
+            .field("body_limit", &self.config.body_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayer {
+    /// The layer with every default, on `runtime`.
+    pub fn new(runtime: Idempotency) -> Self {
+        Self::builder(runtime).build()
+    }
+
+    /// Starts configuring a layer on `runtime` (its store, namespace, TTL and
+    /// lease are the defaults).
+    pub fn builder(runtime: Idempotency) -> IdempotencyLayerBuilder {
+        IdempotencyLayerBuilder {
+            runtime,
+            name: "http",
+            ttl: None,
+            lease: None,
+            in_flight: InFlight::Reject,
+            methods: vec![Method::POST, Method::PATCH],
+            header: HeaderName::from_static(IDEMPOTENCY_KEY),
+            required: true,
+            body_limit: DEFAULT_BODY_LIMIT,
+            storable: Arc::new(default_storable),
+            scope: None,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for IdempotencyLayer {
+    type Service = IdempotencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService::new(inner, Arc::clone(&self.config))
+    }
+}
+
+/// Statuses 200 to 499, except the "try again" ones: 408, 409, 425, 429.
+fn default_storable(status: StatusCode) -> bool {
+    (200..500).contains(&status.as_u16()) && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
+}
+
+/// Configures an [`IdempotencyLayer`].
+#[must_use]
+pub struct IdempotencyLayerBuilder {
+    runtime: Idempotency,
+    name: &'static str,
+    ttl: Option<Duration>,
+    lease: Option<Duration>,
+    in_flight: InFlight,
+    methods: Vec<Method>,
+    header: HeaderName,
+    required: bool,
+    body_limit: usize,
+    storable: Arc<StatusFn>,
+    scope: Option<Arc<ScopeFn>>,
+}
+
+impl fmt::Debug for IdempotencyLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayerBuilder")
+            .field("name", &self.name)
+            .field("methods", &self.methods)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdempotencyLayerBuilder {
+    /// The methods guarded (default POST and PATCH); others pass through.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// The header carrying the key (default `Idempotency-Key`).
+    pub fn header(mut self, header: HeaderName) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Whether a guarded request without a key is refused with `400`
+    /// (default `true`); when `false` it passes through unguarded.
+    pub fn required(mut self, required: bool) -> Self {
+        self.required = required;
+        self
+    }
+
+    /// How long a stored response is kept (default: the runtime's TTL).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The lease of a request being processed (default: the runtime's).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// What a duplicate of a request still running gets (default
+    /// [`InFlight::Reject`]).
+    pub fn in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// The largest request body accepted, in bytes (default
+    /// [`DEFAULT_BODY_LIMIT`]); larger ones get `413`.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+
+    /// Which response statuses are stored and replayed (default: 200 to 499
+    /// except 408, 409, 425 and 429). A 5xx is never stored, whatever this
+    /// says: the key is released and a retry runs the handler again.
+    pub fn store_status(
+        mut self,
+        storable: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.storable = Arc::new(storable);
+        self
+    }
+
+    /// The scope of a request (the tenant or authenticated principal, say),
+    /// from its head; `None` is the empty scope. The same key in two scopes
+    /// is two keys.
+    pub fn scope(
+        mut self,
+        scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.scope = Some(Arc::new(scope));
+        self
+    }
+
+    /// The operation name used in metrics and traces (default `http`). The
+    /// storage key also holds the method and path.
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// Builds the layer.
+    pub fn build(self) -> IdempotencyLayer {
+        let mut operation = Operation::new(self.name);
+        if let Some(ttl) = self.ttl {
+            operation = operation.ttl(ttl);
+        }
+        if let Some(lease) = self.lease {
+            operation = operation.lease(lease);
+        }
+        if let InFlight::Wait(wait) = self.in_flight {
+            operation = operation.wait(wait);
+        }
+        IdempotencyLayer {
+            config: Arc::new(Config {
+                runtime: self.runtime,
+                operation,
+                methods: self.methods,
+                header: self.header,
+                required: self.required,
+                body_limit: self.body_limit,
+                storable: self.storable,
+                scope: self.scope,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_policy_stores_final_answers_only() {
+        for stored in [200, 201, 204, 301, 400, 404, 422] {
+            assert!(
+                default_storable(StatusCode::from_u16(stored).unwrap()),
+                "{stored}"
+            );
+        }
+        for not_stored in [100, 408, 409, 425, 429, 500, 502, 503] {
+            assert!(
+                !default_storable(StatusCode::from_u16(not_stored).unwrap()),
+                "{not_stored}"
+            );
+        }
+    }
+}

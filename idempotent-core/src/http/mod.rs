@@ -1,0 +1,67 @@
+//! The HTTP layer: any tower service (axum first) becomes safe to retry.
+//!
+//! [`IdempotencyLayer`] guards the unsafe methods (POST and PATCH by default)
+//! with the semantics of the IETF "Idempotency-Key HTTP Header Field" draft
+//! and Stripe's replay behaviour:
+//!
+//! | situation | answer |
+//! |---|---|
+//! | first request with a key | the handler's response, stored (see below) |
+//! | same key, same request, completed | the stored response, byte for byte, plus `Idempotent-Replayed: true` |
+//! | same key, same request, still running | `409 Conflict` with `Retry-After` (or wait and replay, see [`InFlight`]) |
+//! | same key, different method, path, query or body | `422 Unprocessable Content` |
+//! | key required but missing | `400 Bad Request` |
+//! | malformed key (not 1 to 255 visible ASCII characters, or a bad sf-string) | `400 Bad Request` |
+//! | body over the limit | `413 Content Too Large` |
+//! | store unavailable | `503 Service Unavailable` with `Retry-After`, and the handler does not run |
+//!
+//! Error answers are RFC 9457 `application/problem+json` documents with
+//! `type`, `title`, `status` and `detail`. Safe methods (GET, HEAD, ...) pass
+//! through untouched.
+//!
+//! **What is stored**: the first response's status, its headers minus the
+//! hop-by-hop ones and `Date`, and its body, for the TTL; by default only
+//! statuses 200 to 499 except 408, 409, 425 and 429 (answers that say "try
+//! again"), and never a 5xx: an unstored answer releases the key, so a retry
+//! runs the handler again. The fingerprint covers the method, the path and
+//! query, and the body bytes; the key is scoped to the method and path and to
+//! the [scope](IdempotencyLayerBuilder::scope) of the request, so a key sent to
+//! one endpoint, or by one tenant, never replays another's response.
+//!
+//! ```
+//! use axum::{Router, routing::post};
+//! use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+//!
+//! async fn create_payment(body: String) -> String {
+//!     format!("charged for {body}")
+//! }
+//!
+//! let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+//!     // Two tenants never see each other's responses.
+//!     .scope(|request| {
+//!         request
+//!             .headers
+//!             .get("x-tenant")
+//!             .and_then(|v| v.to_str().ok())
+//!             .map(str::to_owned)
+//!     })
+//!     .build();
+//! let app: Router = Router::new()
+//!     .route("/payments", post(create_payment))
+//!     .layer(layer);
+//! # let _ = app;
+//! ```
+
+mod codec;
+mod config;
+mod problem;
+mod service;
+
+pub use config::{DEFAULT_BODY_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder, InFlight};
+pub use service::IdempotencyService;
+
+/// The request header carrying the key, by default.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The response header marking a replayed response.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";

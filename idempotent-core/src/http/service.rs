@@ -1,0 +1,182 @@
+//! The service the layer wraps around a handler.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::IDEMPOTENT_REPLAYED;
+use super::codec::{HttpCodec, Outcome};
+use super::config::Config;
+use super::problem::{self, problem};
+use crate::engine::{Executed, execute};
+use crate::{Fingerprint, IdempotencyKey, StorageKey};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The service built by [`IdempotencyLayer`](super::IdempotencyLayer).
+#[derive(Clone)]
+pub struct IdempotencyService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> fmt::Debug for IdempotencyService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService").finish_non_exhaustive()
+    }
+}
+
+impl<S> IdempotencyService<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for IdempotencyService<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone is the one that was driven to readiness (tower's usual dance).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(handle(Arc::clone(&self.config), inner, request))
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes> + From<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + From<Bytes>,
+    ResBody::Error: Into<BoxError>,
+{
+    if !config.methods.contains(request.method()) {
+        return inner.call(request).await;
+    }
+    let mut values = request.headers().get_all(&config.header).iter();
+    let key = match (values.next(), values.next()) {
+        (None, _) if config.required => {
+            let detail = format!("this request needs an `{}` header", config.header);
+            return Ok(problem(problem::MISSING_KEY, &detail));
+        }
+        (None, _) => return inner.call(request).await,
+        (Some(_), Some(_)) => {
+            let detail = format!("the `{}` header must be sent once", config.header);
+            return Ok(problem(problem::MALFORMED_KEY, &detail));
+        }
+        (Some(value), None) => match value.to_str().map(IdempotencyKey::parse) {
+            Ok(Ok(key)) => key,
+            Ok(Err(error)) => return Ok(problem::malformed_key(&error)),
+            Err(_) => {
+                let detail = "the idempotency key must be visible ASCII characters";
+                return Ok(problem(problem::MALFORMED_KEY, detail));
+            }
+        },
+    };
+
+    let (parts, body) = request.into_parts();
+    let too_large = || {
+        let detail = format!("the body is over the limit of {} bytes", config.body_limit);
+        problem(problem::TOO_LARGE, &detail)
+    };
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > config.body_limit as u64) {
+        return Ok(too_large());
+    }
+    let body = match Limited::new(body, config.body_limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
+        Err(error) => {
+            let detail = format!("the request body could not be read: {error}");
+            return Ok(problem(problem::UNREADABLE_BODY, &detail));
+        }
+    };
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let fingerprint = Fingerprint::from_parts([
+        parts.method.as_str().as_bytes(),
+        path_and_query.as_bytes(),
+        &body,
+    ]);
+    let route = format!("{} {}", parts.method, parts.uri.path());
+    let scope = config.scope.as_ref().and_then(|scope| scope(&parts));
+    let storage_key = StorageKey::new(
+        config.runtime.namespace(),
+        scope.as_deref().unwrap_or(""),
+        &route,
+        &key,
+    );
+
+    let request = Request::from_parts(parts, ReqBody::from(body));
+    let run = async move {
+        match inner.call(request).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                match body.collect().await {
+                    Ok(collected) => Outcome::Fresh(parts, collected.to_bytes()),
+                    Err(error) => Outcome::BodyFailed(error.into().to_string()),
+                }
+            }
+            Err(error) => Outcome::Failed(error),
+        }
+    };
+    let codec = HttpCodec(&config);
+    let executed = execute(
+        &config.runtime,
+        &config.operation,
+        &key,
+        storage_key,
+        fingerprint,
+        &codec,
+        run,
+    )
+    .await;
+    Ok(match executed {
+        Ok(Executed { value, .. }) => match value {
+            Outcome::Fresh(parts, body) => Response::from_parts(parts, ResBody::from(body)),
+            Outcome::Replayed(stored) => {
+                let mut response = Response::new(ResBody::from(stored.body));
+                *response.status_mut() = stored.status;
+                *response.headers_mut() = stored.headers;
+                response
+                    .headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+                response
+            }
+            Outcome::Failed(error) => return Err(error),
+            Outcome::BodyFailed(detail) => problem(problem::RESPONSE_FAILED, &detail),
+        },
+        Err(error) => problem::from_error(&error),
+    })
+}

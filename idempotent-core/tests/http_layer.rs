@@ -1,0 +1,462 @@
+//! The HTTP layer at the tower level: a real axum router behind the layer,
+//! driven request by request. Every status code of the module docs, every
+//! storage-policy choice, and what a replay gives back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, Response, StatusCode};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use idempotent_core::http::{IdempotencyLayer, IdempotencyLayerBuilder, InFlight};
+use idempotent_core::{Fingerprint, Idempotency, IdempotencyKey, MemoryStore, StorageKey, Store};
+use tower::ServiceExt;
+
+/// How many times each handler really ran.
+#[derive(Clone, Default)]
+struct Calls(Arc<AtomicUsize>);
+
+impl Calls {
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers with the status in the `x-status` request header (default 201),
+/// a body naming the call number, a custom header and a `Date`.
+async fn handler(State(calls): State<Calls>, headers: HeaderMap, body: String) -> Response<Body> {
+    let n = calls.0.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(ms) = headers.get("x-sleep-ms") {
+        let ms: u64 = ms.to_str().unwrap().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let status = headers
+        .get("x-status")
+        .map_or(201, |s| s.to_str().unwrap().parse().unwrap());
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("x-charge", n.to_string())
+        .header("date", format!("call {n}"))
+        .body(Body::from(format!("{{\"call\":{n},\"body\":{body:?}}}")))
+        .unwrap()
+}
+
+fn app(layer: IdempotencyLayerBuilder) -> (Router, Calls) {
+    let calls = Calls::default();
+    let router = Router::new()
+        .route("/payments", post(handler).patch(handler).get(handler))
+        .route("/refunds", post(handler))
+        .with_state(calls.clone())
+        .layer(layer.build());
+    (router, calls)
+}
+
+fn memory() -> IdempotencyLayerBuilder {
+    IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+}
+
+fn post_with(key: Option<&str>) -> axum::http::request::Builder {
+    let mut request = Request::post("/payments").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request
+}
+
+fn request(key: Option<&str>, body: &str) -> Request<Body> {
+    post_with(key).body(Body::from(body.to_owned())).unwrap()
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status, parts.headers, body)
+}
+
+/// Checks an RFC 9457 problem document and returns its `detail`.
+fn problem(status: StatusCode, headers: &HeaderMap, body: &[u8], expected: StatusCode) -> String {
+    assert_eq!(status, expected, "{}", String::from_utf8_lossy(body));
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(doc["status"], expected.as_u16());
+    assert!(
+        doc["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:idempotent:problem:")
+    );
+    assert!(!doc["title"].as_str().unwrap().is_empty());
+    doc["detail"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_replay_is_byte_identical_and_marked_and_the_first_response_is_not() {
+    let (app, calls) = app(memory());
+    let (status, first_headers, first) = send(&app, request(Some("k1"), "{\"amount\":100}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(first_headers.get("idempotent-replayed").is_none());
+    assert_eq!(
+        first_headers["date"], "call 1",
+        "the first response is untouched"
+    );
+    for _ in 0..3 {
+        let (status, headers, body) = send(&app, request(Some("k1"), "{\"amount\":100}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(body, first, "byte for byte");
+        assert_eq!(headers["idempotent-replayed"], "true");
+        assert_eq!(headers["x-charge"], "1");
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(headers.get("date").is_none(), "Date is not replayed");
+    }
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_key_is_400_and_the_handler_does_not_run() {
+    let (app, calls) = app(memory());
+    let (status, headers, body) = send(&app, request(None, "{}")).await;
+    let detail = problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert!(detail.contains("idempotency-key"), "{detail}");
+    assert_eq!(calls.get(), 0);
+}
+
+#[tokio::test]
+async fn without_required_keys_a_request_without_one_passes_through() {
+    let (app, calls) = app(memory().required(false));
+    for _ in 0..2 {
+        let (status, headers, _) = send(&app, request(None, "{}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(headers.get("idempotent-replayed").is_none());
+    }
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn malformed_keys_are_400_and_the_handler_does_not_run() {
+    let (app, calls) = app(memory());
+    let too_long = "k".repeat(256);
+    for bad in ["", "a b", "\"unterminated", too_long.as_str(), "caf\u{e9}"] {
+        let request = Request::post("/payments")
+            .header(
+                "idempotency-key",
+                axum::http::HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+            )
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, headers, body) = send(&app, request).await;
+        problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    }
+    let twice = Request::post("/payments")
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, headers, body) = send(&app, twice).await;
+    problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    assert_eq!(calls.get(), 0);
+}
+
+#[tokio::test]
+async fn an_sf_string_key_is_the_same_key_as_its_bare_token() {
+    let (app, calls) = app(memory());
+    send(&app, request(Some("\"order-7\""), "{}")).await;
+    let (_, headers, _) = send(&app, request(Some("order-7"), "{}")).await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn a_key_reused_with_another_body_method_or_query_is_422() {
+    let (app, calls) = app(memory());
+    send(&app, request(Some("k"), "{\"amount\":100}")).await;
+    let (status, headers, body) = send(&app, request(Some("k"), "{\"amount\":999}")).await;
+    problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    let other_query = Request::post("/payments?currency=EUR")
+        .header("idempotency-key", "k")
+        .body(Body::from("{\"amount\":100}"))
+        .unwrap();
+    let (status, headers, body) = send(&app, other_query).await;
+    problem(status, &headers, &body, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn the_same_key_on_another_route_or_method_is_another_key() {
+    let (app, calls) = app(memory());
+    send(&app, request(Some("k"), "{}")).await;
+    let refund = Request::post("/refunds")
+        .header("idempotency-key", "k")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, headers, _) = send(&app, refund).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(headers.get("idempotent-replayed").is_none());
+    let patch = Request::patch("/payments")
+        .header("idempotency-key", "k")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (_, headers, _) = send(&app, patch).await;
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn two_scopes_never_see_each_others_responses() {
+    let builder = memory().scope(|parts| {
+        parts
+            .headers
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let (app, calls) = app(builder);
+    let as_tenant = |tenant: &str| {
+        post_with(Some("shared-key"))
+            .header("x-tenant", tenant)
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let (_, _, alice) = send(&app, as_tenant("alice")).await;
+    let (_, headers, bob) = send(&app, as_tenant("bob")).await;
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_ne!(alice, bob);
+    let (_, headers, again) = send(&app, as_tenant("alice")).await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, alice);
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn safe_methods_pass_through_untouched() {
+    let (app, calls) = app(memory());
+    for _ in 0..2 {
+        let get = Request::get("/payments")
+            .header("idempotency-key", "k")
+            .body(Body::empty())
+            .unwrap();
+        let (status, headers, _) = send(&app, get).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(headers.get("idempotent-replayed").is_none());
+        assert_eq!(headers["date"], format!("call {}", calls.get()));
+    }
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_whether_declared_or_not() {
+    let (app, calls) = app(memory().body_limit(1024));
+    // No Content-Length (a tower-level request has none): the limit is met
+    // while the body is read.
+    let (status, headers, body) = send(&app, request(Some("k"), &"x".repeat(1025))).await;
+    problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    // A declared length over the limit is refused before reading anything.
+    let declared = post_with(Some("k2"))
+        .header("content-length", "1048576")
+        .body(Body::from("x"))
+        .unwrap();
+    let (status, headers, body) = send(&app, declared).await;
+    problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _, _) = send(&app, request(Some("k3"), &"x".repeat(1024))).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a body at the limit is accepted"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_in_flight_gets_409_with_retry_after() {
+    let (app, calls) = app(memory().lease(Duration::from_secs(10)));
+    let slow = post_with(Some("k"))
+        .header("x-sleep-ms", "300")
+        .body(Body::from("{}"))
+        .unwrap();
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let duplicate = post_with(Some("k"))
+        .header("x-sleep-ms", "300")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, headers, body) = send(&app, duplicate).await;
+    problem(status, &headers, &body, StatusCode::CONFLICT);
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        (1..=10).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
+    let (app, calls) = app(memory().in_flight(InFlight::Wait(Duration::from_secs(5))));
+    let make = || {
+        post_with(Some("k"))
+            .header("x-sleep-ms", "200")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let first = tokio::spawn({
+        let app = app.clone();
+        let request = make();
+        async move { send(&app, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, headers, body) = send(&app, make()).await;
+    let (first_status, _, first_body) = first.await.unwrap();
+    assert_eq!(status, first_status);
+    assert_eq!(body, first_body);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn server_errors_are_never_stored_and_a_retry_runs_again() {
+    // Even a policy that accepts every status cannot store a 5xx.
+    let (app, calls) = app(memory().store_status(|_| true));
+    for expected_calls in 1..=2 {
+        let failing = post_with(Some("k"))
+            .header("x-status", "503")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, headers, _) = send(&app, failing).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.get("idempotent-replayed").is_none());
+        assert_eq!(calls.get(), expected_calls);
+    }
+    let (status, _, _) = send(&app, request(Some("k"), "{}")).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the key was released each time"
+    );
+}
+
+#[tokio::test]
+async fn the_default_policy_stores_final_client_errors_but_not_try_again_answers() {
+    let (app, calls) = app(memory());
+    let with_status = |key: &str, status: &str| {
+        post_with(Some(key))
+            .header("x-status", status)
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    for status in ["408", "409", "425", "429"] {
+        let key = format!("retry-{status}");
+        send(&app, with_status(&key, status)).await;
+        let (_, headers, _) = send(&app, with_status(&key, status)).await;
+        assert!(
+            headers.get("idempotent-replayed").is_none(),
+            "{status} is not stored"
+        );
+    }
+    assert_eq!(calls.get(), 8);
+    for status in ["200", "302", "400", "404"] {
+        let key = format!("final-{status}");
+        send(&app, with_status(&key, status)).await;
+        let (got, headers, _) = send(&app, with_status(&key, status)).await;
+        assert_eq!(got.as_str(), status);
+        assert_eq!(headers["idempotent-replayed"], "true", "{status} is stored");
+    }
+    assert_eq!(calls.get(), 12);
+}
+
+#[tokio::test]
+async fn a_custom_policy_decides_which_statuses_are_stored() {
+    let (app, calls) = app(memory().store_status(|status| status.is_success()));
+    let not_found = || {
+        post_with(Some("k"))
+            .header("x-status", "404")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    send(&app, not_found()).await;
+    let (status, headers, _) = send(&app, not_found()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(calls.get(), 2);
+}
+
+#[tokio::test]
+async fn another_header_name_and_other_guarded_methods_can_be_configured() {
+    let builder = memory()
+        .header(axum::http::HeaderName::from_static("x-request-id"))
+        .methods([axum::http::Method::PATCH]);
+    let (app, calls) = app(builder);
+    // POST is no longer guarded: it runs every time, key or not.
+    send(&app, request(None, "{}")).await;
+    send(&app, request(None, "{}")).await;
+    let patch = || {
+        Request::patch("/payments")
+            .header("x-request-id", "r1")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    send(&app, patch()).await;
+    let (_, headers, _) = send(&app, patch()).await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(calls.get(), 3);
+}
+
+#[tokio::test]
+async fn a_corrupt_stored_response_is_a_500_problem_not_a_panic_or_a_rerun() {
+    let store = MemoryStore::new();
+    let runtime = Idempotency::new(store.clone());
+    let (app, calls) = app(IdempotencyLayer::builder(runtime.clone()));
+    // Something else wrote garbage where the layer keeps this request's record.
+    let key: IdempotencyKey = "k".parse().unwrap();
+    let storage_key = StorageKey::new(runtime.namespace(), "", "POST /payments", &key);
+    let fingerprint = Fingerprint::from_parts([&b"POST"[..], b"/payments", b"{}"]);
+    let idempotent_core::ClaimOutcome::Acquired(lease) = store
+        .claim(&storage_key, fingerprint, Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("the key is new");
+    };
+    store
+        .complete(
+            &storage_key,
+            lease.token,
+            b"Hgarbage",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    let (status, headers, body) = send(&app, request(Some("k"), "{}")).await;
+    problem(status, &headers, &body, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(calls.get(), 0, "never a silent re-execution");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_store_that_is_down_gives_503_and_the_handler_never_runs() {
+    // A real refused connection: nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = idempotent_core::RedisStore::builder()
+        .url(format!("redis://127.0.0.1:{port}"))
+        .timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .expect("a lazy connection is built without reaching Redis");
+    let (app, calls) = app(IdempotencyLayer::builder(Idempotency::new(store)));
+    let (status, headers, body) = send(&app, request(Some("k"), "{}")).await;
+    problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(calls.get(), 0);
+}
