@@ -73,6 +73,7 @@ pub use store::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
 pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use store::{Store, StoreError};
 
-#[cfg(doctest)]
+// The README's examples use every store and the HTTP layer.
+#[cfg(all(doctest, feature = "http", feature = "redis"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
