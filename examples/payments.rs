@@ -119,6 +119,16 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         work: config.work,
         metrics: metrics_handle(),
     };
+    // The exporter keeps histogram samples until upkeep folds them in:
+    // without it, a server nobody scrapes would grow without bound.
+    let upkeep = state.metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let payments = Router::new().route("/payments", get(list).post(charge));
     let payments = if config.protected {
         let runtime = match &config.store {

@@ -22,7 +22,7 @@ use crate::key::{IdempotencyKey, StorageKey};
 use crate::record::{ClaimOutcome, LeaseToken};
 use crate::runtime::Idempotency;
 use crate::store::{Store, StoreError};
-use crate::telemetry;
+use crate::telemetry::{self, StoreCall};
 
 /// The settings of one idempotent operation (a function, an HTTP route).
 ///
@@ -44,6 +44,7 @@ pub struct Operation {
     lease: Option<Duration>,
     wait: Option<Duration>,
     error_ttl: Option<Duration>,
+    metrics: telemetry::Metrics,
 }
 
 impl Operation {
@@ -58,6 +59,7 @@ impl Operation {
             lease: None,
             wait: None,
             error_ttl: None,
+            metrics: telemetry::Metrics::new(),
         }
     }
 
@@ -94,6 +96,10 @@ impl Operation {
     /// The operation's name.
     pub const fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn metrics(&self) -> &telemetry::Handles {
+        self.metrics.get(self.name)
     }
 
     /// The retention of a stored response: the operation's, else the runtime's.
@@ -479,7 +485,7 @@ where
     loop {
         let claim = timed(
             operation,
-            "claim",
+            StoreCall::Claim,
             store.claim(&storage_key, fingerprint, lease),
         )
         .await;
@@ -500,7 +506,7 @@ where
                 .await;
             }
             ClaimOutcome::Completed(bytes) => {
-                telemetry::count(telemetry::REPLAYED, operation.name);
+                operation.metrics().replayed.increment(1);
                 let value = codec.decode(&bytes, operation)?;
                 return Ok(Executed {
                     value,
@@ -508,7 +514,7 @@ where
                 });
             }
             ClaimOutcome::InFlight { retry_after } => {
-                telemetry::count(telemetry::IN_FLIGHT, operation.name);
+                operation.metrics().in_flight.increment(1);
                 let now = tokio::time::Instant::now();
                 match wait_until {
                     Some(until) if until > now => {
@@ -524,7 +530,7 @@ where
                 }
             }
             ClaimOutcome::Mismatch => {
-                telemetry::count(telemetry::MISMATCH, operation.name);
+                operation.metrics().mismatch.increment(1);
                 tracing::warn!("idempotency key reused with a different payload");
                 return Err(Error::KeyReused {
                     operation: operation.name.to_owned(),
@@ -558,7 +564,7 @@ where
     C: Codec<V>,
     F: Future<Output = V>,
 {
-    telemetry::count(telemetry::EXECUTED, operation.name);
+    operation.metrics().executed.increment(1);
     let store = runtime.store();
     let token = guard.token;
     let storage_key = guard.key.clone();
@@ -573,7 +579,7 @@ where
         Ok(Some((bytes, ttl))) => {
             let completed = timed(
                 operation,
-                "complete",
+                StoreCall::Complete,
                 store.complete(&storage_key, token, &bytes, ttl),
             )
             .await;
@@ -620,19 +626,21 @@ fn store_error(operation: &Operation, error: StoreError) -> Error {
 }
 
 async fn release(store: &dyn Store, operation: &Operation, key: &StorageKey, token: LeaseToken) {
-    if let Err(error) = timed(operation, "release", store.release(key, token)).await {
+    if let Err(error) = timed(operation, StoreCall::Release, store.release(key, token)).await {
         tracing::warn!(%error, "could not release the key; it is freed when its lease runs out");
     }
 }
 
 async fn timed<T>(
     operation: &Operation,
-    call: &'static str,
+    call: StoreCall,
     future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
     let result = future.await;
-    telemetry::store_call(operation.name, call, started.elapsed(), result.is_ok());
+    operation
+        .metrics()
+        .store_call(call, started.elapsed(), result.is_ok());
     result
 }
 

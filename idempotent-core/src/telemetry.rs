@@ -3,7 +3,10 @@
 //! Everything goes through the [`metrics`] facade, so any exporter works
 //! (Prometheus, StatsD, ...). Every metric carries an `operation` label.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use metrics::{Counter, Histogram};
 
 /// Counter: bodies actually executed.
 pub const EXECUTED: &str = "idempotent_executed_total";
@@ -15,17 +18,93 @@ pub const IN_FLIGHT: &str = "idempotent_in_flight_total";
 pub const MISMATCH: &str = "idempotent_mismatch_total";
 /// Counter: store calls that failed (label `call`).
 pub const STORE_ERRORS: &str = "idempotent_store_errors_total";
-/// Histogram: store call latency in seconds (label `call`: claim, complete, release, renew).
+/// Histogram: store call latency in seconds (label `call`: claim, complete, release).
 pub const STORE_LATENCY: &str = "idempotent_store_latency_seconds";
 
-pub(crate) fn count(name: &'static str, operation: &'static str) {
-    metrics::counter!(name, "operation" => operation).increment(1);
+/// The store calls timed by [`STORE_LATENCY`] (the values of its `call` label).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoreCall {
+    Claim = 0,
+    Complete = 1,
+    Release = 2,
 }
 
-pub(crate) fn store_call(operation: &'static str, call: &'static str, elapsed: Duration, ok: bool) {
-    metrics::histogram!(STORE_LATENCY, "operation" => operation, "call" => call)
-        .record(elapsed.as_secs_f64());
-    if !ok {
-        metrics::counter!(STORE_ERRORS, "operation" => operation, "call" => call).increment(1);
+impl StoreCall {
+    const ALL: [Self; 3] = [Self::Claim, Self::Complete, Self::Release];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Claim => "claim",
+            Self::Complete => "complete",
+            Self::Release => "release",
+        }
+    }
+}
+
+/// The metric handles of one operation, registered with the installed
+/// recorder on the operation's first call, then reused: building and looking
+/// up a labelled key on every call costs more than the rest of a replay.
+///
+/// Install your recorder (a Prometheus exporter, say) at start-up, before
+/// the first idempotent call: an operation called earlier keeps recording
+/// into whatever recorder was installed at its first call.
+#[derive(Default)]
+pub(crate) struct Metrics(OnceLock<Handles>);
+
+pub(crate) struct Handles {
+    pub(crate) executed: Counter,
+    pub(crate) replayed: Counter,
+    pub(crate) in_flight: Counter,
+    pub(crate) mismatch: Counter,
+    latency: [Histogram; 3],
+    errors: [Counter; 3],
+}
+
+impl Metrics {
+    pub(crate) const fn new() -> Self {
+        Self(OnceLock::new())
+    }
+
+    pub(crate) fn get(&self, operation: &'static str) -> &Handles {
+        self.0.get_or_init(|| {
+            Handles {
+            executed: metrics::counter!(EXECUTED, "operation" => operation),
+            replayed: metrics::counter!(REPLAYED, "operation" => operation),
+            in_flight: metrics::counter!(IN_FLIGHT, "operation" => operation),
+            mismatch: metrics::counter!(MISMATCH, "operation" => operation),
+            latency: StoreCall::ALL.map(|call| {
+                metrics::histogram!(STORE_LATENCY, "operation" => operation, "call" => call.label())
+            }),
+            errors: StoreCall::ALL.map(|call| {
+                metrics::counter!(STORE_ERRORS, "operation" => operation, "call" => call.label())
+            }),
+        }
+        })
+    }
+}
+
+impl Handles {
+    pub(crate) fn store_call(&self, call: StoreCall, elapsed: Duration, ok: bool) {
+        self.latency[call as usize].record(elapsed.as_secs_f64());
+        if !ok {
+            self.errors[call as usize].increment(1);
+        }
+    }
+}
+
+impl Clone for Metrics {
+    /// A clone registers its own handles (with the same names and labels).
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Metrics(registered)"
+        } else {
+            "Metrics"
+        })
     }
 }
