@@ -103,6 +103,7 @@ impl Operation {
     }
 
     /// The retention of a stored response: the operation's, else the runtime's.
+    #[cfg(feature = "http")]
     pub(crate) fn ttl_on(&self, runtime: &Idempotency) -> Duration {
         self.ttl.unwrap_or(runtime.ttl())
     }

@@ -41,7 +41,11 @@ fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
                 .find(|l| l.key() == name)
                 .map(|l| l.value().to_owned())
         };
-        assert_eq!(label("operation").as_deref(), Some("telemetry::charge"), "{key:?}");
+        assert_eq!(
+            label("operation").as_deref(),
+            Some("telemetry::charge"),
+            "{key:?}"
+        );
         match value {
             DebugValue::Counter(n) => {
                 counters.insert(key.name().to_owned(), n);
@@ -58,5 +62,9 @@ fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
     assert_eq!(counters.get(telemetry::IN_FLIGHT), Some(&0));
     assert_eq!(counters.get(telemetry::STORE_ERRORS), Some(&0));
     assert_eq!(latencies.get("claim"), Some(&4), "every call claims");
-    assert_eq!(latencies.get("complete"), Some(&1), "one call ran and stored");
+    assert_eq!(
+        latencies.get("complete"),
+        Some(&1),
+        "one call ran and stored"
+    );
 }

@@ -194,11 +194,13 @@ pub struct RedisStoreBuilder {
     cluster: Vec<String>,
     key_prefix: String,
     timeout: Option<Duration>,
+    #[cfg(feature = "redis-tls")]
+    tls_root: Option<Vec<u8>>,
 }
 
 impl RedisStoreBuilder {
-    /// A standalone server: `redis://host:port/db` (or `rediss://` when the
-    /// `redis` crate's TLS support is enabled in your build). A
+    /// A standalone server: `redis://host:port/db`, or `rediss://host:port/db`
+    /// over TLS (with the `redis-tls` feature). A
     /// `redis+cluster://host1:port1,host2:port2` URL means a cluster with
     /// those seed nodes.
     pub fn url(mut self, url: impl Into<String>) -> Self {
@@ -240,6 +242,35 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Trusts these PEM root certificates for `rediss://` (a private CA),
+    /// instead of the system's roots.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root = Some(pem.into());
+        self
+    }
+
+    /// A client for `url`, over TLS with the configured roots if any.
+    fn client(&self, url: &str) -> Result<redis::Client, StoreError> {
+        if url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+            return Err(StoreError::unavailable(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a `rediss://` URL needs the `redis-tls` feature of idempotent-core",
+            )));
+        }
+        #[cfg(feature = "redis-tls")]
+        if let Some(root) = &self.tls_root {
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root.clone()),
+            };
+            return redis::Client::build_with_tls(url, certificates)
+                .map_err(StoreError::unavailable);
+        }
+        redis::Client::open(url).map_err(StoreError::unavailable)
+    }
+
     /// Connects. A standalone store connects lazily, so it can be built
     /// while Redis is down (calls fail closed until it is up); a cluster
     /// store reads the cluster's topology from a seed node now.
@@ -247,37 +278,45 @@ impl RedisStoreBuilder {
     /// Must be called within a tokio runtime.
     pub async fn build(self) -> Result<RedisStore, StoreError> {
         let timeout = self.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
-        let (connection, pubsub_url) = if self.cluster.is_empty() {
-            let url = self
-                .url
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-            let client = redis::Client::open(url.as_str()).map_err(StoreError::unavailable)?;
+        let (connection, pubsub_client) = if self.cluster.is_empty() {
+            let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
+            let client = self.client(url)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(timeout);
-            let manager = ConnectionManager::new_lazy_with_config(client, config)
+            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
                 .map_err(StoreError::unavailable)?;
-            (Connection::Single(manager), url)
+            (Connection::Single(manager), client)
         } else {
-            let client =
+            let builder =
                 redis::cluster::ClusterClientBuilder::new(self.cluster.iter().map(String::as_str))
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .retries(2)
-                    .build()
-                    .map_err(StoreError::unavailable)?;
+                    .retries(2);
+            #[cfg(feature = "redis-tls")]
+            let builder = match &self.tls_root {
+                Some(root) => builder.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                }),
+                None => builder,
+            };
+            let client = builder.build().map_err(StoreError::unavailable)?;
             let connection = tokio::time::timeout(timeout * 3, client.get_async_connection())
                 .await
                 .map_err(StoreError::unavailable)?
                 .map_err(StoreError::unavailable)?;
-            (Connection::Cluster(connection), self.cluster[0].clone())
+            (
+                Connection::Cluster(connection),
+                self.client(&self.cluster[0])?,
+            )
         };
         let channel = format!("{}idempotent:done", self.key_prefix);
         let waiters = Arc::new(Waiters::default());
         let notifier = tokio::spawn(notify_waiters(
-            pubsub_url,
+            pubsub_client,
             channel.clone(),
             Arc::clone(&waiters),
             timeout,
@@ -588,10 +627,14 @@ impl Waiters {
 
 /// Listens for completion notices and wakes the matching waiters, for the
 /// life of the store; reconnects after a lost connection.
-async fn notify_waiters(url: String, channel: String, waiters: Arc<Waiters>, timeout: Duration) {
+async fn notify_waiters(
+    client: redis::Client,
+    channel: String,
+    waiters: Arc<Waiters>,
+    timeout: Duration,
+) {
     loop {
         let subscribed = async {
-            let client = redis::Client::open(url.as_str())?;
             let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
                 .await
                 .map_err(|_| {
