@@ -254,3 +254,40 @@ async fn clones_share_their_records() {
     );
     assert_eq!(clone.len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn responses_of_every_size_replay_exactly_including_after_a_takeover() {
+    let store = MemoryStore::builder().shards(1).build();
+    for (i, len) in [0usize, 1, 1023, 1024, 1025, 64 * 1024]
+        .into_iter()
+        .enumerate()
+    {
+        let response: Vec<u8> = (0..len).map(|b| (b % 251) as u8).collect();
+        let k = key(10_000 + i);
+        let token = acquire(&store, &k, LEASE).await;
+        store
+            .complete(&k, token, &response, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let Ok(ClaimOutcome::Completed(stored)) = store.claim(&k, FP, LEASE).await else {
+            panic!("length {len}: not completed");
+        };
+        assert_eq!(&stored[..], &response[..], "length {len}");
+    }
+    // Past the TTL the keys are taken over, and the new responses (of
+    // another size class than the old ones) replay exactly too.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for (i, len) in [2000usize, 10, 0, 3000, 5, 1].into_iter().enumerate() {
+        let response = vec![b'x'; len];
+        let k = key(10_000 + i);
+        let token = acquire(&store, &k, LEASE).await;
+        store
+            .complete(&k, token, &response, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let Ok(ClaimOutcome::Completed(stored)) = store.claim(&k, FP, LEASE).await else {
+            panic!("length {len}: not completed");
+        };
+        assert_eq!(&stored[..], &response[..], "taken over, length {len}");
+    }
+}

@@ -460,6 +460,10 @@ impl Store for MemoryStore {
                     slot.data = key.iter().chain(response).copied().collect();
                     None
                 } else {
+                    if slot.data.len() > slot.key_len {
+                        // A taken-over record still holding an old response.
+                        slot.data = Arc::from(&slot.data[..slot.key_len]);
+                    }
                     Some(Arc::from(response))
                 };
                 slot.state = SlotState::Completed { expires_at, large };
