@@ -2,5 +2,13 @@
 //! a durable journal so that not even a crash of the caller causes a second
 //! charge.
 //!
-//! Not built yet: this crate is a placeholder so the workspace has its final
-//! shape. Its design is in the project's DESIGN.md ("Client").
+//! Work in progress. What is here so far is the retry policy the client will
+//! use: [`RetryPolicy`] (exponential backoff with full jitter, bounded by
+//! attempts and elapsed time, built on the `backon` crate), which answers are
+//! worth retrying ([`is_retryable_status`]), and how long a server asked us to
+//! wait ([`retry_after`]). The client itself, its journal and the `pay`
+//! example come next; their design is in the project's DESIGN.md ("Client").
+
+mod retry;
+
+pub use retry::{Retries, RetryPolicy, is_retryable_status, retry_after};

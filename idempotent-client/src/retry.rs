@@ -1,0 +1,323 @@
+//! When to retry, and how long to wait first.
+
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use http::{HeaderMap, StatusCode, header::RETRY_AFTER};
+
+/// How a request is retried: exponential backoff with full jitter, bounded
+/// by a number of attempts and by the time elapsed since the first one.
+///
+/// The delay before retry `n` (1-based) is drawn uniformly from
+/// `[0, min(max_interval, initial * multiplier^(n-1))]` ("full jitter", which
+/// spreads a crowd of clients out instead of keeping them in step). A
+/// server's `Retry-After` replaces the drawn delay, capped at
+/// [`max_retry_after`](Self::max_retry_after). Retries stop after
+/// `max_attempts` attempts in all, or once the delays would add up to more
+/// than `max_elapsed`.
+///
+/// Implemented on the `backon` crate (the `backoff` crate is unmaintained,
+/// RUSTSEC-2025-0012); backon's own jitter only adds to the delay, so the
+/// full jitter is applied here.
+///
+/// ```
+/// use std::time::Duration;
+/// use idempotent_client::RetryPolicy;
+///
+/// let policy = RetryPolicy::default()
+///     .initial_interval(Duration::from_millis(50))
+///     .max_attempts(5);
+/// let delays: Vec<Duration> = policy.retries().collect();
+/// assert_eq!(delays.len(), 4, "five attempts: the first and four retries");
+/// assert!(delays.iter().all(|d| *d <= Duration::from_millis(400)));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct RetryPolicy {
+    initial_interval: Duration,
+    multiplier: f32,
+    max_interval: Duration,
+    full_jitter: bool,
+    max_attempts: u32,
+    max_elapsed: Option<Duration>,
+    max_retry_after: Duration,
+    seed: Option<u64>,
+}
+
+impl Default for RetryPolicy {
+    /// 100 ms initial interval, ×2 per retry, at most 10 s between attempts,
+    /// full jitter, 8 attempts, 60 s in all, `Retry-After` capped at 30 s.
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_interval: Duration::from_secs(10),
+            full_jitter: true,
+            max_attempts: 8,
+            max_elapsed: Some(Duration::from_secs(60)),
+            max_retry_after: Duration::from_secs(30),
+            seed: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry: one attempt.
+    pub fn none() -> Self {
+        Self::default().max_attempts(1)
+    }
+
+    /// The ceiling of the first retry's delay.
+    pub fn initial_interval(mut self, interval: Duration) -> Self {
+        self.initial_interval = interval;
+        self
+    }
+
+    /// How much the ceiling grows per retry (at least 1).
+    pub fn multiplier(mut self, multiplier: f32) -> Self {
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            1.0
+        };
+        self
+    }
+
+    /// The largest delay between two attempts.
+    pub fn max_interval(mut self, interval: Duration) -> Self {
+        self.max_interval = interval;
+        self
+    }
+
+    /// Whether delays are drawn from `[0, ceiling]` (default) or are the
+    /// ceiling itself.
+    pub fn full_jitter(mut self, enabled: bool) -> Self {
+        self.full_jitter = enabled;
+        self
+    }
+
+    /// How many attempts in all, the first included (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Retries stop once their delays would add up to more than this
+    /// (`None`: no bound).
+    pub fn max_elapsed(mut self, elapsed: Option<Duration>) -> Self {
+        self.max_elapsed = elapsed;
+        self
+    }
+
+    /// The longest `Retry-After` honoured; longer ones are cut to this.
+    pub fn max_retry_after(mut self, cap: Duration) -> Self {
+        self.max_retry_after = cap;
+        self
+    }
+
+    /// Seeds the jitter, so tests and demos repeat.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The cap on a server's `Retry-After`.
+    pub fn retry_after_cap(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    /// The delays before each retry, in order; as many as the policy allows
+    /// retries, fewer if [`max_elapsed`](Self::max_elapsed) runs out first.
+    pub fn retries(&self) -> Retries {
+        let ceilings = ExponentialBuilder::new()
+            .with_min_delay(self.initial_interval)
+            .with_factor(self.multiplier)
+            .with_max_delay(self.max_interval)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .build();
+        Retries {
+            ceilings,
+            rng: self
+                .seed
+                .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
+            full_jitter: self.full_jitter,
+            budget: self.max_elapsed,
+            slept: Duration::ZERO,
+        }
+    }
+}
+
+/// The delays before successive retries (see [`RetryPolicy::retries`]).
+#[derive(Debug)]
+pub struct Retries {
+    ceilings: <ExponentialBuilder as BackoffBuilder>::Backoff,
+    rng: fastrand::Rng,
+    full_jitter: bool,
+    budget: Option<Duration>,
+    slept: Duration,
+}
+
+impl Retries {
+    /// The delay before the next retry, or `None` when the policy is spent.
+    /// A server's `Retry-After` (already capped) replaces the drawn delay.
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        let ceiling = self.ceilings.next()?;
+        let drawn = if self.full_jitter {
+            ceiling.mul_f64(self.rng.f64())
+        } else {
+            ceiling
+        };
+        let delay = retry_after.unwrap_or(drawn);
+        if let Some(budget) = self.budget {
+            if self.slept + delay > budget {
+                return None;
+            }
+        }
+        self.slept += delay;
+        Some(delay)
+    }
+}
+
+impl Iterator for Retries {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        self.next_delay(None)
+    }
+}
+
+/// Whether an answer with this status is worth retrying with the same key:
+/// 408, 409 (the first request is still in flight), 425, 429, 500, 502, 503
+/// and 504. Every other status is final (422, a key reused with another
+/// payload, is a bug in the caller, not a reason to retry).
+pub fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        408 | 409 | 425 | 429 | 500 | 502 | 503 | 504
+    )
+}
+
+/// How long the server asked us to wait: `Retry-After` in seconds or as an
+/// HTTP date (RFC 9110 §10.2.3), measured from `now` and capped at `cap`.
+/// `None` when the header is absent or malformed.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::HeaderMap;
+/// use idempotent_client::retry_after;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after", "3".parse().unwrap());
+/// let cap = Duration::from_secs(30);
+/// assert_eq!(retry_after(&headers, SystemTime::now(), cap), Some(Duration::from_secs(3)));
+/// ```
+pub fn retry_after(headers: &HeaderMap, now: SystemTime, cap: Duration) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only; a number too large for u64 is "very long": the cap.
+        Duration::from_secs(value.parse().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+            .initial_interval(Duration::from_millis(100))
+            .multiplier(2.0)
+            .max_interval(Duration::from_millis(1000))
+            .max_attempts(7)
+            .max_elapsed(None)
+            .jitter_seed(7)
+    }
+
+    #[test]
+    fn ceilings_grow_by_the_multiplier_up_to_the_maximum() {
+        let delays: Vec<_> = policy().full_jitter(false).retries().collect();
+        let ms: Vec<_> = delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+    }
+
+    #[test]
+    fn full_jitter_draws_below_each_ceiling_and_repeats_with_a_seed() {
+        let ceilings: Vec<_> = policy().full_jitter(false).retries().collect();
+        let drawn: Vec<_> = policy().retries().collect();
+        assert_eq!(
+            drawn,
+            policy().retries().collect::<Vec<_>>(),
+            "seeded: the same draws"
+        );
+        assert_eq!(drawn.len(), ceilings.len());
+        assert!(drawn.iter().zip(&ceilings).all(|(d, c)| d <= c));
+        assert_ne!(drawn, ceilings, "jitter changes the delays");
+    }
+
+    #[test]
+    fn attempts_and_elapsed_time_bound_the_retries() {
+        assert_eq!(RetryPolicy::none().retries().count(), 0);
+        assert_eq!(policy().max_attempts(3).retries().count(), 2);
+        let bounded = policy()
+            .full_jitter(false)
+            .max_elapsed(Some(Duration::from_millis(750)));
+        let ms: Vec<_> = bounded.retries().map(|d| d.as_millis()).collect();
+        assert_eq!(
+            ms,
+            [100, 200, 400],
+            "a fourth retry would start after 1.5 s"
+        );
+    }
+
+    #[test]
+    fn retry_after_replaces_the_drawn_delay() {
+        let mut retries = policy().retries();
+        assert_eq!(
+            retries.next_delay(Some(Duration::from_secs(2))),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates_and_caps_them() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_784_000_000);
+        let cap = Duration::from_secs(30);
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers, now, cap)
+        };
+        assert_eq!(with("5"), Some(Duration::from_secs(5)));
+        assert_eq!(with("0"), Some(Duration::ZERO));
+        assert_eq!(with("3600"), Some(cap));
+        assert_eq!(with("99999999999999999999999"), Some(cap));
+        let in_ten = httpdate::fmt_http_date(now + Duration::from_secs(10));
+        assert_eq!(with(&in_ten), Some(Duration::from_secs(10)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(10));
+        assert_eq!(with(&past), Some(Duration::ZERO));
+        assert_eq!(with("soon"), None);
+        assert_eq!(with(""), None);
+        assert_eq!(with("-1"), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now, cap), None);
+    }
+
+    #[test]
+    fn only_transient_answers_are_retried() {
+        for code in [408, 409, 425, 429, 500, 502, 503, 504] {
+            assert!(
+                is_retryable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [200, 201, 400, 401, 404, 413, 422, 501, 505] {
+            assert!(
+                !is_retryable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+    }
+}
