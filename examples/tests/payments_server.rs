@@ -23,6 +23,13 @@ async fn serve(config: Config) -> String {
     format!("http://{addr}")
 }
 
+/// reqwest is built with rustls and no crypto provider of its own in this
+/// workspace (see idempotent-client): install ring first.
+fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 fn payment(amount: u64) -> serde_json::Value {
     serde_json::json!({ "amount": amount, "currency": "USD" })
 }
@@ -45,7 +52,7 @@ async fn fifty_concurrent_duplicates_charge_once_and_all_get_that_charge() {
         ..Config::default()
     })
     .await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     // Wait mode is not on: duplicates that arrive while the first runs get
     // 409 and retry, as a client should.
     let sends = (0..50).map(|_| {
@@ -83,7 +90,7 @@ async fn fifty_concurrent_duplicates_charge_once_and_all_get_that_charge() {
 #[tokio::test]
 async fn a_replay_over_the_wire_is_byte_identical() {
     let base = serve(Config::default()).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let send = || {
         client
             .post(format!("{base}/payments"))
@@ -111,7 +118,7 @@ async fn a_replay_over_the_wire_is_byte_identical() {
 #[tokio::test]
 async fn a_20_mib_body_gets_413_and_charges_nothing() {
     let base = serve(Config::default()).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let huge = vec![b' '; 20 * 1024 * 1024];
     let response = client
         .post(format!("{base}/payments"))
@@ -137,7 +144,7 @@ async fn unprotected_duplicates_charge_twice() {
         ..Config::default()
     })
     .await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     for _ in 0..2 {
         let response = client
             .post(format!("{base}/payments"))
@@ -216,7 +223,7 @@ async fn two_server_processes_sharing_redis_charge_each_key_once() {
         Ok(StoreChoice::Redis(_))
     ));
     let servers = [ServerProcess::start(&store), ServerProcess::start(&store)];
-    let client = reqwest::Client::new();
+    let client = http_client();
     const KEYS: usize = 40;
     // Every key goes to both servers at once, several times.
     let mut sends = Vec::new();

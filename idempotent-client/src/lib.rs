@@ -9,6 +9,13 @@
 //! wait ([`retry_after`]). The client itself, its journal and the `pay`
 //! example come next; their design is in the project's DESIGN.md ("Client").
 
+mod client;
+mod journal;
 mod retry;
 
+pub use client::{
+    ClientBuilder, ClientError, DEFAULT_RETENTION, IDEMPOTENCY_KEY, IdempotentClient,
+    RequestBuilder, Sent,
+};
+pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
 pub use retry::{Retries, RetryPolicy, is_retryable_status, retry_after};

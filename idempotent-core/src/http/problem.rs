@@ -95,12 +95,15 @@ pub(crate) fn from_error<B: From<Bytes>>(error: &Error) -> Response<B> {
             "this idempotency key was first used with a different method, path, query or body; \
              use a new key for a new request",
         ),
+        // The engine's `retry_after` is when the lease runs out, an upper
+        // bound (30 s by default) on a request that usually takes far less:
+        // ask for a poll in a second instead, unless the lease ends sooner.
         Error::InProgress { retry_after, .. } => with_retry_after(
             problem(
                 IN_PROGRESS,
                 "the first request with this key has not finished; retry after the delay given",
             ),
-            *retry_after,
+            (*retry_after).min(Duration::from_secs(1)),
         ),
         Error::StoreUnavailable(_) => with_retry_after(
             problem(

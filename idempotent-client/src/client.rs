@@ -1,0 +1,454 @@
+//! The client: every attempt of an intent carries the intent's one key.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use reqwest::{Method, Response, StatusCode};
+use serde::Serialize;
+
+use crate::journal::{FileJournal, Intent, Journal, JournalError, now_ms};
+use crate::retry::{RetryPolicy, is_retryable_status, retry_after};
+
+/// The header carrying the key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Headers never written to the journal.
+const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// What can go wrong in [`RequestBuilder::send`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The journal could not record the intent: nothing was sent.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The last attempt failed in transport (after any retries).
+    #[error("request failed after {attempts} attempt(s): {source}")]
+    Http {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered 422: this key was first used with another
+    /// request. A bug in the caller (an intent name reused for a different
+    /// payload), never retried.
+    #[error("idempotency key `{key}` was already used with a different request")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The server's answer.
+        response: Box<Response>,
+    },
+    /// The request could not be built (a body that failed to serialize, say).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The client is misconfigured.
+    #[error("client configuration: {0}")]
+    Config(String),
+}
+
+/// A final answer, with the key it was sent with and how many attempts it took.
+#[derive(Debug)]
+pub struct Sent {
+    /// The server's answer (the last attempt's).
+    pub response: Response,
+    /// The idempotency key every attempt carried, if any.
+    pub key: Option<String>,
+    /// Attempts made, the first included.
+    pub attempts: u32,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    journal: Arc<dyn Journal>,
+    retry: RetryPolicy,
+    attempt_timeout: Duration,
+}
+
+/// A retrying HTTP client whose retries reuse one idempotency key per
+/// intent, recorded in a journal before the first attempt.
+///
+/// ```no_run
+/// use idempotent_client::IdempotentClient;
+///
+/// # async fn pay() -> Result<(), idempotent_client::ClientError> {
+/// let client = IdempotentClient::builder().journal_path("payments.journal").build()?;
+/// let sent = client
+///     .post("http://127.0.0.1:3000/payments")
+///     .json(&serde_json::json!({ "amount": 4200, "currency": "USD" }))
+///     .intent("order-42")
+///     .send()
+///     .await?;
+/// println!("{} after {} attempt(s), key {:?}", sent.response.status(), sent.attempts, sent.key);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct IdempotentClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for IdempotentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotentClient")
+            .field("retry", &self.inner.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`IdempotentClient`].
+#[derive(Default)]
+#[must_use]
+pub struct ClientBuilder {
+    journal: Option<Arc<dyn Journal>>,
+    journal_path: Option<PathBuf>,
+    retention: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    attempt_timeout: Option<Duration>,
+    http: Option<reqwest::Client>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("journal_path", &self.journal_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long intents are kept by default: the server's default TTL, 24 hours.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+impl ClientBuilder {
+    /// Keeps intents in a [`FileJournal`] at `path` (created if missing).
+    pub fn journal_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.journal_path = Some(path.into());
+        self
+    }
+
+    /// Keeps intents in `journal` (a [`MemoryJournal`](crate::MemoryJournal) in tests).
+    pub fn journal(mut self, journal: impl Journal) -> Self {
+        self.journal = Some(Arc::new(journal));
+        self
+    }
+
+    /// How long a file journal keeps intents (default [`DEFAULT_RETENTION`]).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// The retry policy of every request (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The bound on each attempt (default 10 s).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The `reqwest` client to send with (default: a new one).
+    pub fn http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Builds the client; opens the file journal now.
+    pub fn build(self) -> Result<IdempotentClient, ClientError> {
+        let journal = match (self.journal, self.journal_path) {
+            (Some(journal), None) => journal,
+            (None, Some(path)) => Arc::new(FileJournal::open(
+                path,
+                self.retention.unwrap_or(DEFAULT_RETENTION),
+            )?),
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Config(
+                    "set either `journal` or `journal_path`, not both".to_owned(),
+                ));
+            }
+            (None, None) => {
+                return Err(ClientError::Config(
+                    "no journal: set `journal_path(...)` (durable) or `journal(MemoryJournal::new())`"
+                        .to_owned(),
+                ));
+            }
+        };
+        let http = match self.http {
+            Some(http) => http,
+            None => {
+                // reqwest is built with rustls but no provider of its own:
+                // use ring (pure Rust and assembly, no C toolchain like
+                // aws-lc needs) unless the program installed one already.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                reqwest::Client::builder()
+                    .build()
+                    .map_err(|e| ClientError::Config(format!("the HTTP client: {e}")))?
+            }
+        };
+        Ok(IdempotentClient {
+            inner: Arc::new(Inner {
+                http,
+                journal,
+                retry: self.retry.unwrap_or_default(),
+                attempt_timeout: self.attempt_timeout.unwrap_or(Duration::from_secs(10)),
+            }),
+        })
+    }
+}
+
+impl IdempotentClient {
+    /// Starts configuring a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A request with any method.
+    pub fn request(&self, method: Method, url: impl Into<String>) -> RequestBuilder {
+        RequestBuilder {
+            client: self.clone(),
+            method,
+            url: url.into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            invalid: None,
+            intent: None,
+            key: None,
+            retry: None,
+        }
+    }
+
+    /// A POST.
+    pub fn post(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request(Method::POST, url)
+    }
+
+    /// A PUT.
+    pub fn put(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request(Method::PUT, url)
+    }
+
+    /// A PATCH.
+    pub fn patch(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request(Method::PATCH, url)
+    }
+
+    /// A DELETE.
+    pub fn delete(&self, url: impl Into<String>) -> RequestBuilder {
+        self.request(Method::DELETE, url)
+    }
+
+    /// Intents recorded but never answered for good (the process stopped,
+    /// or the retries ran out), oldest first.
+    pub async fn pending(&self) -> Result<Vec<Intent>, ClientError> {
+        Ok(self.inner.journal.pending().await?)
+    }
+
+    /// Sends a pending intent again, with its original key, method, URL,
+    /// headers and body (credentials were not kept: add them with
+    /// [`RequestBuilder::header`]).
+    pub fn resume(&self, intent: &Intent) -> RequestBuilder {
+        let method = Method::from_bytes(intent.method.as_bytes()).unwrap_or(Method::POST);
+        let mut request = self.request(method, intent.url.clone());
+        request.headers = intent.headers.clone();
+        request.body = intent.body.clone();
+        request.intent = Some(intent.name.clone());
+        request
+    }
+}
+
+/// One request being configured; [`send`](Self::send) runs it.
+#[must_use = "a request does nothing until it is sent"]
+pub struct RequestBuilder {
+    client: IdempotentClient,
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    invalid: Option<String>,
+    intent: Option<String>,
+    key: Option<String>,
+    retry: Option<RetryPolicy>,
+}
+
+impl std::fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBuilder")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("intent", &self.intent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestBuilder {
+    /// A JSON body (and `Content-Type: application/json`).
+    pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                self.body = body;
+                self.headers
+                    .push(("content-type".to_owned(), "application/json".to_owned()));
+            }
+            Err(error) => {
+                self.invalid = Some(format!("the JSON body failed to serialize: {error}"))
+            }
+        }
+        self
+    }
+
+    /// A body of bytes. Bodies are buffered, so every retry sends the same
+    /// bytes; there is no streaming body, which could not be replayed.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// A header, sent with every attempt (credentials are never journaled).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Names the intent: its key is taken from the journal, or made and
+    /// recorded there before the first attempt.
+    pub fn intent(mut self, name: impl Into<String>) -> Self {
+        self.intent = Some(name.into());
+        self
+    }
+
+    /// An explicit key (not journaled unless an intent is named too, in
+    /// which case a key already journaled for the intent wins).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// This request's retry policy instead of the client's.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Sends, retrying transient failures with the same key; see the crate docs.
+    pub async fn send(self) -> Result<Sent, ClientError> {
+        if let Some(invalid) = self.invalid {
+            return Err(ClientError::InvalidRequest(invalid));
+        }
+        let inner = &self.client.inner;
+        let key = match &self.intent {
+            Some(name) => {
+                let recorded = inner
+                    .journal
+                    .begin(Intent {
+                        name: name.clone(),
+                        key: self
+                            .key
+                            .clone()
+                            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                        method: self.method.to_string(),
+                        url: self.url.clone(),
+                        headers: self
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| {
+                                !CREDENTIALS.contains(&n.to_ascii_lowercase().as_str())
+                            })
+                            .cloned()
+                            .collect(),
+                        body: self.body.clone(),
+                        created_at_ms: now_ms(),
+                        done: false,
+                    })
+                    .await?;
+                Some(recorded.key)
+            }
+            None => self.key.clone(),
+        };
+        // Without a key, only a method that is idempotent by itself may be sent twice.
+        let retryable = key.is_some() || self.method.is_idempotent();
+        let policy = self.retry.as_ref().unwrap_or(&inner.retry);
+        let mut retries = policy.retries();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut request = inner
+                .http
+                .request(self.method.clone(), &self.url)
+                .timeout(inner.attempt_timeout)
+                .body(self.body.clone());
+            for (name, value) in &self.headers {
+                request = request.header(name, value);
+            }
+            if let Some(key) = &key {
+                request = request.header(IDEMPOTENCY_KEY, key);
+            }
+            let result = request.send().await;
+            let status = result.as_ref().ok().map(Response::status);
+            tracing::debug!(
+                key = key.as_deref(),
+                intent = self.intent.as_deref(),
+                attempt = attempts,
+                status = status.map(|s| s.as_u16()),
+                "attempt"
+            );
+            metrics::counter!("idempotent_client_attempts_total").increment(1);
+            let wait = match &result {
+                Ok(response) if retryable && is_retryable_status(response.status()) => retry_after(
+                    response.headers(),
+                    SystemTime::now(),
+                    policy.retry_after_cap(),
+                ),
+                Err(error) if retryable && (error.is_connect() || error.is_timeout()) => None,
+                _ => {
+                    return self.finish(result, key, attempts).await;
+                }
+            };
+            match retries.next_delay(wait) {
+                Some(delay) => {
+                    metrics::counter!("idempotent_client_retries_total").increment(1);
+                    tokio::time::sleep(delay).await;
+                }
+                // Spent: the intent stays pending, to be resumed later.
+                None => {
+                    return match result {
+                        Ok(response) => Ok(Sent {
+                            response,
+                            key,
+                            attempts,
+                        }),
+                        Err(source) => Err(ClientError::Http { attempts, source }),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A final answer: 422 is an error; anything else settles the intent.
+    async fn finish(
+        &self,
+        result: Result<Response, reqwest::Error>,
+        key: Option<String>,
+        attempts: u32,
+    ) -> Result<Sent, ClientError> {
+        let response = result.map_err(|source| ClientError::Http { attempts, source })?;
+        if let Some(name) = &self.intent {
+            self.client.inner.journal.finish(name).await?;
+        }
+        if let (StatusCode::UNPROCESSABLE_ENTITY, Some(key)) = (response.status(), &key) {
+            return Err(ClientError::KeyReused {
+                key: key.clone(),
+                response: Box::new(response),
+            });
+        }
+        Ok(Sent {
+            response,
+            key,
+            attempts,
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! The client against a real server on loopback: axum behind the real
+//! idempotency layer, with routes that fail on purpose.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use idempotent_client::{ClientError, IdempotentClient, MemoryJournal, RetryPolicy};
+use idempotent_core::http::IdempotencyLayer;
+use idempotent_core::{Idempotency, MemoryStore};
+
+#[derive(Clone, Default)]
+struct Counters {
+    charges: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+/// Charges after `x-work-ms`; the first `x-fail-first` calls of the route
+/// answer `x-fail-status` (503 by default) with `Retry-After: 0`.
+async fn charge(State(c): State<Counters>, headers: HeaderMap, body: String) -> Response {
+    let call = c.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    };
+    if call <= number("x-fail-first").unwrap_or(0) {
+        let status = StatusCode::from_u16(number("x-fail-status").unwrap_or(503) as u16).unwrap();
+        return (status, [("retry-after", "0")], "try again").into_response();
+    }
+    if let Some(ms) = number("x-work-ms") {
+        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+    }
+    let n = c.charges.fetch_add(1, Ordering::SeqCst) + 1;
+    (StatusCode::CREATED, format!("charge {n} for {body}")).into_response()
+}
+
+async fn server() -> (String, Counters) {
+    let counters = Counters::default();
+    let app = Router::new()
+        .route("/payments", post(charge))
+        .with_state(counters.clone())
+        .layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/payments"), counters)
+}
+
+fn fast() -> RetryPolicy {
+    RetryPolicy::default()
+        .initial_interval(Duration::from_millis(10))
+        .max_interval(Duration::from_millis(50))
+        .max_attempts(50)
+        .jitter_seed(1)
+}
+
+fn client(journal: &MemoryJournal) -> IdempotentClient {
+    IdempotentClient::builder()
+        .journal(journal.clone())
+        .retry(fast())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_in_flight_is_retried_with_the_same_key_and_gets_the_one_charge() {
+    let (url, counters) = server().await;
+    let journal = MemoryJournal::new();
+    let send = || {
+        let (client, url) = (client(&journal), url.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("x-work-ms", "200")
+                .body("order-1")
+                .intent("order-1")
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let first = send();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = send().await.unwrap();
+    let first = first.await.unwrap();
+    assert_eq!(first.key, second.key, "one intent, one key");
+    assert!(second.attempts > 1, "the duplicate met 409 and retried");
+    assert_eq!(first.response.status(), 201);
+    assert_eq!(second.response.status(), 201);
+    assert_eq!(
+        first.response.text().await.unwrap(),
+        second.response.text().await.unwrap()
+    );
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_the_key_honouring_retry_after() {
+    let (url, counters) = server().await;
+    // Backoff alone would wait 10 s, over the 1 s budget: only the
+    // server's `Retry-After: 0` lets the retries happen.
+    let slow = RetryPolicy::default()
+        .initial_interval(Duration::from_secs(10))
+        .full_jitter(false)
+        .max_elapsed(Some(Duration::from_secs(1)));
+    let journal = MemoryJournal::new();
+    let sent = client(&journal)
+        .post(&url)
+        .header("x-fail-first", "2")
+        .header("x-fail-status", "429")
+        .body("order-2")
+        .intent("order-2")
+        .retry(slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.response.status(), 201);
+    assert_eq!(sent.attempts, 3);
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+    let pending = idempotent_client::Journal::pending(&journal).await.unwrap();
+    assert!(pending.is_empty(), "answered for good");
+}
+
+#[tokio::test]
+async fn without_a_key_a_post_is_never_retried() {
+    let no_key_server = Router::new().route(
+        "/payments",
+        post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = format!("http://{}/payments", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, no_key_server).await });
+    let sent = client(&MemoryJournal::new())
+        .post(&plain)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.response.status(), 503);
+    assert_eq!(sent.attempts, 1);
+    assert!(sent.key.is_none());
+}
+
+#[tokio::test]
+async fn a_key_reused_with_another_payload_is_a_distinct_error() {
+    let (url, _) = server().await;
+    let journal = MemoryJournal::new();
+    let client = client(&journal);
+    client
+        .post(&url)
+        .body("100 USD")
+        .intent("order-3")
+        .send()
+        .await
+        .unwrap();
+    let reused = client
+        .post(&url)
+        .body("999 USD")
+        .intent("order-3")
+        .send()
+        .await;
+    assert!(
+        matches!(reused, Err(ClientError::KeyReused { .. })),
+        "{reused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_client_reuses_the_journaled_key_and_never_writes_credentials() {
+    let (url, counters) = server().await;
+    let dir = std::env::temp_dir().join(format!("idempotent-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("payments.journal");
+    let send = |url: String, path: std::path::PathBuf| async move {
+        let client = IdempotentClient::builder()
+            .journal_path(path)
+            .retry(fast())
+            .build()
+            .unwrap();
+        client
+            .post(url)
+            .header("authorization", "Bearer SECRET-TOKEN-123")
+            .body("order-4")
+            .intent("order-4")
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = send(url.clone(), path.clone()).await;
+    // A new client, as after a restart of the program, on the same file.
+    let again = send(url.clone(), path.clone()).await;
+    assert_eq!(first.key, again.key);
+    assert_eq!(again.response.headers()["idempotent-replayed"], "true");
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        !bytes
+            .windows(b"SECRET-TOKEN-123".len())
+            .any(|w| w == b"SECRET-TOKEN-123"),
+        "credentials must never reach the journal"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_intent_left_pending_is_resumed_with_its_original_key() {
+    let (url, counters) = server().await;
+    let journal = MemoryJournal::new();
+    // The server is failing and the caller gives up after one attempt.
+    let gave_up = client(&journal)
+        .post(&url)
+        .header("x-fail-first", "1")
+        .body("order-5")
+        .intent("order-5")
+        .retry(RetryPolicy::none())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gave_up.response.status(), 503);
+    // Later, maybe in another process: list what is pending and resume it.
+    let later = client(&journal);
+    let pending = later.pending().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(Some(&pending[0].key), gave_up.key.as_ref());
+    let resumed = later.resume(&pending[0]).send().await.unwrap();
+    assert_eq!(resumed.response.status(), 201);
+    assert_eq!(resumed.key, gave_up.key);
+    assert!(later.pending().await.unwrap().is_empty());
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_then_reported() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let result = client(&MemoryJournal::new())
+        .post(format!("http://127.0.0.1:{port}/payments"))
+        .body("x")
+        .intent("order-6")
+        .retry(fast().max_attempts(3))
+        .send()
+        .await;
+    match result {
+        Err(ClientError::Http { attempts, source }) => {
+            assert_eq!(attempts, 3);
+            assert!(source.is_connect(), "{source}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+}
