@@ -3,16 +3,14 @@
 
 #[path = "../../idempotent-core/tests/support/redis_server.rs"]
 mod redis_server;
+mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use examples::payments::{Config, LedgerEntry, StoreChoice, app};
 use redis_server::RedisServer;
+use support::{ServerProcess, http_client};
 
 /// Serves the app on a free loopback port, in this process.
 async fn serve(config: Config) -> String {
@@ -21,13 +19,6 @@ async fn serve(config: Config) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
     format!("http://{addr}")
-}
-
-/// reqwest is built with rustls and no crypto provider of its own in this
-/// workspace (see idempotent-client): install ring first.
-fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
 }
 
 fn payment(amount: u64) -> serde_json::Value {
@@ -156,62 +147,6 @@ async fn unprotected_duplicates_charge_twice() {
         assert_eq!(response.status(), 201);
     }
     assert_eq!(ledger(&client, &base).await.len(), 2);
-}
-
-/// The `payments-server` example binary, built by `cargo test` next to this
-/// test's own executable (examples are built before tests run).
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let binary = profile_dir.join("examples").join("payments-server");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo test --workspace --all-features` (it builds the examples) or `cargo build --example payments-server`",
-        binary.display()
-    );
-    binary
-}
-
-/// A `payments-server` process, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    base: String,
-}
-
-impl ServerProcess {
-    fn start(store: &str) -> Self {
-        let mut child = Command::new(server_binary())
-            .args(["--addr", "127.0.0.1:0", "--store", store, "--work-ms", "20"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start payments-server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the banner");
-        let addr: SocketAddr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected banner: {line:?}"));
-        Self {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
