@@ -403,7 +403,15 @@ impl RequestBuilder {
                     SystemTime::now(),
                     policy.retry_after_cap(),
                 ),
-                Err(error) if retryable && (error.is_connect() || error.is_timeout()) => None,
+                // The connection failed, timed out, or broke before an
+                // answer arrived (the server may have handled the request:
+                // the key makes a retry safe).
+                Err(error)
+                    if retryable
+                        && (error.is_connect() || error.is_timeout() || error.is_request()) =>
+                {
+                    None
+                }
                 _ => {
                     return self.finish(result, key, attempts).await;
                 }

@@ -1,0 +1,133 @@
+//! The demo's scenario, shared with its test: payments through the retrying
+//! client and the fault-injecting proxy to the payments app, protected or
+//! not, counted against the server's ledger.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idempotent_client::{IdempotentClient, MemoryJournal, RetryPolicy};
+use tokio::sync::Semaphore;
+
+use crate::fault_proxy::{self, Faults};
+use crate::payments::{Config, LedgerEntry, Payment, StoreChoice, app};
+
+/// What one run counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// Attempts the client made, over every intent.
+    pub attempts: u64,
+    /// Intents that ended with a 2xx answer the caller could read.
+    pub succeeded: u64,
+    /// Charges the server executed (its ledger).
+    pub charges: usize,
+    /// Charges beyond the first for the same key.
+    pub duplicates: usize,
+    /// Callers holding a receipt that is not their key's one charge.
+    pub wrong_receipts: usize,
+}
+
+async fn serve(protected: bool) -> SocketAddr {
+    let config = Config {
+        store: StoreChoice::Memory,
+        work: Duration::from_millis(5),
+        protected,
+    };
+    let router = app(&config).await.expect("the in-memory app starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// Sends `intents` payments, `concurrency` at a time, through a proxy with
+/// `faults`, to the app with or without the idempotency layer.
+pub async fn run(intents: u64, concurrency: usize, faults: Faults, protected: bool) -> Run {
+    let server = serve(protected).await;
+    let (proxy, _) = fault_proxy::start(server, faults)
+        .await
+        .expect("the proxy starts");
+    // One request per connection, so the proxy's faults apply per attempt.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client");
+    let client = IdempotentClient::builder()
+        .journal(MemoryJournal::new())
+        .http_client(http)
+        .retry(
+            RetryPolicy::default()
+                .initial_interval(Duration::from_millis(5))
+                .max_interval(Duration::from_millis(100))
+                .max_attempts(30)
+                .jitter_seed(faults.seed),
+        )
+        .attempt_timeout(Duration::from_secs(2))
+        .build()
+        .expect("the client");
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut sends = Vec::new();
+    for i in 0..intents {
+        let permit = Arc::clone(&permits).acquire_owned().await.expect("open");
+        let client = client.clone();
+        let url = format!("http://{proxy}/payments");
+        sends.push(tokio::spawn(async move {
+            let sent = client
+                .post(url)
+                .json(&serde_json::json!({ "amount": 1000 + i, "currency": "USD" }))
+                .intent(format!("payment-{i}"))
+                .send()
+                .await;
+            drop(permit);
+            sent
+        }));
+    }
+    let mut attempts = 0;
+    let mut succeeded = 0;
+    let mut receipts: HashMap<String, Payment> = HashMap::new();
+    for send in sends {
+        let Ok(Ok(sent)) = send.await else { continue };
+        attempts += u64::from(sent.attempts);
+        if sent.response.status().is_success() {
+            let key = sent.key.clone().unwrap_or_default();
+            if let Ok(payment) = sent.response.json::<Payment>().await {
+                succeeded += 1;
+                receipts.insert(key, payment);
+            }
+        }
+    }
+    // Charges that were still running when their caller moved on finish.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ledger: Vec<LedgerEntry> = reqwest::get(format!("http://{server}/payments"))
+        .await
+        .expect("the ledger")
+        .json()
+        .await
+        .expect("a ledger");
+    let mut per_key: HashMap<String, Vec<&Payment>> = HashMap::new();
+    for entry in &ledger {
+        let key = entry.idempotency_key.clone().unwrap_or_default();
+        per_key.entry(key).or_default().push(&entry.payment);
+    }
+    let duplicates = per_key.values().map(|charges| charges.len() - 1).sum();
+    // Every caller must hold the one charge made for its key.
+    let wrong_receipts = receipts
+        .iter()
+        .filter(|(key, payment)| {
+            per_key
+                .get(*key)
+                .is_none_or(|c| c.len() != 1 || c[0] != *payment)
+        })
+        .count();
+    Run {
+        attempts,
+        succeeded,
+        charges: ledger.len(),
+        duplicates,
+        wrong_receipts,
+    }
+}
