@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotent_client::{IdempotentClient, MemoryJournal, RetryPolicy};
+use idempotent_client::{IdempotentClient, MemoryJournal, RetryBudget, RetryPolicy};
 use tokio::sync::Semaphore;
 
 use crate::fault_proxy::{self, Faults};
@@ -66,6 +66,9 @@ pub async fn run(intents: u64, concurrency: usize, faults: Faults, protected: bo
                 .max_attempts(30)
                 .jitter_seed(faults.seed),
         )
+        // 40% of attempts fail here on purpose: more than the default
+        // budget (made to stop retry storms during outages) would allow.
+        .retry_budget(RetryBudget::unlimited())
         .attempt_timeout(Duration::from_secs(2))
         .build()
         .expect("the client");

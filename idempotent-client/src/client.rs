@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Method, Response, StatusCode};
 use serde::Serialize;
 
+use crate::budget::RetryBudget;
 use crate::journal::{FileJournal, Intent, Journal, JournalError, now_ms};
 use crate::retry::{RetryPolicy, is_retryable_status, retry_after};
 
@@ -65,6 +66,7 @@ struct Inner {
     http: reqwest::Client,
     journal: Arc<dyn Journal>,
     retry: RetryPolicy,
+    budget: RetryBudget,
     attempt_timeout: Duration,
 }
 
@@ -106,6 +108,7 @@ pub struct ClientBuilder {
     journal_path: Option<PathBuf>,
     retention: Option<Duration>,
     retry: Option<RetryPolicy>,
+    budget: Option<RetryBudget>,
     attempt_timeout: Option<Duration>,
     http: Option<reqwest::Client>,
 }
@@ -143,6 +146,13 @@ impl ClientBuilder {
     /// The retry policy of every request (default [`RetryPolicy::default`]).
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
+        self
+    }
+
+    /// The retry budget shared by every request of the client (default
+    /// [`RetryBudget::default`]).
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -195,6 +205,7 @@ impl ClientBuilder {
                 http,
                 journal,
                 retry: self.retry.unwrap_or_default(),
+                budget: self.budget.unwrap_or_default(),
                 attempt_timeout: self.attempt_timeout.unwrap_or(Duration::from_secs(10)),
             }),
         })
@@ -374,6 +385,7 @@ impl RequestBuilder {
         let policy = self.retry.as_ref().unwrap_or(&inner.retry);
         let mut retries = policy.retries();
         let mut attempts = 0;
+        inner.budget.deposit();
         loop {
             attempts += 1;
             let mut request = inner
@@ -416,12 +428,20 @@ impl RequestBuilder {
                     return self.finish(result, key, attempts).await;
                 }
             };
-            match retries.next_delay(wait) {
+            let delay = retries.next_delay(wait).filter(|_| {
+                let allowed = inner.budget.try_retry();
+                if !allowed {
+                    metrics::counter!("idempotent_client_budget_exhausted_total").increment(1);
+                    tracing::warn!(intent = self.intent.as_deref(), "retry budget exhausted");
+                }
+                allowed
+            });
+            match delay {
                 Some(delay) => {
                     metrics::counter!("idempotent_client_retries_total").increment(1);
                     tokio::time::sleep(delay).await;
                 }
-                // Spent: the intent stays pending, to be resumed later.
+                // Spent (policy or budget): the intent stays pending, to be resumed later.
                 None => {
                     return match result {
                         Ok(response) => Ok(Sent {

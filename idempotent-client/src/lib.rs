@@ -9,10 +9,12 @@
 //! wait ([`retry_after`]). The client itself, its journal and the `pay`
 //! example come next; their design is in the project's DESIGN.md ("Client").
 
+mod budget;
 mod client;
 mod journal;
 mod retry;
 
+pub use budget::RetryBudget;
 pub use client::{
     ClientBuilder, ClientError, DEFAULT_RETENTION, IDEMPOTENCY_KEY, IdempotentClient,
     RequestBuilder, Sent,

@@ -257,3 +257,46 @@ async fn a_refused_connection_is_retried_then_reported() {
         other => panic!("expected a transport error, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_retry_budget_stops_a_retry_storm() {
+    // A server that is down for good answers 503 to everyone.
+    let down = Router::new().route(
+        "/payments",
+        post(|State(calls): State<Arc<AtomicUsize>>| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            StatusCode::SERVICE_UNAVAILABLE
+        }),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/payments", listener.local_addr().unwrap());
+    tokio::spawn({
+        let down = down.with_state(Arc::clone(&calls));
+        async move { axum::serve(listener, down).await }
+    });
+    let client = IdempotentClient::builder()
+        .journal(MemoryJournal::new())
+        .retry(fast().max_attempts(10))
+        // Five retries in the bucket, no refill.
+        .retry_budget(idempotent_client::RetryBudget::new(5.0, 0.0, 0.0))
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        let sent = client
+            .post(&url)
+            .body("x")
+            .intent(format!("storm-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.response.status(), 503);
+    }
+    // Without the budget: 20 × 10 attempts. With it: 20 first attempts and 5 retries.
+    assert_eq!(calls.load(Ordering::SeqCst), 25);
+    assert_eq!(
+        client.pending().await.unwrap().len(),
+        20,
+        "all left to resume later"
+    );
+}
