@@ -385,6 +385,7 @@ impl RequestBuilder {
         let policy = self.retry.as_ref().unwrap_or(&inner.retry);
         let mut retries = policy.retries();
         let mut attempts = 0;
+        let started = tokio::time::Instant::now();
         inner.budget.deposit();
         loop {
             attempts += 1;
@@ -428,14 +429,22 @@ impl RequestBuilder {
                     return self.finish(result, key, attempts).await;
                 }
             };
-            let delay = retries.next_delay(wait).filter(|_| {
-                let allowed = inner.budget.try_retry();
-                if !allowed {
-                    metrics::counter!("idempotent_client_budget_exhausted_total").increment(1);
-                    tracing::warn!(intent = self.intent.as_deref(), "retry budget exhausted");
-                }
-                allowed
-            });
+            let within_deadline = |delay: &Duration| {
+                policy
+                    .deadline()
+                    .is_none_or(|deadline| started.elapsed() + *delay <= deadline)
+            };
+            let delay = retries
+                .next_delay(wait)
+                .filter(within_deadline)
+                .filter(|_| {
+                    let allowed = inner.budget.try_retry();
+                    if !allowed {
+                        metrics::counter!("idempotent_client_budget_exhausted_total").increment(1);
+                        tracing::warn!(intent = self.intent.as_deref(), "retry budget exhausted");
+                    }
+                    allowed
+                });
             match delay {
                 Some(delay) => {
                     metrics::counter!("idempotent_client_retries_total").increment(1);

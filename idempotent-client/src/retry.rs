@@ -13,8 +13,9 @@ use http::{HeaderMap, StatusCode, header::RETRY_AFTER};
 /// spreads a crowd of clients out instead of keeping them in step). A
 /// server's `Retry-After` replaces the drawn delay, capped at
 /// [`max_retry_after`](Self::max_retry_after). Retries stop after
-/// `max_attempts` attempts in all, or once the delays would add up to more
-/// than `max_elapsed`.
+/// `max_attempts` attempts in all, or when the next one would start more
+/// than `max_elapsed` after the first (the [`Retries`] iterator alone can
+/// only count its delays; the client also counts the attempts' own time).
 ///
 /// Implemented on the `backon` crate (the `backoff` crate is unmaintained,
 /// RUSTSEC-2025-0012); backon's own jitter only adds to the delay, so the
@@ -102,7 +103,8 @@ impl RetryPolicy {
         self
     }
 
-    /// Retries stop once their delays would add up to more than this
+    /// The overall deadline: no retry starts later than this after the
+    /// first attempt started, counting both the attempts and the delays
     /// (`None`: no bound).
     pub fn max_elapsed(mut self, elapsed: Option<Duration>) -> Self {
         self.max_elapsed = elapsed;
@@ -119,6 +121,11 @@ impl RetryPolicy {
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
         self
+    }
+
+    /// The overall deadline (see [`max_elapsed`](Self::max_elapsed)).
+    pub fn deadline(&self) -> Option<Duration> {
+        self.max_elapsed
     }
 
     /// The cap on a server's `Retry-After`.

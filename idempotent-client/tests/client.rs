@@ -21,7 +21,8 @@ struct Counters {
 }
 
 /// Charges after `x-work-ms`; the first `x-fail-first` calls of the route
-/// answer `x-fail-status` (503 by default) with `Retry-After: 0`.
+/// answer `x-fail-status` (503 by default) with `Retry-After: 0`, also after
+/// `x-work-ms`.
 async fn charge(State(c): State<Counters>, headers: HeaderMap, body: String) -> Response {
     let call = c.calls.fetch_add(1, Ordering::SeqCst) + 1;
     let number = |name: &str| {
@@ -29,12 +30,16 @@ async fn charge(State(c): State<Counters>, headers: HeaderMap, body: String) -> 
             .get(name)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
     };
+    let work = number("x-work-ms").map(|ms| Duration::from_millis(ms as u64));
     if call <= number("x-fail-first").unwrap_or(0) {
+        if let Some(work) = work {
+            tokio::time::sleep(work).await;
+        }
         let status = StatusCode::from_u16(number("x-fail-status").unwrap_or(503) as u16).unwrap();
         return (status, [("retry-after", "0")], "try again").into_response();
     }
-    if let Some(ms) = number("x-work-ms") {
-        tokio::time::sleep(Duration::from_millis(ms as u64)).await;
+    if let Some(work) = work {
+        tokio::time::sleep(work).await;
     }
     let n = c.charges.fetch_add(1, Ordering::SeqCst) + 1;
     (StatusCode::CREATED, format!("charge {n} for {body}")).into_response()
@@ -299,4 +304,35 @@ async fn the_retry_budget_stops_a_retry_storm() {
         20,
         "all left to resume later"
     );
+}
+
+#[tokio::test]
+async fn the_overall_deadline_counts_the_attempts_time_too() {
+    let (url, counters) = server().await;
+    // Each attempt takes 100 ms and fails; the delays are 1 ms. Counting
+    // only the delays, the 300 ms deadline would allow about 300 attempts;
+    // counting the attempts' time too, it allows three or four.
+    let policy = RetryPolicy::default()
+        .initial_interval(Duration::from_millis(1))
+        .max_interval(Duration::from_millis(1))
+        .full_jitter(false)
+        .max_attempts(1_000)
+        .max_elapsed(Some(Duration::from_millis(300)));
+    let sent = client(&MemoryJournal::new())
+        .post(&url)
+        .header("x-fail-first", "1000000")
+        .header("x-work-ms", "100")
+        .body("x")
+        .intent("deadline")
+        .retry(policy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.response.status(), 503);
+    assert!(
+        (2..=5).contains(&sent.attempts),
+        "{} attempts",
+        sent.attempts
+    );
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 0);
 }
