@@ -47,7 +47,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     /// 100 ms initial interval, ×2 per retry, at most 10 s between attempts,
-    /// full jitter, 8 attempts, 60 s in all, `Retry-After` capped at 30 s.
+    /// full jitter, 8 attempts, a 60 s overall deadline, `Retry-After` capped at 30 s.
     fn default() -> Self {
         Self {
             initial_interval: Duration::from_millis(100),
