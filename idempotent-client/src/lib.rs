@@ -2,12 +2,19 @@
 //! a durable journal so that not even a crash of the caller causes a second
 //! charge.
 //!
-//! Work in progress. What is here so far is the retry policy the client will
-//! use: [`RetryPolicy`] (exponential backoff with full jitter, bounded by
-//! attempts and elapsed time, built on the `backon` crate), which answers are
-//! worth retrying ([`is_retryable_status`]), and how long a server asked us to
-//! wait ([`retry_after`]). The client itself, its journal and the `pay`
-//! example come next; their design is in the project's DESIGN.md ("Client").
+//! - [`IdempotentClient`]: name each logical request with an
+//!   [`intent`](RequestBuilder::intent); its key is made and written to the
+//!   [`Journal`] before the first attempt, and every retry, and every re-run
+//!   of the program with the same intent name, sends that key.
+//! - [`FileJournal`] (redb, crash-safe, group commits) or [`MemoryJournal`].
+//!   [`IdempotentClient::pending`] and [`IdempotentClient::resume`] finish
+//!   what a crash interrupted.
+//! - [`RetryPolicy`]: exponential backoff with full jitter, bounded by
+//!   attempts and an overall deadline, built on the `backon` crate;
+//!   [`is_retryable_status`] says which answers are retried, and
+//!   [`retry_after`] honours the server's `Retry-After`.
+//! - [`RetryBudget`]: a client-wide token bucket, so an outage does not
+//!   become a retry storm.
 
 mod budget;
 mod client;
