@@ -232,6 +232,23 @@ impl StorageKey {
         &self.0
     }
 
+    /// The four parts: namespace, scope, operation and key (for stores that
+    /// keep them in separate columns).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn parts(&self) -> (&str, &str, &str, &str) {
+        fn part(s: &str) -> (&str, &str) {
+            // Always well-formed: built only by `new`.
+            let (len, rest) = s.split_once(':').unwrap_or(("0", s));
+            let len: usize = len.parse().unwrap_or(0).min(rest.len());
+            let (part, rest) = rest.split_at(len);
+            (part, rest.strip_prefix('|').unwrap_or(rest))
+        }
+        let (namespace, rest) = part(&self.0);
+        let (scope, rest) = part(rest);
+        let (operation, key) = part(rest);
+        (namespace, scope, operation, key)
+    }
+
     /// The same allocation, as bytes.
     #[cfg(feature = "memory")]
     pub(crate) fn to_bytes(&self) -> Arc<[u8]> {
@@ -300,6 +317,16 @@ mod tests {
         );
         for bad in [r#""abc"#, r#""a\nb""#, r#""abc"x"#, r#""a b""#] {
             assert!(IdempotencyKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_storage_key_splits_back_into_its_parts() {
+        let key = IdempotencyKey::parse("k|1:x").unwrap();
+        for (n, s, o) in [("idem", "", "op"), ("a|0:", "t:1|", "x|y"), ("", "", "")] {
+            let storage = StorageKey::new(n, s, o, &key);
+            assert_eq!(storage.parts(), (n, s, o, "k|1:x"));
         }
     }
 

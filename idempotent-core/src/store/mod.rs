@@ -15,6 +15,8 @@ use crate::record::{ClaimOutcome, LeaseToken};
 
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
@@ -23,6 +25,8 @@ pub use self::redis::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "postgres")]
+pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PostgresStore};
 
 /// A backend holding idempotency records.
 ///

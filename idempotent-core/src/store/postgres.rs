@@ -1,0 +1,342 @@
+//! The PostgreSQL store: one row per record, a unique key on
+//! (namespace, scope, operation, key), the database's clock for leases.
+//!
+//! This is the store used like Redis (claim, then complete or release, with
+//! leases). The same-transaction mode, where the record commits together
+//! with the caller's own writes, is not built yet.
+
+use std::hash::{BuildHasher, RandomState};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor as _, Row as _};
+
+use super::{Store, StoreError};
+use crate::fingerprint::Fingerprint;
+use crate::key::StorageKey;
+use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Record, RecordState};
+
+/// Every call is bounded by this, by default.
+pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The table, created by [`PostgresStore::migrate`]. For your own migration
+/// tool, run this SQL (idempotent) once per schema.
+pub const MIGRATION: &str = "
+CREATE TABLE IF NOT EXISTS idempotency_records (
+    namespace   TEXT        NOT NULL,
+    scope       TEXT        NOT NULL,
+    operation   TEXT        NOT NULL,
+    key         TEXT        NOT NULL,
+    fingerprint BYTEA       NOT NULL,
+    token       BYTEA,
+    response    BYTEA,
+    deadline    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (namespace, scope, operation, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (deadline);
+";
+
+/// A [`Store`] on PostgreSQL.
+///
+/// - One row per record; the primary key (namespace, scope, operation, key)
+///   is the unique constraint that makes a claim atomic.
+/// - A claim is one `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`: it
+///   inserts the in-progress row, or takes over one whose deadline passed,
+///   or leaves a live row alone, and in every case returns the row. Leases
+///   and retention use the database's clock (`now()`), so every machine
+///   agrees.
+/// - Complete, release and renew are single statements that check the
+///   lease token and that the lease is live.
+/// - Expired rows are deleted in bounded batches by
+///   [`purge_expired`](Self::purge_expired), through the index on
+///   `deadline` (no table scan).
+/// - Every call is bounded by the timeout (default 1 s); a database that
+///   cannot be reached is [`StoreError::Unavailable`].
+///
+/// ```no_run
+/// use idempotent_core::{Idempotency, PostgresStore};
+///
+/// # async fn start() -> Result<(), idempotent_core::StoreError> {
+/// let store = PostgresStore::connect("postgres://app@127.0.0.1/shop").await?;
+/// store.migrate().await?;
+/// Idempotency::new(store).install().expect("installed once");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+    timeout: Duration,
+    tokens: std::sync::Arc<Tokens>,
+}
+
+/// Lease tokens unique across processes: 64 random bits, then a counter.
+#[derive(Debug)]
+struct Tokens {
+    base: u128,
+    next: AtomicU64,
+}
+
+impl Tokens {
+    fn new() -> Self {
+        let random = RandomState::new().hash_one(std::process::id());
+        Self {
+            base: u128::from(random) << 64,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> LeaseToken {
+        LeaseToken::from_u128(self.base | u128::from(self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+impl PostgresStore {
+    /// A store on `url` with the default timeout. Connections are made
+    /// lazily, so this succeeds while the database is down.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(StoreError::unavailable)?;
+        Ok(Self::with_options(options, DEFAULT_POSTGRES_TIMEOUT))
+    }
+
+    /// A store with explicit connection options (a `search_path`, say) and
+    /// call timeout.
+    pub fn with_options(options: PgConnectOptions, timeout: Duration) -> Self {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(timeout)
+            .connect_lazy_with(options);
+        Self {
+            pool,
+            timeout,
+            tokens: std::sync::Arc::new(Tokens::new()),
+        }
+    }
+
+    /// Creates the table and its index if they are missing ([`MIGRATION`]),
+    /// under an advisory lock so concurrent starts do not race.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            tx.execute("SELECT pg_advisory_xact_lock(7171001)").await?;
+            tx.execute(MIGRATION).await?;
+            tx.commit().await
+        })
+        .await
+    }
+
+    /// Deletes up to `batch` rows whose deadline has passed; returns how
+    /// many. Call it periodically (it uses the `deadline` index).
+    pub async fn purge_expired(&self, batch: i64) -> Result<u64, StoreError> {
+        self.bounded(async {
+            sqlx::query(
+                "DELETE FROM idempotency_records WHERE ctid IN (
+                     SELECT ctid FROM idempotency_records WHERE deadline <= now()
+                     ORDER BY deadline LIMIT $1)",
+            )
+            .bind(batch)
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(StoreError::unavailable),
+            Err(elapsed) => Err(StoreError::unavailable(elapsed)),
+        }
+    }
+
+    /// Runs a fenced statement: exactly one row changed, or the lease is lost.
+    async fn fenced(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .bounded(async { query.execute(&self.pool).await.map(|d| d.rows_affected()) })
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost)
+        }
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        detail: detail.into(),
+    }
+}
+
+/// The row a claim returned, as the state machine's record (its deadline
+/// relative to "now" = 0).
+fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError> {
+    let get = |e: sqlx::Error| corrupt(key, e.to_string());
+    let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(get)?;
+    let token: Option<Vec<u8>> = row.try_get("token").map_err(get)?;
+    let response: Option<Vec<u8>> = row.try_get("response").map_err(get)?;
+    let remaining: i64 = row.try_get("remaining_ms").map_err(get)?;
+    let fingerprint = <[u8; 16]>::try_from(fingerprint.as_slice())
+        .map_err(|_| corrupt(key, "the fingerprint is not 16 bytes"))?;
+    let deadline = u64::try_from(remaining.max(1)).unwrap_or(1);
+    let state = match (token, response) {
+        (Some(token), None) => RecordState::InProgress {
+            token: LeaseToken::from_u128(u128::from_be_bytes(
+                <[u8; 16]>::try_from(token.as_slice())
+                    .map_err(|_| corrupt(key, "the lease token is not 16 bytes"))?,
+            )),
+            lease_until: deadline,
+        },
+        (None, Some(response)) => RecordState::Completed {
+            response: response.into(),
+            expires_at: deadline,
+        },
+        _ => {
+            return Err(corrupt(
+                key,
+                "a row must hold either a lease token or a response",
+            ));
+        }
+    };
+    Ok(Record {
+        fingerprint: Fingerprint::from_u128(u128::from_be_bytes(fingerprint)),
+        state,
+    })
+}
+
+/// Inserts the in-progress row, or takes over an expired one, or leaves a
+/// live one alone; returns the row and whether it is ours now. `now()` is
+/// one value for the whole statement, so every CASE agrees.
+const CLAIM: &str = "
+INSERT INTO idempotency_records AS r
+    (namespace, scope, operation, key, fingerprint, token, response, deadline)
+VALUES ($1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond')
+ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
+    fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
+    token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
+    response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
+    deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
+RETURNING fingerprint, token, response,
+    (token IS NOT DISTINCT FROM $6) AS acquired,
+    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fingerprint: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let (namespace, scope, operation, id) = key.parts();
+        let token = self.tokens.next();
+        let row = self
+            .bounded(
+                sqlx::query(CLAIM)
+                    .bind(namespace)
+                    .bind(scope)
+                    .bind(operation)
+                    .bind(id)
+                    .bind(fingerprint.as_u128().to_be_bytes().as_slice())
+                    .bind(token.as_u128().to_be_bytes().as_slice())
+                    .bind(millis(lease))
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        let acquired: bool = row
+            .try_get("acquired")
+            .map_err(|e| corrupt(key, e.to_string()))?;
+        if acquired {
+            return Ok(ClaimOutcome::Acquired(Lease {
+                token,
+                duration: lease,
+            }));
+        }
+        let current = decode(key, &row)?;
+        match record::decide_claim(Some(&current), fingerprint, 0) {
+            ClaimDecision::Answer(answer) => Ok(answer),
+            // The statement takes over expired rows itself.
+            ClaimDecision::Acquire => Err(corrupt(key, "a live row was reported expired")),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let (namespace, scope, operation, id) = key.parts();
+        self.fenced(
+            sqlx::query(
+                "UPDATE idempotency_records
+                 SET token = NULL, response = $6, deadline = now() + $7 * interval '1 millisecond'
+                 WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
+                   AND token = $5 AND deadline > now()",
+            )
+            .bind(namespace)
+            .bind(scope)
+            .bind(operation)
+            .bind(id)
+            .bind(token.as_u128().to_be_bytes().to_vec())
+            .bind(response.to_vec())
+            .bind(millis(ttl)),
+        )
+        .await
+    }
+
+    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
+        let (namespace, scope, operation, id) = key.parts();
+        self.fenced(
+            sqlx::query(
+                "DELETE FROM idempotency_records
+                 WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
+                   AND token = $5 AND deadline > now()",
+            )
+            .bind(namespace)
+            .bind(scope)
+            .bind(operation)
+            .bind(id)
+            .bind(token.as_u128().to_be_bytes().to_vec()),
+        )
+        .await
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let (namespace, scope, operation, id) = key.parts();
+        self.fenced(
+            sqlx::query(
+                "UPDATE idempotency_records
+                 SET deadline = now() + $6 * interval '1 millisecond'
+                 WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
+                   AND token = $5 AND deadline > now()",
+            )
+            .bind(namespace)
+            .bind(scope)
+            .bind(operation)
+            .bind(id)
+            .bind(token.as_u128().to_be_bytes().to_vec())
+            .bind(millis(lease)),
+        )
+        .await
+    }
+}
