@@ -98,6 +98,12 @@ impl Operation {
         self.name
     }
 
+    /// How long a duplicate in flight is waited for, if at all.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn wait_bound(&self) -> Option<Duration> {
+        self.wait
+    }
+
     fn metrics(&self) -> &telemetry::Handles {
         self.metrics.get(self.name)
     }
@@ -294,7 +300,15 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn prepare(self) -> Result<(Cow<'a, Idempotency>, IdempotencyKey, StorageKey), Error> {
+    /// The call's operation and fingerprint.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn parts(&self) -> (&'a Operation, Fingerprint) {
+        (self.operation, self.fingerprint)
+    }
+
+    pub(crate) fn prepare(
+        self,
+    ) -> Result<(Cow<'a, Idempotency>, IdempotencyKey, StorageKey), Error> {
         let runtime = match self.runtime {
             Some(runtime) => runtime,
             None => Cow::Borrowed(Idempotency::global()?),
@@ -324,7 +338,7 @@ pub(crate) trait Codec<V> {
 }
 
 /// Stores `Ok` as `b'O'` + JSON and, when `CACHE_ERRORS`, `Err` as `b'E'` + JSON.
-struct ResultCodec<const CACHE_ERRORS: bool>;
+pub(crate) struct ResultCodec<const CACHE_ERRORS: bool>;
 
 const OK_TAG: u8 = b'O';
 const ERR_TAG: u8 = b'E';

@@ -144,3 +144,170 @@ async fn a_database_that_is_down_fails_closed() {
     );
     assert!(!ran);
 }
+
+/// What a transactional body may fail with.
+#[derive(Debug, thiserror::Error)]
+enum ChargeError {
+    #[error(transparent)]
+    Idempotency(#[from] Error),
+    #[error("declined")]
+    Declined,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl Schema {
+    /// A plain connection in this schema, for the test's own queries.
+    async fn connection(&self) -> sqlx::PgConnection {
+        let options = url()
+            .parse::<PgConnectOptions>()
+            .unwrap()
+            .options([("search_path", self.0.as_str())]);
+        sqlx::PgConnection::connect_with(&options).await.unwrap()
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&mut self.connection().await)
+            .await
+            .unwrap()
+    }
+}
+
+async fn with_ledger(name: &str) -> (Schema, PostgresStore) {
+    let schema = Schema::create(name).await;
+    let store = schema.store().await;
+    schema
+        .connection()
+        .await
+        .execute("CREATE TABLE ledger (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    (schema, store)
+}
+
+/// The body: one ledger row, in the caller's transaction.
+fn charge(
+    amount: i64,
+    fail: bool,
+) -> impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, i64, ChargeError>
+{
+    charge_taking(amount, fail, Duration::from_millis(20))
+}
+
+fn charge_taking(
+    amount: i64,
+    fail: bool,
+    work: Duration,
+) -> impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, i64, ChargeError>
+{
+    move |tx| {
+        Box::pin(async move {
+            let id: i64 =
+                sqlx::query_scalar("INSERT INTO ledger (amount) VALUES ($1) RETURNING id")
+                    .bind(amount)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tokio::time::sleep(work).await;
+            if fail {
+                return Err(ChargeError::Declined);
+            }
+            Ok(id)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_duplicates_in_transactional_mode_make_one_ledger_row() {
+    static TX_CHARGE: Operation = Operation::new("pg.tx.charge").wait(Duration::from_secs(20));
+    let (schema, store) = with_ledger("tx_concurrent").await;
+    let runtime = Idempotency::new(store.clone());
+    let calls = (0..100).map(|_| {
+        let (store, runtime) = (store.clone(), runtime.clone());
+        tokio::spawn(async move {
+            store
+                .run_in_transaction(
+                    runtime.call(&TX_CHARGE).key("order-1").payload(&4200),
+                    charge(4200, false),
+                )
+                .await
+                .unwrap()
+        })
+    });
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    assert_eq!(schema.count("ledger").await, 1, "one charge");
+    assert_eq!(
+        answers.iter().filter(|a| !a.replayed).count(),
+        1,
+        "one execution"
+    );
+    assert!(
+        answers.iter().all(|a| a.value == answers[0].value),
+        "identical answers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_body_leaves_no_row_and_a_retry_runs_clean() {
+    static TX_FAIL: Operation = Operation::new("pg.tx.fail").wait(Duration::from_secs(5));
+    let (schema, store) = with_ledger("tx_fail").await;
+    let runtime = Idempotency::new(store.clone());
+    let call = || runtime.call(&TX_FAIL).key("order-2").payload(&100);
+    let failed = store.run_in_transaction(call(), charge(100, true)).await;
+    assert!(matches!(failed, Err(ChargeError::Declined)), "{failed:?}");
+    assert_eq!(
+        schema.count("ledger").await,
+        0,
+        "the body's write was rolled back"
+    );
+    assert_eq!(
+        schema.count("idempotency_records").await,
+        0,
+        "and so was the record"
+    );
+    let retried = store
+        .run_in_transaction(call(), charge(100, false))
+        .await
+        .unwrap();
+    assert!(!retried.replayed);
+    assert_eq!(schema.count("ledger").await, 1);
+    let replayed = store
+        .run_in_transaction(call(), charge(100, false))
+        .await
+        .unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(replayed.value, retried.value);
+    assert_eq!(schema.count("ledger").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
+    static TX_NOWAIT: Operation = Operation::new("pg.tx.nowait");
+    let (schema, store) = with_ledger("tx_nowait").await;
+    let runtime = Idempotency::new(store.clone());
+    let slow = charge_taking(1, false, Duration::from_millis(400));
+    let first = {
+        let (store, runtime) = (store.clone(), runtime.clone());
+        tokio::spawn(async move {
+            store
+                .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), slow)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let duplicate = store
+        .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), charge(1, false))
+        .await;
+    assert!(
+        matches!(
+            duplicate,
+            Err(ChargeError::Idempotency(Error::InProgress { .. }))
+        ),
+        "{duplicate:?}"
+    );
+    assert!(!first.await.unwrap().unwrap().replayed);
+    assert_eq!(schema.count("ledger").await, 1);
+}

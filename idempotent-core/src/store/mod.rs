@@ -17,6 +17,8 @@ use crate::record::{ClaimOutcome, LeaseToken};
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_tx;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
@@ -27,6 +29,8 @@ pub use self::redis::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
 pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PostgresStore};
+#[cfg(feature = "postgres")]
+pub use postgres_tx::TxBody;
 
 /// A backend holding idempotency records.
 ///

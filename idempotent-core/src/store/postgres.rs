@@ -144,6 +144,14 @@ impl PostgresStore {
         .await
     }
 
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn next_token(&self) -> LeaseToken {
+        self.tokens.next()
+    }
+
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, sqlx::Error>>,
@@ -183,7 +191,7 @@ fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError {
 
 /// The row a claim returned, as the state machine's record (its deadline
 /// relative to "now" = 0).
-fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError> {
+pub(crate) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError> {
     let get = |e: sqlx::Error| corrupt(key, e.to_string());
     let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(get)?;
     let token: Option<Vec<u8>> = row.try_get("token").map_err(get)?;
