@@ -2,7 +2,8 @@
 //!
 //! - fresh: the engine's claim + complete against a raw
 //!   `INSERT ... ON CONFLICT DO NOTHING` then `UPDATE` of the same row;
-//! - replay: the engine's claim of a completed key against a raw `SELECT`;
+//! - replay: the engine's claim of a completed key against a raw `SELECT`
+//!   (both over 100 stored keys);
 //! - transactional: `run_in_transaction` with a ledger insert against the same
 //!   business transaction (`BEGIN; INSERT INTO ledger; COMMIT`) without
 //!   idempotency;
@@ -162,13 +163,15 @@ fn main() {
             // Replay: keys written above.
             let engine = {
                 let (idem, prefix) = (idem.clone(), prefix.clone());
-                idem.call(&REPLAY)
-                    .key(&format!("{prefix}-r"))
-                    .run(async { Ok::<_, Error>(0u64) })
-                    .await
-                    .expect("seed");
-                throughput(n, tasks, move |_| {
-                    let (idem, key) = (idem.clone(), format!("{prefix}-r"));
+                for k in 0..100 {
+                    idem.call(&REPLAY)
+                        .key(&format!("{prefix}-r{k}"))
+                        .run(async { Ok::<_, Error>(0u64) })
+                        .await
+                        .expect("seed");
+                }
+                throughput(n, tasks, move |i| {
+                    let (idem, key) = (idem.clone(), format!("{prefix}-r{}", i % 100));
                     async move {
                         let done = idem
                             .call(&REPLAY)

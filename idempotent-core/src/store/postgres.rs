@@ -43,9 +43,10 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
 ///
 /// - One row per record; the primary key (namespace, scope, operation, key)
 ///   is the unique constraint that makes a claim atomic.
-/// - A claim is one `INSERT ... ON CONFLICT DO UPDATE ... RETURNING`: it
-///   inserts the in-progress row, or takes over one whose deadline passed,
-///   or leaves a live row alone, and in every case returns the row. Leases
+/// - A claim is one statement: a live row is answered as it is (a replay
+///   only reads); otherwise an `INSERT ... ON CONFLICT DO UPDATE ...
+///   RETURNING` inserts the in-progress row, takes over one whose deadline
+///   passed, or returns the row a concurrent claim just committed. Leases
 ///   and retention use the database's clock (`now()`), so every machine
 ///   agrees.
 /// - Complete, release and renew are single statements that check the
@@ -225,21 +226,33 @@ pub(crate) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError
     })
 }
 
-/// Inserts the in-progress row, or takes over an expired one, or leaves a
-/// live one alone; returns the row and whether it is ours now. `now()` is
-/// one value for the whole statement, so every CASE agrees.
+/// One statement. A live row visible in the statement's snapshot is answered
+/// as it is, without writing (a replay reads, it does not lock). Otherwise
+/// the in-progress row is inserted, or an expired row taken over; a row a
+/// concurrent claim committed meanwhile is returned by the `DO UPDATE`, which
+/// sees and locks the latest version (the snapshot alone could miss it).
+/// `now()` is one value for the whole statement, so every CASE agrees.
 const CLAIM: &str = "
-INSERT INTO idempotency_records AS r
-    (namespace, scope, operation, key, fingerprint, token, response, deadline)
-VALUES ($1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond')
-ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
-    fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
-    token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
-    response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
-    deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
-RETURNING fingerprint, token, response,
+WITH live AS (
+    SELECT fingerprint, token, response, deadline FROM idempotency_records
+    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4 AND deadline > now()
+), claimed AS (
+    INSERT INTO idempotency_records AS r
+        (namespace, scope, operation, key, fingerprint, token, response, deadline)
+    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM live)
+    ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
+        fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
+        token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
+        response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
+        deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
+    RETURNING fingerprint, token, response, deadline
+)
+SELECT fingerprint, token, response,
     (token IS NOT DISTINCT FROM $6) AS acquired,
-    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms";
+    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
+FROM (SELECT * FROM claimed UNION ALL SELECT * FROM live) AS row
+LIMIT 1";
 
 #[async_trait]
 impl Store for PostgresStore {

@@ -70,7 +70,6 @@ impl PostgresStore {
         let (runtime, key, storage_key) = call.prepare()?;
         let (namespace, scope, op, id) = storage_key.parts();
         let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
-        let mut tx = self.pool().begin().await.map_err(unavailable)?;
         let in_progress = || -> E {
             Error::InProgress {
                 key: key.to_string(),
@@ -78,24 +77,31 @@ impl PostgresStore {
             }
             .into()
         };
-        if let Some(wait) = operation.wait_bound() {
-            // Bounds the wait on a duplicate's uncommitted row.
-            sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-                .bind(format!("{}ms", wait.as_millis().max(1)))
-                .execute(&mut *tx)
+        let mut tx = match operation.wait_bound() {
+            // Bounds the wait on a duplicate's uncommitted row; set in the
+            // same round trip as BEGIN.
+            Some(wait) => self
+                .pool()
+                .begin_with(format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                    wait.as_millis().clamp(1, i32::MAX as u128)
+                ))
                 .await
-                .map_err(unavailable)?;
-        } else {
-            let locked: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                    .bind(storage_key.as_str())
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-            if !locked {
-                return Err(in_progress());
+                .map_err(unavailable)?,
+            None => {
+                let mut tx = self.pool().begin().await.map_err(unavailable)?;
+                let locked: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                        .bind(storage_key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                if !locked {
+                    return Err(in_progress());
+                }
+                tx
             }
-        }
+        };
         let token = self.next_token().as_u128().to_be_bytes();
         // Ours if new, or if the row there has expired; a duplicate running
         // in another transaction makes this wait until that one ends.
