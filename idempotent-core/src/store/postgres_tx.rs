@@ -143,10 +143,14 @@ impl PostgresStore {
             .bind(scope)
             .bind(op)
             .bind(id)
-            .fetch_one(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
             drop(tx);
+            // Gone since the insert saw it (a lease released): try again.
+            let Some(row) = row else {
+                return Err(in_progress());
+            };
             let current = super::postgres::decode(&storage_key, &row).map_err(|e| match e {
                 StoreError::Corrupt { key, detail } => Error::Codec {
                     action: "decode",
