@@ -104,7 +104,7 @@ impl Operation {
         self.wait
     }
 
-    fn metrics(&self) -> &telemetry::Handles {
+    pub(crate) fn metrics(&self) -> &telemetry::Handles {
         self.metrics.get(self.name)
     }
 
@@ -629,7 +629,7 @@ where
 /// A failed claim: a record that cannot be decoded is a codec error (so
 /// nobody mistakes it for an outage); anything else means the store is
 /// unavailable.
-fn store_error(operation: &Operation, error: StoreError) -> Error {
+pub(crate) fn store_error(operation: &Operation, error: StoreError) -> Error {
     match error {
         StoreError::Corrupt { key, detail } => codec_error(
             "decode",

@@ -68,7 +68,9 @@ pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, StorageKey};
 pub use record::{ClaimOutcome, Lease, LeaseToken};
 pub use runtime::{DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder};
 #[cfg(feature = "postgres")]
-pub use store::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PostgresStore, TxBody};
+pub use store::{
+    Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MIGRATION, PostgresStore, PurgeTask, TxBody,
+};
 #[cfg(feature = "redis")]
 pub use store::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
 #[cfg(feature = "memory")]

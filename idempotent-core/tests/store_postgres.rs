@@ -311,3 +311,130 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
     assert!(!first.await.unwrap().unwrap().replayed);
     assert_eq!(schema.count("ledger").await, 1);
 }
+
+/// `begin` lets the body borrow from its caller (here `order`, a local), which
+/// the closure form cannot; the transaction commits the ledger row and the
+/// record together, and a changed payload is refused without a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
+    use idempotent_core::Begun;
+    static BEGIN: Operation = Operation::new("pg.tx.begin").wait(Duration::from_secs(5));
+    let (schema, store) = with_ledger("tx_begin").await;
+    let runtime = Idempotency::new(store.clone());
+    let order = String::from("order-7");
+    async fn pay(
+        store: &PostgresStore,
+        runtime: &Idempotency,
+        order: &str,
+        amount: i64,
+    ) -> Result<(i64, bool), ChargeError> {
+        let call = runtime.call(&BEGIN).key(order).payload(&amount);
+        let mut tx = match store.begin::<i64>(call).await? {
+            Begun::Replayed(id) => return Ok((id, true)),
+            Begun::Fresh(tx) => tx,
+        };
+        let id: Result<i64, ChargeError> =
+            sqlx::query_scalar("INSERT INTO ledger (amount) VALUES ($1) RETURNING id")
+                .bind(amount)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(ChargeError::from);
+        Ok((tx.finish(id).await?.value, false))
+    }
+    let (first, replayed) = pay(&store, &runtime, &order, 500).await.unwrap();
+    assert!(!replayed);
+    let (again, replayed) = pay(&store, &runtime, &order, 500).await.unwrap();
+    assert!(replayed, "the second call replays");
+    assert_eq!(again, first, "with the committed value");
+    let changed = pay(&store, &runtime, &order, 999).await;
+    assert!(
+        matches!(
+            changed,
+            Err(ChargeError::Idempotency(Error::KeyReused { .. }))
+        ),
+        "{changed:?}"
+    );
+    assert_eq!(schema.count("ledger").await, 1, "one charge in all");
+
+    // A fresh transaction dropped unfinished leaves nothing behind.
+    let call = runtime.call(&BEGIN).key("order-8").payload(&1);
+    let Begun::Fresh(mut tx) = store.begin::<i64>(call).await.unwrap() else {
+        panic!("a new key begins fresh");
+    };
+    sqlx::query("INSERT INTO ledger (amount) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(schema.count("ledger").await, 1, "the write rolled back");
+    let (_, replayed) = pay(&store, &runtime, "order-8", 1).await.unwrap();
+    assert!(!replayed, "and the key is free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_purge_drains_expired_rows_in_batches_and_stops_when_dropped() {
+    static OP: Operation = Operation::new("pg.purge.task");
+    let schema = Schema::create("purge_task").await;
+    let store = schema.store().await;
+    let short = Idempotency::builder(store.clone())
+        .ttl(Duration::from_millis(50))
+        .build();
+    for i in 0..25 {
+        short
+            .call(&OP)
+            .key(&format!("short-{i}"))
+            .run(async { Ok::<_, Error>(i) })
+            .await
+            .unwrap();
+    }
+    Idempotency::new(store.clone())
+        .call(&OP)
+        .key("long")
+        .run(async { Ok::<_, Error>(0) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Batches of 4, one tick: only the drain-while-full loop empties 25 rows.
+    let task = store.spawn_purge(Duration::from_secs(3600), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while schema.count("idempotency_records").await > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purge did not drain the expired rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(task);
+    // Ticking: a task every 20 ms purges rows that expire after it started.
+    let later = |prefix: &'static str| {
+        let short = short.clone();
+        async move {
+            for i in 0..3 {
+                short
+                    .call(&OP)
+                    .key(&format!("{prefix}-{i}"))
+                    .run(async { Ok::<_, Error>(i) })
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let task = store.spawn_purge(Duration::from_millis(20), 100);
+    later("later").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while schema.count("idempotency_records").await > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ticking purge did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(task);
+    later("after-drop").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        schema.count("idempotency_records").await,
+        4,
+        "the live record stays, and a dropped task purges no more"
+    );
+}

@@ -28,9 +28,9 @@ pub use self::redis::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
-pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PostgresStore};
+pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PostgresStore, PurgeTask};
 #[cfg(feature = "postgres")]
-pub use postgres_tx::TxBody;
+pub use postgres_tx::{Begun, KeyTransaction, TxBody};
 
 /// A backend holding idempotency records.
 ///

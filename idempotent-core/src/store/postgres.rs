@@ -145,6 +145,37 @@ impl PostgresStore {
         .await
     }
 
+    /// Starts a background task that purges expired rows every `every`, in
+    /// batches of `batch` (a full batch is followed at once by the next, so
+    /// a backlog drains without waiting). Errors are logged and retried at
+    /// the next tick. The task stops when the returned handle is dropped.
+    ///
+    /// Needs a tokio runtime.
+    pub fn spawn_purge(&self, every: Duration, batch: i64) -> PurgeTask {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                loop {
+                    match store.purge_expired(batch).await {
+                        Ok(purged) if purged >= u64::try_from(batch).unwrap_or(0).max(1) => {}
+                        Ok(purged) => {
+                            tracing::debug!(purged, "purged expired idempotency records");
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "could not purge expired idempotency records");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        PurgeTask(task.abort_handle())
+    }
+
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -164,10 +195,7 @@ impl PostgresStore {
     }
 
     /// Runs a fenced statement: exactly one row changed, or the lease is lost.
-    async fn fenced(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<(), StoreError> {
+    async fn fenced(&self, query: PgQuery<'_>) -> Result<(), StoreError> {
         let changed = self
             .bounded(async { query.execute(&self.pool).await.map(|d| d.rows_affected()) })
             .await?;
@@ -179,7 +207,32 @@ impl PostgresStore {
     }
 }
 
-fn millis(duration: Duration) -> i64 {
+/// The background purge of [`PostgresStore::spawn_purge`]; dropping it
+/// stops the task.
+#[derive(Debug)]
+#[must_use = "the purge task stops when this handle is dropped"]
+pub struct PurgeTask(tokio::task::AbortHandle);
+
+impl Drop for PurgeTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A statement whose `$1` to `$4` are the record's namespace, scope,
+/// operation and key: the table's unique key, in one place.
+pub(crate) fn keyed<'q>(sql: &'q str, key: &'q StorageKey) -> PgQuery<'q> {
+    let (namespace, scope, operation, id) = key.parts();
+    sqlx::query(sql)
+        .bind(namespace)
+        .bind(scope)
+        .bind(operation)
+        .bind(id)
+}
+
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -262,15 +315,10 @@ impl Store for PostgresStore {
         fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<ClaimOutcome, StoreError> {
-        let (namespace, scope, operation, id) = key.parts();
         let token = self.tokens.next();
         let row = self
             .bounded(
-                sqlx::query(CLAIM)
-                    .bind(namespace)
-                    .bind(scope)
-                    .bind(operation)
-                    .bind(id)
+                keyed(CLAIM, key)
                     .bind(fingerprint.as_u128().to_be_bytes().as_slice())
                     .bind(token.as_u128().to_be_bytes().as_slice())
                     .bind(millis(lease))
@@ -301,18 +349,14 @@ impl Store for PostgresStore {
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let (namespace, scope, operation, id) = key.parts();
         self.fenced(
-            sqlx::query(
+            keyed(
                 "UPDATE idempotency_records
                  SET token = NULL, response = $6, deadline = now() + $7 * interval '1 millisecond'
                  WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
                    AND token = $5 AND deadline > now()",
+                key,
             )
-            .bind(namespace)
-            .bind(scope)
-            .bind(operation)
-            .bind(id)
             .bind(token.as_u128().to_be_bytes().to_vec())
             .bind(response.to_vec())
             .bind(millis(ttl)),
@@ -321,17 +365,13 @@ impl Store for PostgresStore {
     }
 
     async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
-        let (namespace, scope, operation, id) = key.parts();
         self.fenced(
-            sqlx::query(
+            keyed(
                 "DELETE FROM idempotency_records
                  WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
                    AND token = $5 AND deadline > now()",
+                key,
             )
-            .bind(namespace)
-            .bind(scope)
-            .bind(operation)
-            .bind(id)
             .bind(token.as_u128().to_be_bytes().to_vec()),
         )
         .await
@@ -343,18 +383,14 @@ impl Store for PostgresStore {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        let (namespace, scope, operation, id) = key.parts();
         self.fenced(
-            sqlx::query(
+            keyed(
                 "UPDATE idempotency_records
                  SET deadline = now() + $6 * interval '1 millisecond'
                  WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
                    AND token = $5 AND deadline > now()",
+                key,
             )
-            .bind(namespace)
-            .bind(scope)
-            .bind(operation)
-            .bind(id)
             .bind(token.as_u128().to_be_bytes().to_vec())
             .bind(millis(lease)),
         )

@@ -1,35 +1,263 @@
 //! The same-transaction mode: the record and the caller's own writes commit
 //! in one PostgreSQL transaction.
 
+use std::borrow::Cow;
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Postgres, Transaction};
 
-use super::postgres::PostgresStore;
-use crate::engine::{Call, Codec as _, Executed, ResultCodec};
+use super::postgres::{PostgresStore, keyed, millis};
+use crate::engine::{Call, Codec as _, Executed, Operation, ResultCodec, store_error};
 use crate::error::Error;
+use crate::key::{IdempotencyKey, StorageKey};
 use crate::record::{self, ClaimDecision, ClaimOutcome};
+use crate::runtime::Idempotency;
 use crate::store::StoreError;
 
 /// The body of a transactional call: it gets the open transaction.
 pub type TxBody<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
 
-impl PostgresStore {
-    /// Runs `body` at most once per key **inside one transaction** with the
-    /// idempotency record: the record is inserted first (a concurrent
-    /// duplicate blocks on the unique key until this transaction ends), the
-    /// body does its own writes through the connection it is given, and the
-    /// encoded `Ok` value is stored in the same commit. A failing body, a
-    /// panic or a dropped future rolls everything back, so a retry starts
-    /// clean; a crash after the commit leaves both the writes and the record,
-    /// so a retry replays. No lease is involved.
+/// What [`PostgresStore::begin`] found under a key.
+#[must_use = "a `Fresh` transaction rolls back unless it is finished"]
+#[derive(Debug)]
+pub enum Begun<'a, T> {
+    /// The key completed before: its committed value. No transaction is open.
+    Replayed(T),
+    /// The key is new (or its record expired): a transaction holding its
+    /// record. Write through it, then [`finish`](KeyTransaction::finish) it.
+    Fresh(KeyTransaction<'a>),
+}
+
+/// An open transaction that holds a key's idempotency record.
+///
+/// It dereferences to the [`PgConnection`] of the transaction, so the
+/// caller's writes go through it (`query.execute(&mut *tx)`).
+/// [`finish`](Self::finish) stores an `Ok` value and commits everything in
+/// one commit; an `Err`, or dropping the transaction (a panic, a cancelled
+/// future, an early `?`), rolls everything back, record included, so a retry
+/// runs clean.
+pub struct KeyTransaction<'a> {
+    tx: Transaction<'static, Postgres>,
+    operation: &'a Operation,
+    runtime: Cow<'a, Idempotency>,
+    key: StorageKey,
+}
+
+impl std::fmt::Debug for KeyTransaction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyTransaction")
+            .field("operation", &self.operation.name())
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for KeyTransaction<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for KeyTransaction<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+impl KeyTransaction<'_> {
+    /// Ends the call: an `Ok` value is stored under the key and committed
+    /// with the caller's writes (`replayed: false`); an `Err` rolls all of it
+    /// back and is returned as it is.
     ///
-    /// With a [`wait`](crate::Operation::wait) on the operation, a duplicate
-    /// waits (up to that long) for the first transaction and then replays its
-    /// committed value; without one it gets [`Error::InProgress`] at once.
+    /// A failed commit is [`Error::StoreUnavailable`]: whether it landed is
+    /// unknown, and a retry either replays it or runs clean.
+    pub async fn finish<T, E>(mut self, value: Result<T, E>) -> Result<Executed<T>, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let codec = ResultCodec::<false>;
+        let Some((bytes, ttl)) = codec.encode(&value, self.operation, &self.runtime)? else {
+            // An `Err`: dropping the transaction rolls it back.
+            return value.map(|value| Executed {
+                value,
+                replayed: false,
+            });
+        };
+        let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
+        keyed(
+            "UPDATE idempotency_records
+             SET token = NULL, response = $5, deadline = now() + $6 * interval '1 millisecond'
+             WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
+            &self.key,
+        )
+        .bind(bytes)
+        .bind(millis(ttl))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(unavailable)?;
+        self.tx.commit().await.map_err(unavailable)?;
+        self.operation.metrics().executed.increment(1);
+        value.map(|value| Executed {
+            value,
+            replayed: false,
+        })
+    }
+}
+
+impl PostgresStore {
+    /// Opens a transaction and claims the call's key in it: the building
+    /// block of the same-transaction mode, for bodies that borrow from their
+    /// caller (see [`run_in_transaction`](Self::run_in_transaction) for the
+    /// closure form).
+    ///
+    /// The record is inserted first, so a concurrent duplicate blocks on the
+    /// unique key until this transaction ends, then replays what it
+    /// committed. With a [`wait`](Operation::wait) on the operation, a
+    /// duplicate waits up to that long and then gets [`Error::InProgress`];
+    /// without one it gets [`Error::InProgress`] at once. A key completed
+    /// with another payload is [`Error::KeyReused`]. No lease is involved:
+    /// the record lives and dies with the transaction.
+    ///
+    /// ```no_run
+    /// use idempotent_core::{Begun, Error, Idempotency, Operation, PostgresStore, StoreError};
+    ///
+    /// static CHARGE: Operation = Operation::new("charge").wait(std::time::Duration::from_secs(5));
+    ///
+    /// async fn charge(store: &PostgresStore, runtime: &Idempotency, order: &str, cents: i64)
+    ///     -> Result<i64, Error>
+    /// {
+    ///     let call = runtime.call(&CHARGE).key(order).payload(&cents);
+    ///     let mut tx = match store.begin::<i64>(call).await? {
+    ///         Begun::Replayed(id) => return Ok(id),
+    ///         Begun::Fresh(tx) => tx,
+    ///     };
+    ///     let id = sqlx::query_scalar("INSERT INTO ledger (amount) VALUES ($1) RETURNING id")
+    ///         .bind(cents)
+    ///         .fetch_one(&mut *tx)
+    ///         .await
+    ///         .map_err(|e| Error::StoreUnavailable(StoreError::unavailable(e)));
+    ///     Ok(tx.finish(id).await?.value)
+    /// }
+    /// ```
+    pub async fn begin<'a, T>(&self, call: Call<'a>) -> Result<Begun<'a, T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let (operation, fingerprint) = call.parts();
+        let (runtime, key, storage_key) = call.prepare()?;
+        let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
+        let mut tx = match operation.wait_bound() {
+            // Bounds the wait on a duplicate's uncommitted row; set in the
+            // same round trip as BEGIN.
+            Some(wait) => self
+                .pool()
+                .begin_with(format!(
+                    "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                    wait.as_millis().clamp(1, i32::MAX as u128)
+                ))
+                .await
+                .map_err(unavailable)?,
+            None => {
+                let mut tx = self.pool().begin().await.map_err(unavailable)?;
+                let locked: bool =
+                    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                        .bind(storage_key.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(unavailable)?;
+                if !locked {
+                    return Err(in_progress(operation, &key));
+                }
+                tx
+            }
+        };
+        let token = self.next_token().as_u128().to_be_bytes();
+        // Ours if new, or if the row there has expired; a duplicate running
+        // in another transaction makes this wait until that one ends.
+        let owned = keyed(
+            "INSERT INTO idempotency_records AS r
+                 (namespace, scope, operation, key, fingerprint, token, response, deadline)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, now() + interval '1 day')
+             ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
+                 fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token,
+                 response = NULL, deadline = EXCLUDED.deadline
+             WHERE r.deadline <= now()
+             RETURNING 1",
+            &storage_key,
+        )
+        .bind(fingerprint.as_u128().to_be_bytes().as_slice())
+        .bind(token.as_slice())
+        .fetch_optional(&mut *tx)
+        .await;
+        match owned {
+            Ok(Some(_)) => {
+                return Ok(Begun::Fresh(KeyTransaction {
+                    tx,
+                    operation,
+                    runtime,
+                    key: storage_key,
+                }));
+            }
+            Ok(None) => {}
+            // lock_not_available: the duplicate outlasted the wait.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Err(in_progress(operation, &key));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        let row = keyed(
+            "SELECT fingerprint, token, response,
+                 ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
+             FROM idempotency_records
+             WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
+            &storage_key,
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        drop(tx);
+        // Gone since the insert saw it (a lease released): try again.
+        let Some(row) = row else {
+            return Err(in_progress(operation, &key));
+        };
+        let current = super::postgres::decode(&storage_key, &row)
+            .map_err(|error| store_error(operation, error))?;
+        match record::decide_claim(Some(&current), fingerprint, 0) {
+            ClaimDecision::Answer(ClaimOutcome::Completed(bytes)) => {
+                let value: Result<T, Error> = ResultCodec::<false>.decode(&bytes, operation)?;
+                operation.metrics().replayed.increment(1);
+                Ok(Begun::Replayed(value?))
+            }
+            ClaimDecision::Answer(ClaimOutcome::Mismatch) => {
+                operation.metrics().mismatch.increment(1);
+                Err(Error::KeyReused {
+                    operation: operation.name().to_owned(),
+                    key: key.to_string(),
+                })
+            }
+            // A lease-based caller holds the key (the two modes share the table).
+            _ => Err(in_progress(operation, &key)),
+        }
+    }
+
+    /// Runs `body` at most once per key **inside one transaction** with the
+    /// idempotency record: [`begin`](Self::begin), then the body with the
+    /// transaction's connection, then [`finish`](KeyTransaction::finish). A
+    /// failing body, a panic or a dropped future rolls everything back, so
+    /// a retry starts clean; a crash after the commit leaves both the writes
+    /// and the record, so a retry replays.
+    ///
+    /// The body is a closure returning a boxed future that may borrow the
+    /// connection; whatever else it uses it must own (`move`). For a body that
+    /// borrows from its caller, use [`begin`](Self::begin) directly.
     ///
     /// ```no_run
     /// use idempotent_core::{Idempotency, Operation, PostgresStore};
@@ -66,143 +294,23 @@ impl PostgresStore {
         E: From<Error>,
         B: for<'c> FnOnce(&'c mut PgConnection) -> TxBody<'c, T, E>,
     {
-        let (operation, fingerprint) = call.parts();
-        let (runtime, key, storage_key) = call.prepare()?;
-        let (namespace, scope, op, id) = storage_key.parts();
-        let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
-        let in_progress = || -> E {
-            Error::InProgress {
-                key: key.to_string(),
-                retry_after: std::time::Duration::from_secs(1),
-            }
-            .into()
-        };
-        let mut tx = match operation.wait_bound() {
-            // Bounds the wait on a duplicate's uncommitted row; set in the
-            // same round trip as BEGIN.
-            Some(wait) => self
-                .pool()
-                .begin_with(format!(
-                    "BEGIN; SET LOCAL lock_timeout = '{}ms'",
-                    wait.as_millis().clamp(1, i32::MAX as u128)
-                ))
-                .await
-                .map_err(unavailable)?,
-            None => {
-                let mut tx = self.pool().begin().await.map_err(unavailable)?;
-                let locked: bool =
-                    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                        .bind(storage_key.as_str())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                if !locked {
-                    return Err(in_progress());
-                }
-                tx
-            }
-        };
-        let token = self.next_token().as_u128().to_be_bytes();
-        // Ours if new, or if the row there has expired; a duplicate running
-        // in another transaction makes this wait until that one ends.
-        let owned = sqlx::query(
-            "INSERT INTO idempotency_records AS r
-                 (namespace, scope, operation, key, fingerprint, token, response, deadline)
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, now() + interval '1 day')
-             ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
-                 fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token,
-                 response = NULL, deadline = EXCLUDED.deadline
-             WHERE r.deadline <= now()
-             RETURNING 1",
-        )
-        .bind(namespace)
-        .bind(scope)
-        .bind(op)
-        .bind(id)
-        .bind(fingerprint.as_u128().to_be_bytes().as_slice())
-        .bind(token.as_slice())
-        .fetch_optional(&mut *tx)
-        .await;
-        let owned = match owned {
-            Ok(row) => row.is_some(),
-            // lock_not_available: the duplicate outlasted the wait.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-                return Err(in_progress());
-            }
-            Err(e) => return Err(unavailable(e).into()),
-        };
-        let codec = ResultCodec::<false>;
-        if !owned {
-            let row = sqlx::query(
-                "SELECT fingerprint, token, response,
-                     ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
-                 FROM idempotency_records
-                 WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
-            )
-            .bind(namespace)
-            .bind(scope)
-            .bind(op)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            drop(tx);
-            // Gone since the insert saw it (a lease released): try again.
-            let Some(row) = row else {
-                return Err(in_progress());
-            };
-            let current = super::postgres::decode(&storage_key, &row).map_err(|e| match e {
-                StoreError::Corrupt { key, detail } => Error::Codec {
-                    action: "decode",
-                    operation: operation.name().to_owned(),
-                    detail: format!("the record under `{key}` is corrupt: {detail}"),
-                },
-                other => Error::StoreUnavailable(other),
-            })?;
-            return match record::decide_claim(Some(&current), fingerprint, 0) {
-                ClaimDecision::Answer(ClaimOutcome::Completed(bytes)) => {
-                    let value = codec.decode(&bytes, operation)?;
-                    value.map(|value| Executed {
-                        value,
-                        replayed: true,
-                    })
-                }
-                ClaimDecision::Answer(ClaimOutcome::Mismatch) => Err(Error::KeyReused {
-                    operation: operation.name().to_owned(),
-                    key: key.to_string(),
-                }
-                .into()),
-                _ => Err(in_progress()),
-            };
-        }
-        // Dropping `tx` on any early return below rolls everything back.
-        let value = body(&mut tx).await;
-        let Some((bytes, ttl)) = codec.encode(&value, operation, &runtime)? else {
-            // An `Err`: roll back the record with the body's writes.
-            drop(tx);
-            return value.map(|value| Executed {
+        match self.begin(call).await? {
+            Begun::Replayed(value) => Ok(Executed {
                 value,
-                replayed: false,
-            });
-        };
-        sqlx::query(
-            "UPDATE idempotency_records
-             SET token = NULL, response = $5, deadline = now() + $6 * interval '1 millisecond'
-             WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
-        )
-        .bind(namespace)
-        .bind(scope)
-        .bind(op)
-        .bind(id)
-        .bind(bytes)
-        .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
-        value.map(|value| Executed {
-            value,
-            replayed: false,
-        })
+                replayed: true,
+            }),
+            Begun::Fresh(mut tx) => {
+                let value = body(&mut tx).await;
+                tx.finish(value).await
+            }
+        }
+    }
+}
+
+fn in_progress(operation: &Operation, key: &IdempotencyKey) -> Error {
+    operation.metrics().in_flight.increment(1);
+    Error::InProgress {
+        key: key.to_string(),
+        retry_after: Duration::from_secs(1),
     }
 }
