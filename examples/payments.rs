@@ -9,13 +9,16 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use idempotent_core::http::IdempotencyLayer;
 use idempotent_core::{Idempotency, MemoryStore, RedisStore, StoreError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
+
+#[path = "payments_postgres.rs"]
+mod postgres;
 
 /// Where idempotency records live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,9 @@ pub enum StoreChoice {
     Memory,
     /// A Redis URL: `redis://`, `rediss://` or `redis+cluster://`.
     Redis(String),
+    /// A PostgreSQL URL: the ledger is a table there too, and each charge
+    /// commits with its idempotency record.
+    Postgres(String),
 }
 
 impl std::str::FromStr for StoreChoice {
@@ -38,10 +44,9 @@ impl std::str::FromStr for StoreChoice {
             {
                 Ok(Self::Redis(url.to_owned()))
             }
-            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Err(
-                "the PostgreSQL store is not in this build yet; use `memory` or a `redis://` URL"
-                    .to_owned(),
-            ),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres(url.to_owned()))
+            }
             other => Err(format!(
                 "unknown store `{other}`: expected `memory`, `redis://HOST:PORT` or `postgres://...`"
             )),
@@ -130,16 +135,15 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         }
     });
     let payments = Router::new().route("/payments", get(list).post(charge));
-    let payments = if config.protected {
-        let runtime = match &config.store {
-            StoreChoice::Memory => Idempotency::new(MemoryStore::new()),
-            StoreChoice::Redis(url) => {
-                Idempotency::new(RedisStore::builder().url(url.clone()).build().await?)
-            }
-        };
-        payments.layer(IdempotencyLayer::new(runtime))
-    } else {
-        payments
+    let payments = match &config.store {
+        StoreChoice::Postgres(url) => postgres::routes(url, config.work, config.protected).await?,
+        _ if !config.protected => payments,
+        StoreChoice::Memory => {
+            payments.layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())))
+        }
+        StoreChoice::Redis(url) => payments.layer(IdempotencyLayer::new(Idempotency::new(
+            RedisStore::builder().url(url.clone()).build().await?,
+        ))),
     };
     Ok(payments
         .route("/metrics", get(render_metrics))
@@ -165,15 +169,9 @@ async fn charge(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(new): Json<NewPayment>,
-) -> impl IntoResponse {
-    if new.currency.len() != 3 || !new.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        let problem = serde_json::json!({
-            "type": "urn:payments:invalid-currency",
-            "title": "Invalid currency",
-            "status": 422,
-            "detail": "currency must be a three-letter ISO 4217 code such as USD",
-        });
-        return (StatusCode::UNPROCESSABLE_ENTITY, Json(problem)).into_response();
+) -> Response {
+    if let Some(invalid) = invalid_currency(&new) {
+        return invalid;
     }
     if !state.work.is_zero() {
         tokio::time::sleep(state.work).await;
@@ -198,6 +196,20 @@ async fn charge(
         });
     metrics::counter!("payments_charged_total").increment(1);
     (StatusCode::CREATED, Json(payment)).into_response()
+}
+
+/// 422 for a currency that is not three capital letters.
+fn invalid_currency(new: &NewPayment) -> Option<Response> {
+    if new.currency.len() == 3 && new.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let problem = serde_json::json!({
+        "type": "urn:payments:invalid-currency",
+        "title": "Invalid currency",
+        "status": 422,
+        "detail": "currency must be a three-letter ISO 4217 code such as USD",
+    });
+    Some((StatusCode::UNPROCESSABLE_ENTITY, Json(problem)).into_response())
 }
 
 async fn list(State(state): State<AppState>) -> Json<Vec<LedgerEntry>> {

@@ -1,7 +1,11 @@
 //! `cargo run --example payments-server -- [--addr 127.0.0.1:3000]
-//! [--store memory|redis://...] [--work-ms N] [--unprotected]`
+//! [--store memory|redis://...|postgres://...] [--work-ms N] [--unprotected]`
 //!
 //! A payment API behind the idempotency layer (see `examples/payments.rs`).
+//! With a `postgres://` store the ledger is a table in that database and
+//! each charge commits in one transaction with its idempotency record (see
+//! `examples/payments_postgres.rs`); `options[search_path]=SCHEMA` in the
+//! URL picks a schema.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -9,7 +13,7 @@ use std::time::Duration;
 
 use examples::payments::{Config, StoreChoice, app};
 
-const USAGE: &str = "usage: payments-server [--addr 127.0.0.1:3000] [--store memory|redis://HOST:PORT] [--work-ms N] [--unprotected]";
+const USAGE: &str = "usage: payments-server [--addr 127.0.0.1:3000] [--store memory|redis://HOST:PORT|postgres://USER@HOST/DB] [--work-ms N] [--unprotected]";
 
 struct Args {
     addr: SocketAddr,

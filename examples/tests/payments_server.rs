@@ -1,5 +1,6 @@
 //! End-to-end: the payments app over real HTTP on loopback, in-process and
-//! as separate `payments-server` processes sharing one real Redis.
+//! as separate `payments-server` processes sharing one real Redis, and on the
+//! machine's PostgreSQL.
 
 #[path = "../../idempotent-core/tests/support/redis_server.rs"]
 mod redis_server;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use examples::payments::{Config, LedgerEntry, StoreChoice, app};
 use redis_server::RedisServer;
-use support::{ServerProcess, http_client};
+use support::{PgSchema, ServerProcess, http_client};
 
 /// Serves the app on a free loopback port, in this process.
 async fn serve(config: Config) -> String {
@@ -38,7 +39,20 @@ async fn ledger(client: &reqwest::Client, base: &str) -> Vec<LedgerEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_duplicates_charge_once_and_all_get_that_charge() {
+    fifty_duplicates(StoreChoice::Memory).await;
+}
+
+/// The same on PostgreSQL, where the ledger is a table and each charge
+/// commits with its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_duplicates_on_postgres_make_one_ledger_row() {
+    let schema = PgSchema::create("server_dups").await;
+    fifty_duplicates(schema.url().parse().unwrap()).await;
+}
+
+async fn fifty_duplicates(store: StoreChoice) {
     let base = serve(Config {
+        store,
         work: Duration::from_millis(50),
         ..Config::default()
     })

@@ -41,8 +41,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `payments-server --store STORE --work-ms 20` on a free port.
     pub fn start(store: &str) -> Self {
+        Self::with_args(&["--addr", "127.0.0.1:0", "--store", store, "--work-ms", "20"])
+    }
+
+    /// Starts `payments-server` with these arguments; returns once it listens.
+    pub fn with_args(args: &[&str]) -> Self {
         let mut child = Command::new(binary("payments-server"))
-            .args(["--addr", "127.0.0.1:0", "--store", store, "--work-ms", "20"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -65,9 +70,70 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// SIGKILL, and reap the process.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL payments-server");
+        self.child.wait().expect("reap payments-server");
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The PostgreSQL the tests use: `IDEMPOTENT_TEST_POSTGRES`, or the local
+/// server with trust auth.
+pub fn postgres_url() -> String {
+    std::env::var("IDEMPOTENT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn postgres_admin(sql: &str) {
+    use sqlx::{Connection as _, Executor as _};
+    let url = postgres_url();
+    let mut connection = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL at {url} is needed for this test ({e}); scripts/test checks it is running"
+        )
+    });
+    connection.execute(sql).await.unwrap();
+}
+
+/// A schema of one test's own, dropped (with everything in it) on drop.
+pub struct PgSchema(String);
+
+impl PgSchema {
+    /// Creates `idem_<name>_<pid>`, empty.
+    pub async fn create(name: &str) -> Self {
+        let schema = format!("idem_{name}_{}", std::process::id());
+        postgres_admin(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await;
+        Self(schema)
+    }
+
+    /// A `--store` URL whose tables live in this schema.
+    pub fn url(&self) -> String {
+        format!("{}?options[search_path]={}", postgres_url(), self.0)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0);
+        // A runtime of its own, on a thread of its own: this may run in one.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(postgres_admin(&sql));
+        })
+        .join();
     }
 }

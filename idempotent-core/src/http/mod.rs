@@ -65,3 +65,22 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The response header marking a replayed response.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The answer [`IdempotencyLayer`] gives for an engine error, for handlers
+/// that run the engine themselves (the PostgreSQL same-transaction mode,
+/// say): 400 for a malformed key, 422 for a key reused with another request,
+/// 409 with `Retry-After` for a duplicate in flight, 503 with `Retry-After`
+/// when the store is unavailable, 500 otherwise (the details go to the log,
+/// not to the client). The body is an RFC 9457 problem document.
+///
+/// ```
+/// use idempotent_core::{Error, http::error_response};
+///
+/// let error = Error::InProgress { key: "k".into(), retry_after: std::time::Duration::from_secs(5) };
+/// let response: http::Response<Vec<u8>> = error_response(&error);
+/// assert_eq!(response.status(), 409);
+/// assert_eq!(response.headers()["retry-after"], "1");
+/// ```
+pub fn error_response<B: From<bytes::Bytes>>(error: &crate::Error) -> ::http::Response<B> {
+    problem::from_error(error)
+}

@@ -176,7 +176,9 @@ impl PostgresStore {
         PurgeTask(task.abort_handle())
     }
 
-    pub(crate) fn pool(&self) -> &PgPool {
+    /// The store's connection pool, to share it with the application's own
+    /// queries (the table of the same-transaction mode's writes, say).
+    pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
