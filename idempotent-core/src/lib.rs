@@ -58,6 +58,27 @@ pub mod telemetry;
 pub mod __private;
 
 /// Runs an `async fn` once per idempotency key; see the crate documentation.
+///
+/// Options, all but `key` optional:
+///
+/// - `key = <expr>`: the idempotency key, any `Display` value of 1 to 255
+///   visible ASCII characters.
+/// - `runtime = <expr>`: the [`Idempotency`] to use; else the installed one.
+/// - `scope = <expr>`: a tenant or principal; one key in two scopes is two keys.
+/// - `ttl = "24h"`, `lease = "30s"`: retention, and how long a running call
+///   holds the key (renewed while the body runs).
+/// - `wait = "5s"`: a duplicate in flight waits this long for the result
+///   instead of failing with [`Error::InProgress`].
+/// - `cache_errors` or `cache_errors = "5m"`: store `Err` results too.
+/// - `skip(a, b)` or `fingerprint = <expr>`: what the payload fingerprint
+///   leaves out, or covers instead of the arguments.
+/// - `name = "..."`: the operation name, part of every storage key.
+/// - `transaction = <PostgresStore>` (feature `postgres`): the body runs in a
+///   transaction the store opened, with the record; the argument marked
+///   `#[tx]` (a `&mut sqlx::PgConnection`) receives it and leaves the
+///   signature, so callers do not pass it. See
+///   `PostgresStore::begin`.
+/// - `crate = "..."`: where `idempotent_core` is, if renamed.
 #[doc(inline)]
 pub use idempotent_macros::idempotent;
 
@@ -78,6 +99,6 @@ pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use store::{Store, StoreError};
 
 // The README's examples use every store and the HTTP layer.
-#[cfg(all(doctest, feature = "http", feature = "redis"))]
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;

@@ -2,74 +2,14 @@
 //! in a schema of its own, dropped afterwards.
 
 mod conformance;
+#[path = "support/postgres_schema.rs"]
+mod postgres_schema;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use idempotent_core::{Error, Idempotency, Operation, PostgresStore};
-use sqlx::Executor as _;
-use sqlx::postgres::PgConnectOptions;
-
-/// The database the tests use: `IDEMPOTENT_TEST_POSTGRES`, or the local
-/// server with trust auth.
-fn url() -> String {
-    std::env::var("IDEMPOTENT_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A schema made for one test, dropped (with everything in it) on drop.
-struct Schema(String);
-
-impl Schema {
-    async fn create(name: &str) -> Self {
-        let schema = format!("idem_{name}_{}", std::process::id());
-        let mut connection = sqlx::PgConnection::connect_with(&url().parse::<PgConnectOptions>().unwrap())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is needed for these tests ({e}); scripts/test checks it is running", url()));
-        connection
-            .execute(
-                format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}").as_str(),
-            )
-            .await
-            .unwrap();
-        Self(schema)
-    }
-
-    async fn store(&self) -> PostgresStore {
-        let options = url()
-            .parse::<PgConnectOptions>()
-            .unwrap()
-            .options([("search_path", self.0.as_str())]);
-        let store = PostgresStore::with_options(options, Duration::from_secs(2));
-        store.migrate().await.unwrap();
-        store
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let schema = self.0.clone();
-        // A fresh runtime on a thread of its own: this may run inside one.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(options) = url().parse::<PgConnectOptions>() {
-                    if let Ok(mut connection) = sqlx::PgConnection::connect_with(&options).await {
-                        let _ = connection
-                            .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
-                            .await;
-                    }
-                }
-            });
-        })
-        .join();
-    }
-}
-
-use sqlx::Connection as _;
+use postgres_schema::{Schema, with_ledger};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_postgres() {
@@ -154,36 +94,6 @@ enum ChargeError {
     Declined,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
-}
-
-impl Schema {
-    /// A plain connection in this schema, for the test's own queries.
-    async fn connection(&self) -> sqlx::PgConnection {
-        let options = url()
-            .parse::<PgConnectOptions>()
-            .unwrap()
-            .options([("search_path", self.0.as_str())]);
-        sqlx::PgConnection::connect_with(&options).await.unwrap()
-    }
-
-    async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&mut self.connection().await)
-            .await
-            .unwrap()
-    }
-}
-
-async fn with_ledger(name: &str) -> (Schema, PostgresStore) {
-    let schema = Schema::create(name).await;
-    let store = schema.store().await;
-    schema
-        .connection()
-        .await
-        .execute("CREATE TABLE ledger (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL)")
-        .await
-        .unwrap();
-    (schema, store)
 }
 
 /// The body: one ledger row, in the caller's transaction.

@@ -16,10 +16,11 @@ mod kw {
     syn::custom_keyword!(skip);
     syn::custom_keyword!(fingerprint);
     syn::custom_keyword!(name);
+    syn::custom_keyword!(transaction);
 }
 
 /// The options, as listed in error messages.
-const OPTIONS: &str = "`key`, `runtime`, `scope`, `ttl`, `lease`, `wait`, `cache_errors`, `skip`, `fingerprint`, `name`, `crate`";
+const OPTIONS: &str = "`key`, `runtime`, `scope`, `ttl`, `lease`, `wait`, `cache_errors`, `skip`, `fingerprint`, `name`, `transaction`, `crate`";
 
 /// A duration option, in milliseconds, with the span of its literal.
 pub(crate) struct Millis {
@@ -40,6 +41,8 @@ pub(crate) struct Args {
     pub(crate) skip: Vec<Ident>,
     pub(crate) fingerprint: Option<Expr>,
     pub(crate) name: Option<LitStr>,
+    /// The `PostgresStore` whose transaction the body runs in.
+    pub(crate) transaction: Option<Expr>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -56,6 +59,7 @@ struct RawArgs {
     skip: Option<(Span, Vec<Ident>)>,
     fingerprint: Option<(Span, Expr)>,
     name: Option<(Span, LitStr)>,
+    transaction: Option<(Span, Expr)>,
     krate: Option<(Span, Path)>,
 }
 
@@ -193,6 +197,14 @@ impl Parse for Args {
                     ));
                 }
                 set_once(&mut raw.name, span, "name", name)?;
+            } else if lookahead.peek(kw::transaction) {
+                input.parse::<kw::transaction>()?;
+                set_once(
+                    &mut raw.transaction,
+                    span,
+                    "transaction",
+                    parse_value(input)?,
+                )?;
             } else if lookahead.peek(Token![crate]) {
                 input.parse::<Token![crate]>()?;
                 let path: LitStr = parse_value(input)?;
@@ -230,6 +242,20 @@ impl RawArgs {
                 "`skip` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the default fingerprint of the arguments",
             ));
         }
+        if self.transaction.is_some() {
+            if let Some((span, _)) = &self.lease {
+                return Err(syn::Error::new(
+                    *span,
+                    "`lease` has no meaning with `transaction`: the record lives and dies with the transaction; remove it",
+                ));
+            }
+            if let Some((span, _)) = &self.cache_errors {
+                return Err(syn::Error::new(
+                    *span,
+                    "`cache_errors` cannot be combined with `transaction`: an `Err` rolls the transaction back, record included; remove it",
+                ));
+            }
+        }
         Ok(Args {
             key,
             runtime: self.runtime.map(|(_, v)| v),
@@ -241,6 +267,7 @@ impl RawArgs {
             skip: self.skip.map(|(_, v)| v).unwrap_or_default(),
             fingerprint: self.fingerprint.map(|(_, v)| v),
             name: self.name.map(|(_, v)| v),
+            transaction: self.transaction.map(|(_, v)| v),
             krate: self.krate.map(|(_, v)| v),
         })
     }

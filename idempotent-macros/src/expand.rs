@@ -4,7 +4,7 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, Pat, ReturnType};
+use syn::{FnArg, ItemFn, Pat, PatType, ReturnType};
 
 use crate::attr::{Args, Millis};
 
@@ -20,8 +20,19 @@ pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let expanded = args.and_then(|args| generate(args, &func));
     match expanded {
         Ok(tokens) => tokens,
-        Err(error) => with_error(func.into_token_stream(), error),
+        Err(error) => with_error(without_tx_markers(func).into_token_stream(), error),
     }
+}
+
+/// The item with its `#[tx]` markers removed, so that a misuse reports the
+/// macro's error alone, not also "cannot find attribute `tx`".
+fn without_tx_markers(mut func: ItemFn) -> ItemFn {
+    for input in &mut func.sig.inputs {
+        if let FnArg::Typed(typed) = input {
+            typed.attrs.retain(|attr| !attr.path().is_ident("tx"));
+        }
+    }
+    func
 }
 
 fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
@@ -56,6 +67,10 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     let fingerprint = fingerprint_arguments(&args, func).unwrap_or_else(|error| {
         push(error);
         TokenStream::new()
+    });
+    let connection = connection_argument(&args, func).unwrap_or_else(|error| {
+        push(error);
+        None
     });
     if let Some(errors) = errors {
         return Err(errors);
@@ -93,20 +108,125 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         block,
         ..
     } = func;
-    Ok(quote! {
-        #(#attrs)*
-        #vis #sig {
-            static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
-            let __idempotent_operation = __IDEMPOTENT_OPERATION
-                .get_or_init(|| #private::Operation::new(#name) #options);
+    let operation = quote! {
+        static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
+        let __idempotent_operation = __IDEMPOTENT_OPERATION
+            .get_or_init(|| #private::Operation::new(#name) #options);
+    };
+    let call = quote! {
+        let __idempotent_call = #private::Call::new(__idempotent_operation)
+            #runtime
+            #scope
+            .key(&(#key))
+            .fingerprint(#fingerprint);
+    };
+    let (Some(store), Some((position, connection))) = (&args.transaction, connection) else {
+        return Ok(quote! {
+            #(#attrs)*
+            #vis #sig {
+                #operation
+                #call
+                #run(__idempotent_call, async move #block).await
+            }
+        });
+    };
+    // Same-transaction mode: the connection argument leaves the signature;
+    // the body gets the transaction the store opened in its place.
+    let mut sig = sig.clone();
+    sig.inputs = sig
+        .inputs
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, input)| (i != position).then_some(input))
+        .collect();
+    let (pattern, ty) = (&connection.pat, &connection.ty);
+    let runtime = match &args.runtime {
+        Some(_) => TokenStream::new(),
+        None => quote! {
+            let __idempotent_runtime = #private::transaction_runtime(__idempotent_store);
+        },
+    };
+    let call = if args.runtime.is_some() {
+        call
+    } else {
+        quote! {
             let __idempotent_call = #private::Call::new(__idempotent_operation)
-                #runtime
+                .runtime(&__idempotent_runtime)
                 #scope
                 .key(&(#key))
                 .fingerprint(#fingerprint);
-            #run(__idempotent_call, async move #block).await
+        }
+    };
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            #operation
+            let __idempotent_store = &(#store);
+            #runtime
+            #call
+            match #private::begin_transaction::<#output>(__idempotent_store, __idempotent_call).await {
+                #private::TxStart::Done(__idempotent_done) => __idempotent_done,
+                #private::TxStart::Fresh(mut __idempotent_tx) => {
+                    let __idempotent_value: #output = {
+                        let #pattern: #ty = &mut *__idempotent_tx;
+                        async move #block.await
+                    };
+                    #private::finish_transaction(__idempotent_tx, __idempotent_value).await
+                }
+            }
         }
     })
+}
+
+/// Whether an argument is marked `#[tx]`.
+fn is_connection(input: &FnArg) -> bool {
+    matches!(input, FnArg::Typed(typed) if typed.attrs.iter().any(|attr| attr.path().is_ident("tx")))
+}
+
+/// Where the `#[tx]` of an argument is (its `tx`).
+fn tx_marker_span(input: &FnArg) -> Span {
+    match input {
+        FnArg::Typed(typed) => typed
+            .attrs
+            .iter()
+            .find(|attr| attr.path().is_ident("tx"))
+            .map_or_else(|| typed.span(), |attr| attr.path().span()),
+        FnArg::Receiver(receiver) => receiver.span(),
+    }
+}
+
+/// The `#[tx]` argument (its position and itself, without the attribute):
+/// required by `transaction = ...`, refused without it.
+fn connection_argument(args: &Args, func: &ItemFn) -> syn::Result<Option<(usize, PatType)>> {
+    let mut marked = func
+        .sig
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, input)| is_connection(input));
+    let first = marked.next();
+    if let Some((_, second)) = marked.next() {
+        return Err(syn::Error::new(
+            tx_marker_span(second),
+            "only one argument can be marked `#[tx]`",
+        ));
+    }
+    match (first, &args.transaction) {
+        (Some((position, FnArg::Typed(typed))), Some(_)) => {
+            let mut typed = typed.clone();
+            typed.attrs.retain(|attr| !attr.path().is_ident("tx"));
+            Ok(Some((position, typed)))
+        }
+        (Some((_, input)), None) => Err(syn::Error::new(
+            tx_marker_span(input),
+            "`#[tx]` marks the argument that receives the transaction; add `transaction = <PostgresStore>` to `#[idempotent(...)]`",
+        )),
+        (None, Some(store)) => Err(syn::Error::new(
+            store.span(),
+            "`transaction` needs an argument to receive the transaction: add `#[tx] tx: &mut sqlx::PgConnection` to the function's arguments (callers do not pass it)",
+        )),
+        _ => Ok(None),
+    }
 }
 
 /// The operation name: `name = "..."`, else the method's `Self` type and
@@ -167,6 +287,9 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
         let FnArg::Typed(typed) = input else {
             continue;
         };
+        if is_connection(input) {
+            continue;
+        }
         match &*typed.pat {
             Pat::Ident(pat) if args.skip.contains(&pat.ident) => {}
             Pat::Ident(pat) => names.push(pat.ident.clone()),

@@ -1,0 +1,120 @@
+//! `#[idempotent(transaction = ...)]`: the body's own writes and the record
+//! commit in one PostgreSQL transaction; callers do not pass the connection.
+
+#[path = "support/postgres_schema.rs"]
+mod postgres_schema;
+
+use std::time::Duration;
+
+use idempotent_core::{Error, PostgresStore, idempotent};
+use postgres_schema::with_ledger;
+
+#[derive(Debug, thiserror::Error)]
+enum ChargeError {
+    #[error(transparent)]
+    Idempotency(#[from] Error),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("declined")]
+    Declined,
+}
+
+struct Payments {
+    db: PostgresStore,
+}
+
+impl Payments {
+    /// Writes a ledger row, then fails if asked to: the row must roll back.
+    #[idempotent(key = order, transaction = self.db, wait = "10s", skip(decline))]
+    async fn charge(
+        &self,
+        #[tx] tx: &mut sqlx::PgConnection,
+        order: &str,
+        amount: i64,
+        decline: bool,
+    ) -> Result<i64, ChargeError> {
+        let id: i64 = sqlx::query_scalar("INSERT INTO ledger (amount) VALUES ($1) RETURNING id")
+            .bind(amount)
+            .fetch_one(&mut *tx)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if decline {
+            return Err(ChargeError::Declined);
+        }
+        Ok(id)
+    }
+}
+
+/// A free function, with the connection last and the store an argument
+/// (skipped: it is not part of the request).
+#[idempotent(key = order, transaction = *db, name = "free.refund", skip(db))]
+async fn refund(
+    db: &PostgresStore,
+    order: String,
+    #[tx] conn: &mut sqlx::PgConnection,
+) -> Result<i64, ChargeError> {
+    Ok(
+        sqlx::query_scalar("INSERT INTO ledger (amount) VALUES (-1) RETURNING id")
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_commit_one_row_and_all_get_its_answer() {
+    let (schema, db) = with_ledger("macro_tx").await;
+    let payments = std::sync::Arc::new(Payments { db });
+    let calls = (0..50).map(|_| {
+        let payments = std::sync::Arc::clone(&payments);
+        tokio::spawn(async move { payments.charge("order-1", 4200, false).await.unwrap() })
+    });
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.await.unwrap());
+    }
+    assert_eq!(schema.count("ledger").await, 1, "one charge");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "identical answers: {ids:?}"
+    );
+
+    let changed = payments.charge("order-1", 1, false).await;
+    assert!(
+        matches!(
+            changed,
+            Err(ChargeError::Idempotency(Error::KeyReused { .. }))
+        ),
+        "{changed:?}"
+    );
+    assert_eq!(schema.count("ledger").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_body_rolls_back_its_writes_and_the_record() {
+    let (schema, db) = with_ledger("macro_tx_fail").await;
+    let payments = Payments { db };
+    let declined = payments.charge("order-2", 100, true).await;
+    assert!(
+        matches!(declined, Err(ChargeError::Declined)),
+        "{declined:?}"
+    );
+    assert_eq!(schema.count("ledger").await, 0, "the row rolled back");
+    assert_eq!(
+        schema.count("idempotency_records").await,
+        0,
+        "and the record"
+    );
+    // `decline` is skipped from the fingerprint: the retry is the same call.
+    let id = payments.charge("order-2", 100, false).await.unwrap();
+    assert_eq!(payments.charge("order-2", 100, false).await.unwrap(), id);
+    assert_eq!(schema.count("ledger").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_function_runs_once_per_key() {
+    let (schema, db) = with_ledger("macro_tx_free").await;
+    let first = refund(&db, "r-1".to_owned()).await.unwrap();
+    let again = refund(&db, "r-1".to_owned()).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(schema.count("ledger").await, 1);
+}
