@@ -109,7 +109,7 @@ impl Operation {
     }
 
     /// The retention of a stored response: the operation's, else the runtime's.
-    #[cfg(feature = "http")]
+    #[cfg(any(feature = "http", feature = "postgres"))]
     pub(crate) fn ttl_on(&self, runtime: &Idempotency) -> Duration {
         self.ttl.unwrap_or(runtime.ttl())
     }

@@ -238,7 +238,7 @@ pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         key: key.to_string(),
         detail: detail.into(),

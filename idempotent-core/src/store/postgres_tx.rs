@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Row as _, Transaction};
 
-use super::postgres::{PostgresStore, keyed, millis};
+use super::postgres::{PostgresStore, corrupt, keyed, millis};
 use crate::engine::{Call, Codec as _, Executed, Operation, ResultCodec, store_error};
 use crate::error::Error;
 use crate::key::{IdempotencyKey, StorageKey};
@@ -84,7 +84,8 @@ impl KeyTransaction<'_> {
         E: From<Error>,
     {
         let codec = ResultCodec::<false>;
-        let Some((bytes, ttl)) = codec.encode(&value, self.operation, &self.runtime)? else {
+        // The claim gave the row its final deadline.
+        let Some((bytes, _ttl)) = codec.encode(&value, self.operation, &self.runtime)? else {
             // An `Err`: dropping the transaction rolls it back.
             return value.map(|value| Executed {
                 value,
@@ -92,14 +93,13 @@ impl KeyTransaction<'_> {
             });
         };
         let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
+        // No indexed column changes: PostgreSQL can update in place (HOT).
         keyed(
-            "UPDATE idempotency_records
-             SET token = NULL, response = $5, deadline = now() + $6 * interval '1 millisecond'
+            "UPDATE idempotency_records SET token = NULL, response = $5
              WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
             &self.key,
         )
         .bind(bytes)
-        .bind(millis(ttl))
         .execute(&mut *self.tx)
         .await
         .map_err(unavailable)?;
@@ -118,9 +118,10 @@ impl PostgresStore {
     /// caller (see [`run_in_transaction`](Self::run_in_transaction) for the
     /// closure form).
     ///
-    /// The record is inserted first, so a concurrent duplicate blocks on the
-    /// unique key until this transaction ends, then replays what it
-    /// committed. With a [`wait`](Operation::wait) on the operation, a
+    /// A key completed before is answered from its row, without writing.
+    /// Otherwise the record is inserted first, in one statement with the
+    /// check, so a concurrent duplicate blocks on the unique key until this
+    /// transaction ends, then replays what it committed. With a [`wait`](Operation::wait) on the operation, a
     /// duplicate waits up to that long and then gets [`Error::InProgress`];
     /// without one it gets [`Error::InProgress`] at once. A key completed
     /// with another payload is [`Error::KeyReused`]. No lease is involved:
@@ -165,69 +166,45 @@ impl PostgresStore {
                 ))
                 .await
                 .map_err(unavailable)?,
-            None => {
-                let mut tx = self.pool().begin().await.map_err(unavailable)?;
-                let locked: bool =
-                    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                        .bind(storage_key.as_str())
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(unavailable)?;
-                if !locked {
-                    return Err(in_progress(operation, &key));
-                }
-                tx
-            }
+            None => self.pool().begin().await.map_err(unavailable)?,
         };
-        let token = self.next_token().as_u128().to_be_bytes();
-        // Ours if new, or if the row there has expired; a duplicate running
-        // in another transaction makes this wait until that one ends.
-        let owned = keyed(
-            "INSERT INTO idempotency_records AS r
-                 (namespace, scope, operation, key, fingerprint, token, response, deadline)
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, now() + interval '1 day')
-             ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
-                 fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token,
-                 response = NULL, deadline = EXCLUDED.deadline
-             WHERE r.deadline <= now()
-             RETURNING 1",
-            &storage_key,
-        )
-        .bind(fingerprint.as_u128().to_be_bytes().as_slice())
-        .bind(token.as_slice())
-        .fetch_optional(&mut *tx)
-        .await;
-        match owned {
-            Ok(Some(_)) => {
-                return Ok(Begun::Fresh(KeyTransaction {
-                    tx,
-                    operation,
-                    runtime,
-                    key: storage_key,
-                }));
-            }
-            Ok(None) => {}
+        // Without `wait`, the key's advisory lock tells a duplicate in
+        // flight at once.
+        let lock_key = operation
+            .wait_bound()
+            .is_none()
+            .then(|| storage_key.as_str());
+        let token = self.next_token();
+        let claimed = keyed(TX_CLAIM, &storage_key)
+            .bind(fingerprint.as_u128().to_be_bytes().as_slice())
+            .bind(token.as_u128().to_be_bytes().as_slice())
+            .bind(millis(operation.ttl_on(&runtime)))
+            .bind(lock_key)
+            .fetch_optional(&mut *tx)
+            .await;
+        let row = match claimed {
+            Ok(Some(row)) => row,
+            // No row: a duplicate holds the advisory lock.
+            Ok(None) => return Err(in_progress(operation, &key)),
             // lock_not_available: the duplicate outlasted the wait.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
                 return Err(in_progress(operation, &key));
             }
             Err(e) => return Err(unavailable(e)),
-        }
-        let row = keyed(
-            "SELECT fingerprint, token, response,
-                 ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
-             FROM idempotency_records
-             WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
-            &storage_key,
-        )
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        drop(tx);
-        // Gone since the insert saw it (a lease released): try again.
-        let Some(row) = row else {
-            return Err(in_progress(operation, &key));
         };
+        let acquired: bool = row
+            .try_get("acquired")
+            .map_err(|e| store_error(operation, corrupt(&storage_key, e.to_string())))?;
+        if acquired {
+            return Ok(Begun::Fresh(KeyTransaction {
+                tx,
+                operation,
+                runtime,
+                key: storage_key,
+            }));
+        }
+        // Not ours: the transaction changed nothing; dropping it rolls back.
+        drop(tx);
         let current = super::postgres::decode(&storage_key, &row)
             .map_err(|error| store_error(operation, error))?;
         match record::decide_claim(Some(&current), fingerprint, 0) {
@@ -306,6 +283,37 @@ impl PostgresStore {
         }
     }
 }
+
+/// The claim, in the transaction, as one prepared statement. A completed
+/// live row is returned as it is (a replay: no write, no lock). Otherwise our
+/// row is inserted with its final deadline (so completing it changes no
+/// indexed column), or an expired row taken over; a row another transaction
+/// holds makes the insert wait for it (bounded by `lock_timeout`), then the
+/// `DO UPDATE` returns its latest version. With `$8` (no wait), a transaction
+/// holding that advisory lock means no row at all: in progress.
+const TX_CLAIM: &str = "
+WITH done AS (
+    SELECT fingerprint, token, response, deadline FROM idempotency_records
+    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
+      AND deadline > now() AND response IS NOT NULL
+), claimed AS (
+    INSERT INTO idempotency_records AS r
+        (namespace, scope, operation, key, fingerprint, token, response, deadline)
+    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM done)
+      AND ($8::text IS NULL OR pg_try_advisory_xact_lock(hashtextextended($8::text, 0)))
+    ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
+        fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
+        token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
+        response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
+        deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
+    RETURNING fingerprint, token, response, deadline
+)
+SELECT fingerprint, token, response,
+    (token IS NOT DISTINCT FROM $6) AS acquired,
+    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
+FROM (SELECT * FROM claimed UNION ALL SELECT * FROM done) AS row
+LIMIT 1";
 
 fn in_progress(operation: &Operation, key: &IdempotencyKey) -> Error {
     operation.metrics().in_flight.increment(1);
