@@ -118,10 +118,10 @@ impl PostgresStore {
     /// caller (see [`run_in_transaction`](Self::run_in_transaction) for the
     /// closure form).
     ///
-    /// A key completed before is answered from its row, without writing.
-    /// Otherwise the record is inserted first, in one statement with the
-    /// check, so a concurrent duplicate blocks on the unique key until this
-    /// transaction ends, then replays what it committed. With a [`wait`](Operation::wait) on the operation, a
+    /// The record is inserted first, in one statement that also answers a
+    /// key completed before (a replay), so a concurrent duplicate blocks on
+    /// the unique key until this transaction ends, then replays what it
+    /// committed. With a [`wait`](Operation::wait) on the operation, a
     /// duplicate waits up to that long and then gets [`Error::InProgress`];
     /// without one it gets [`Error::InProgress`] at once. A key completed
     /// with another payload is [`Error::KeyReused`]. No lease is involved:
@@ -284,36 +284,27 @@ impl PostgresStore {
     }
 }
 
-/// The claim, in the transaction, as one prepared statement. A completed
-/// live row is returned as it is (a replay: no write, no lock). Otherwise our
-/// row is inserted with its final deadline (so completing it changes no
-/// indexed column), or an expired row taken over; a row another transaction
-/// holds makes the insert wait for it (bounded by `lock_timeout`), then the
-/// `DO UPDATE` returns its latest version. With `$8` (no wait), a transaction
-/// holding that advisory lock means no row at all: in progress.
+/// The claim, in the transaction, as one prepared statement: our row is
+/// inserted with its final deadline (so completing it changes no indexed
+/// column), or an expired row taken over; otherwise the row there is
+/// returned as it is (its latest version: a row another transaction holds
+/// makes the insert wait for that one, bounded by `lock_timeout`). With `$8`
+/// (no wait), a transaction holding that advisory lock means no row at all:
+/// in progress. A replay locks the row until its transaction rolls back,
+/// a moment later.
 const TX_CLAIM: &str = "
-WITH done AS (
-    SELECT fingerprint, token, response, deadline FROM idempotency_records
-    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
-      AND deadline > now() AND response IS NOT NULL
-), claimed AS (
-    INSERT INTO idempotency_records AS r
-        (namespace, scope, operation, key, fingerprint, token, response, deadline)
-    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
-    WHERE NOT EXISTS (SELECT 1 FROM done)
-      AND ($8::text IS NULL OR pg_try_advisory_xact_lock(hashtextextended($8::text, 0)))
-    ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
-        fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
-        token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
-        response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
-        deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
-    RETURNING fingerprint, token, response, deadline
-)
-SELECT fingerprint, token, response,
+INSERT INTO idempotency_records AS r
+    (namespace, scope, operation, key, fingerprint, token, response, deadline)
+SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
+WHERE $8::text IS NULL OR pg_try_advisory_xact_lock(hashtextextended($8::text, 0))
+ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
+    fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
+    token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
+    response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
+    deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
+RETURNING fingerprint, token, response,
     (token IS NOT DISTINCT FROM $6) AS acquired,
-    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
-FROM (SELECT * FROM claimed UNION ALL SELECT * FROM done) AS row
-LIMIT 1";
+    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms";
 
 fn in_progress(operation: &Operation, key: &IdempotencyKey) -> Error {
     operation.metrics().in_flight.increment(1);
