@@ -72,6 +72,15 @@ async fn charge(State(db): State<Db>, headers: HeaderMap, Json(new): Json<NewPay
     if let Some(invalid) = invalid_currency(&new) {
         return invalid;
     }
+    if i64::try_from(new.amount).is_err() {
+        let problem = serde_json::json!({
+            "type": "urn:payments:invalid-amount",
+            "title": "Invalid amount",
+            "status": 422,
+            "detail": format!("amount must be at most {} cents", i64::MAX),
+        });
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(problem)).into_response();
+    }
     // Lossy: a byte outside ASCII becomes U+FFFD, which the key parser
     // refuses with a clear message.
     let header = headers
@@ -79,7 +88,7 @@ async fn charge(State(db): State<Db>, headers: HeaderMap, Json(new): Json<NewPay
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     if !db.protected {
         return match insert(&db, db.store.pool(), header.as_deref(), &new).await {
-            Ok(payment) => (StatusCode::CREATED, Json(payment)).into_response(),
+            Ok(payment) => charged(payment),
             Err(error) => error_response(&error),
         };
     }
@@ -106,9 +115,15 @@ async fn charge(State(db): State<Db>, headers: HeaderMap, Json(new): Json<NewPay
     };
     let payment = insert(&db, &mut *tx, Some(key.as_str()), &new).await;
     match tx.finish(payment).await {
-        Ok(done) => (StatusCode::CREATED, Json(done.value)).into_response(),
+        Ok(done) => charged(done.value),
         Err(error) => error_response(&error),
     }
+}
+
+/// 201 with the charge, counted once it is committed.
+fn charged(payment: Payment) -> Response {
+    metrics::counter!("payments_charged_total").increment(1);
+    (StatusCode::CREATED, Json(payment)).into_response()
 }
 
 /// The charge itself: the simulated work, then the ledger row (in the
@@ -122,6 +137,7 @@ async fn insert<'c>(
     if !db.work.is_zero() {
         tokio::time::sleep(db.work).await;
     }
+    // `charge` refused amounts beyond `i64::MAX`.
     let amount = i64::try_from(new.amount).unwrap_or(i64::MAX);
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO payments_ledger (idempotency_key, amount, currency) VALUES ($1, $2, $3) RETURNING id",
@@ -132,7 +148,6 @@ async fn insert<'c>(
     .fetch_one(executor)
     .await
     .map_err(|e| Error::StoreUnavailable(StoreError::unavailable(e)))?;
-    metrics::counter!("payments_charged_total").increment(1);
     Ok(Payment {
         id: format!("pay_{id:06}"),
         amount: new.amount,

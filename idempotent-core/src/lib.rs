@@ -76,8 +76,9 @@ pub mod __private;
 /// - `transaction = <PostgresStore>` (feature `postgres`): the body runs in a
 ///   transaction the store opened, with the record; the argument marked
 ///   `#[tx]` (a `&mut sqlx::PgConnection`) receives it and leaves the
-///   signature, so callers do not pass it. See
-///   `PostgresStore::begin`.
+///   signature, so callers do not pass it. The namespace and TTL come from
+///   `runtime = ...`, else the installed runtime, else the defaults
+///   ([`DEFAULT_NAMESPACE`], [`DEFAULT_TTL`]). See `PostgresStore::begin`.
 /// - `crate = "..."`: where `idempotent_core` is, if renamed.
 #[doc(inline)]
 pub use idempotent_macros::idempotent;

@@ -60,6 +60,39 @@ async fn refund(
     )
 }
 
+/// A `&mut self` method: the body may use `self` mutably, and a replay does
+/// not run it.
+struct Counter {
+    db: PostgresStore,
+    runs: u32,
+}
+
+impl Counter {
+    #[idempotent(key = key, transaction = self.db, wait = "5s")]
+    async fn bump(
+        &mut self,
+        key: String,
+        #[tx] tx: &mut sqlx::PgConnection,
+    ) -> Result<u32, ChargeError> {
+        self.runs += 1;
+        sqlx::query("INSERT INTO ledger (amount) VALUES (1)")
+            .execute(&mut *tx)
+            .await?;
+        Ok(self.runs)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mut_self_method_runs_once_per_key() {
+    let (schema, db) = with_ledger("macro_tx_mut").await;
+    let mut counter = Counter { db, runs: 0 };
+    assert_eq!(counter.bump("b-1".to_owned()).await.unwrap(), 1);
+    assert_eq!(counter.bump("b-1".to_owned()).await.unwrap(), 1, "replayed");
+    assert_eq!(counter.runs, 1, "the body ran once");
+    assert_eq!(counter.bump("b-2".to_owned()).await.unwrap(), 2);
+    assert_eq!(schema.count("ledger").await, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_commit_one_row_and_all_get_its_answer() {
     let (schema, db) = with_ledger("macro_tx").await;

@@ -220,6 +220,32 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
     );
     assert!(!first.await.unwrap().unwrap().replayed);
     assert_eq!(schema.count("ledger").await, 1);
+    // Once completed, concurrent retries all replay: a replay takes no lock
+    // that could make the next one look in flight.
+    let retries = (0..20).map(|_| {
+        let (store, runtime) = (store.clone(), runtime.clone());
+        tokio::spawn(async move {
+            store
+                .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), charge(1, false))
+                .await
+        })
+    });
+    for retry in retries {
+        let retry = retry.await.unwrap();
+        assert!(matches!(&retry, Ok(done) if done.replayed), "{retry:?}");
+    }
+    assert_eq!(schema.count("ledger").await, 1);
+    let replay = store
+        .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), charge(1, false))
+        .await
+        .unwrap();
+    assert!(replay.replayed);
+    let locks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&mut schema.connection().await)
+            .await
+            .unwrap();
+    assert_eq!(locks, 0, "a replay leaves no advisory lock behind");
 }
 
 /// `begin` lets the body borrow from its caller (here `order`, a local), which
@@ -276,9 +302,13 @@ async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
         .await
         .unwrap();
     drop(tx);
-    assert_eq!(schema.count("ledger").await, 1, "the write rolled back");
     let (_, replayed) = pay(&store, &runtime, "order-8", 1).await.unwrap();
-    assert!(!replayed, "and the key is free");
+    assert!(!replayed, "the key is free");
+    assert_eq!(
+        schema.count("ledger").await,
+        2,
+        "the dropped transaction's write never landed: order-7's row and order-8's retry only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,8 +54,10 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
 /// - Expired rows are deleted in bounded batches by
 ///   [`purge_expired`](Self::purge_expired), through the index on
 ///   `deadline` (no table scan).
-/// - Every call is bounded by the timeout (default 1 s); a database that
-///   cannot be reached is [`StoreError::Unavailable`].
+/// - Every [`Store`] call (claim, complete, release, renew) and every purge
+///   is bounded by the timeout (default 1 s); a database that cannot be
+///   reached is [`StoreError::Unavailable`]. The same-transaction mode
+///   ([`begin`](Self::begin)) is bounded differently: see there.
 ///
 /// ```no_run
 /// use idempotent_core::{Idempotency, PostgresStore};
@@ -103,12 +105,18 @@ impl PostgresStore {
     }
 
     /// A store with explicit connection options (a `search_path`, say) and
-    /// call timeout.
+    /// call timeout, on a pool of up to 16 connections.
     pub fn with_options(options: PgConnectOptions, timeout: Duration) -> Self {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(timeout)
             .connect_lazy_with(options);
+        Self::from_pool(pool, timeout)
+    }
+
+    /// A store on a pool you built (its size, its timeouts, shared with
+    /// your application's own queries), with this call timeout.
+    pub fn from_pool(pool: PgPool, timeout: Duration) -> Self {
         Self {
             pool,
             timeout,
@@ -145,13 +153,15 @@ impl PostgresStore {
         .await
     }
 
-    /// Starts a background task that purges expired rows every `every`, in
-    /// batches of `batch` (a full batch is followed at once by the next, so
-    /// a backlog drains without waiting). Errors are logged and retried at
-    /// the next tick. The task stops when the returned handle is dropped.
+    /// Starts a background task that purges expired rows every `every` (at
+    /// least 1 ms), in batches of `batch` (at least 1; a full batch is
+    /// followed at once by the next, so a backlog drains without waiting).
+    /// Errors are logged and retried at the next tick. The task stops when
+    /// the returned handle is dropped.
     ///
     /// Needs a tokio runtime.
     pub fn spawn_purge(&self, every: Duration, batch: i64) -> PurgeTask {
+        let (every, batch) = (every.max(Duration::from_millis(1)), batch.max(1));
         let store = self.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
@@ -160,7 +170,7 @@ impl PostgresStore {
                 ticks.tick().await;
                 loop {
                     match store.purge_expired(batch).await {
-                        Ok(purged) if purged >= u64::try_from(batch).unwrap_or(0).max(1) => {}
+                        Ok(purged) if purged >= batch.unsigned_abs() => {}
                         Ok(purged) => {
                             tracing::debug!(purged, "purged expired idempotency records");
                             break;

@@ -102,7 +102,18 @@ impl KeyTransaction<'_> {
         .bind(bytes)
         .execute(&mut *self.tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(|error| {
+            if let sqlx::Error::Database(e) = &error {
+                if e.code().as_deref() == Some("25P02") {
+                    tracing::error!(
+                        operation = self.operation.name(),
+                        "the body returned Ok, but one of its statements failed and aborted \
+                         the transaction (an error it ignored): nothing was committed"
+                    );
+                }
+            }
+            unavailable(error)
+        })?;
         self.tx.commit().await.map_err(unavailable)?;
         self.operation.metrics().executed.increment(1);
         value.map(|value| Executed {
@@ -126,6 +137,21 @@ impl PostgresStore {
     /// without one it gets [`Error::InProgress`] at once. A key completed
     /// with another payload is [`Error::KeyReused`]. No lease is involved:
     /// the record lives and dies with the transaction.
+    ///
+    /// Things to know:
+    /// - The `wait` bound is the transaction's `lock_timeout`, so the body's
+    ///   own statements share it (a `SET LOCAL lock_timeout` in the body
+    ///   changes it for them).
+    /// - Each duplicate waiting on the key holds a pooled connection while
+    ///   it waits: give the pool room for them
+    ///   ([`from_pool`](Self::from_pool) takes a pool you sized).
+    /// - The retention (TTL) counts from the start of the transaction.
+    /// - A body that ignores a failed statement leaves the transaction
+    ///   aborted; [`finish`](KeyTransaction::finish) then commits nothing
+    ///   and answers [`Error::StoreUnavailable`] (and logs why).
+    /// - The pool's acquire timeout bounds getting a connection; the
+    ///   statements themselves are bounded by `wait` (the claim) and by
+    ///   your database's `statement_timeout`.
     ///
     /// ```no_run
     /// use idempotent_core::{Begun, Error, Idempotency, Operation, PostgresStore, StoreError};
@@ -185,7 +211,10 @@ impl PostgresStore {
         let row = match claimed {
             Ok(Some(row)) => row,
             // No row: a duplicate holds the advisory lock.
-            Ok(None) => return Err(in_progress(operation, &key)),
+            Ok(None) => {
+                end(tx).await;
+                return Err(in_progress(operation, &key));
+            }
             // lock_not_available: the duplicate outlasted the wait.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
                 return Err(in_progress(operation, &key));
@@ -203,8 +232,9 @@ impl PostgresStore {
                 key: storage_key,
             }));
         }
-        // Not ours: the transaction changed nothing; dropping it rolls back.
-        drop(tx);
+        // Not ours: the transaction changed nothing. Rolled back before
+        // answering, so that a lock it took is free for the next retry.
+        end(tx).await;
         let current = super::postgres::decode(&storage_key, &row)
             .map_err(|error| store_error(operation, error))?;
         match record::decide_claim(Some(&current), fingerprint, 0) {
@@ -284,27 +314,47 @@ impl PostgresStore {
     }
 }
 
-/// The claim, in the transaction, as one prepared statement: our row is
-/// inserted with its final deadline (so completing it changes no indexed
-/// column), or an expired row taken over; otherwise the row there is
-/// returned as it is (its latest version: a row another transaction holds
-/// makes the insert wait for that one, bounded by `lock_timeout`). With `$8`
-/// (no wait), a transaction holding that advisory lock means no row at all:
-/// in progress. A replay locks the row until its transaction rolls back,
-/// a moment later.
+/// The claim, in the transaction, as one prepared statement. A completed
+/// live row is returned as it is (a replay: no write, no lock). Otherwise
+/// our row is inserted with its final deadline (so completing it changes no
+/// indexed column), or an expired row taken over; a row another transaction
+/// holds makes the insert wait for it (bounded by `lock_timeout`), then the
+/// `DO UPDATE` returns its latest version. With `$8` (no wait), a
+/// transaction holding that advisory lock means no row at all: in progress.
+/// The lock's hash is seeded with the table's OID, so stores in two schemas
+/// of one database never block each other.
 const TX_CLAIM: &str = "
-INSERT INTO idempotency_records AS r
-    (namespace, scope, operation, key, fingerprint, token, response, deadline)
-SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
-WHERE $8::text IS NULL OR pg_try_advisory_xact_lock(hashtextextended($8::text, 0))
-ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
-    fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
-    token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
-    response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
-    deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
-RETURNING fingerprint, token, response,
+WITH done AS (
+    SELECT fingerprint, token, response, deadline FROM idempotency_records
+    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
+      AND deadline > now() AND response IS NOT NULL
+), claimed AS (
+    INSERT INTO idempotency_records AS r
+        (namespace, scope, operation, key, fingerprint, token, response, deadline)
+    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
+    WHERE NOT EXISTS (SELECT 1 FROM done)
+      AND ($8::text IS NULL OR pg_try_advisory_xact_lock(
+          hashtextextended($8::text, 'idempotency_records'::regclass::oid::bigint)))
+    ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
+        fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
+        token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
+        response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
+        deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
+    RETURNING fingerprint, token, response, deadline
+)
+SELECT fingerprint, token, response,
     (token IS NOT DISTINCT FROM $6) AS acquired,
-    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms";
+    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
+FROM (SELECT * FROM claimed UNION ALL SELECT * FROM done) AS row
+LIMIT 1";
+
+/// Rolls back a transaction that changed nothing. If that fails, dropping
+/// it queues the rollback instead.
+async fn end(tx: Transaction<'static, Postgres>) {
+    if let Err(error) = tx.rollback().await {
+        tracing::debug!(%error, "could not roll back an idempotency claim");
+    }
+}
 
 fn in_progress(operation: &Operation, key: &IdempotencyKey) -> Error {
     operation.metrics().in_flight.increment(1);
