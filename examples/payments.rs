@@ -1,7 +1,9 @@
 //! A payment API: `POST /payments` charges, `GET /payments` lists every
 //! charge actually executed (the ledger, so duplicates can be counted), and
 //! `GET /metrics` serves Prometheus text. With protection on, the routes sit
-//! behind [`IdempotencyLayer`]; with it off, every request charges.
+//! behind [`IdempotencyLayer`] (memory and Redis), or, on PostgreSQL, charge
+//! in the same transaction as their idempotency record
+//! (`payments_postgres.rs`); with it off, every request charges.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -116,7 +118,8 @@ struct AppState {
 }
 
 /// Builds the app: connects the store (lazily for Redis: a server that is
-/// down answers 503 per request, and the app recovers when it comes back).
+/// down answers 503 per request, and the app recovers when it comes back;
+/// PostgreSQL must be up at start, to create the tables).
 pub async fn app(config: &Config) -> Result<Router, StoreError> {
     let state = AppState {
         ledger: Arc::default(),
