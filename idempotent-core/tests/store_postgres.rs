@@ -311,6 +311,15 @@ async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
     );
 }
 
+/// Waits (up to 10 s, else fails with `why`) until only the live record is left.
+async fn until_one_record_left(schema: &Schema, why: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while schema.count("idempotency_records").await > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_purge_drains_expired_rows_in_batches_and_stops_when_dropped() {
     static OP: Operation = Operation::new("pg.purge.task");
@@ -336,14 +345,7 @@ async fn the_background_purge_drains_expired_rows_in_batches_and_stops_when_drop
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Batches of 4, one tick: only the drain-while-full loop empties 25 rows.
     let task = store.spawn_purge(Duration::from_secs(3600), 4);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while schema.count("idempotency_records").await > 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the purge did not drain the expired rows"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_record_left(&schema, "the purge did not drain the expired rows").await;
     drop(task);
     // Ticking: a task every 20 ms purges rows that expire after it started.
     let later = |prefix: &'static str| {
@@ -361,14 +363,7 @@ async fn the_background_purge_drains_expired_rows_in_batches_and_stops_when_drop
     };
     let task = store.spawn_purge(Duration::from_millis(20), 100);
     later("later").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while schema.count("idempotency_records").await > 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the ticking purge did not run"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_one_record_left(&schema, "the ticking purge did not run").await;
     drop(task);
     later("after-drop").await;
     tokio::time::sleep(Duration::from_millis(300)).await;

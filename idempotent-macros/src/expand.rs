@@ -88,10 +88,12 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     let name = operation_name(&args, func, &private);
     let options = duration_options(&args, &private);
     let key = &args.key;
-    let runtime = args
-        .runtime
-        .as_ref()
-        .map(|runtime| quote!(.runtime(&(#runtime))));
+    let runtime = match (&args.runtime, &args.transaction) {
+        (Some(runtime), _) => quote!(.runtime(&(#runtime))),
+        // `transaction = ...` alone: the installed runtime, else defaults.
+        (None, Some(_)) => quote!(.runtime(&#private::transaction_runtime(__idempotent_store))),
+        (None, None) => TokenStream::new(),
+    };
     let scope = args.scope.as_ref().map(|scope| quote!(.scope(&(#scope))));
     // The runner's bounds check the return type, given explicitly so that a
     // type error (not a `Result`, `T` not `Serialize`) points at it.
@@ -140,29 +142,11 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         .filter_map(|(i, input)| (i != position).then_some(input))
         .collect();
     let (pattern, ty) = (&connection.pat, &connection.ty);
-    let runtime = match &args.runtime {
-        Some(_) => TokenStream::new(),
-        None => quote! {
-            let __idempotent_runtime = #private::transaction_runtime(__idempotent_store);
-        },
-    };
-    let call = if args.runtime.is_some() {
-        call
-    } else {
-        quote! {
-            let __idempotent_call = #private::Call::new(__idempotent_operation)
-                .runtime(&__idempotent_runtime)
-                #scope
-                .key(&(#key))
-                .fingerprint(#fingerprint);
-        }
-    };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             #operation
             let __idempotent_store = &(#store);
-            #runtime
             #call
             match #private::begin_transaction::<#output>(__idempotent_store, __idempotent_call).await {
                 #private::TxStart::Done(__idempotent_done) => __idempotent_done,

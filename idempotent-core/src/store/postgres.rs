@@ -291,21 +291,32 @@ pub(crate) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError
     })
 }
 
-/// One statement. A live row visible in the statement's snapshot is answered
-/// as it is, without writing (a replay reads, it does not lock). Otherwise
-/// the in-progress row is inserted, or an expired row taken over; a row a
-/// concurrent claim committed meanwhile is returned by the `DO UPDATE`, which
-/// sees and locks the latest version (the snapshot alone could miss it).
-/// `now()` is one value for the whole statement, so every CASE agrees.
-const CLAIM: &str = "
+/// The claim, one statement, shared by the lease mode ([`CLAIM`]) and the
+/// same-transaction mode: `claim_statement!(live_filter, insert_filter)`.
+/// A live row visible in the statement's snapshot (narrowed by
+/// `live_filter`) is answered as it is, without writing (a replay reads, it
+/// does not lock). Otherwise the in-progress row is inserted (if
+/// `insert_filter` allows), or an expired row taken over; a row a concurrent
+/// claim committed meanwhile is returned by the `DO UPDATE`, which sees and
+/// locks the latest version (the snapshot alone could miss it). `now()` is
+/// one value for the whole statement, so every CASE agrees. `$1` to `$4` are
+/// the key, `$5` the fingerprint, `$6` the token, `$7` the deadline in ms.
+macro_rules! claim_statement {
+    ($live_filter:literal, $insert_filter:literal) => {
+        concat!(
+            "
 WITH live AS (
     SELECT fingerprint, token, response, deadline FROM idempotency_records
-    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4 AND deadline > now()
+    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4 AND deadline > now()",
+            $live_filter,
+            "
 ), claimed AS (
     INSERT INTO idempotency_records AS r
         (namespace, scope, operation, key, fingerprint, token, response, deadline)
     SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
-    WHERE NOT EXISTS (SELECT 1 FROM live)
+    WHERE NOT EXISTS (SELECT 1 FROM live)",
+            $insert_filter,
+            "
     ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
         fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
         token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
@@ -317,7 +328,14 @@ SELECT fingerprint, token, response,
     (token IS NOT DISTINCT FROM $6) AS acquired,
     ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
 FROM (SELECT * FROM claimed UNION ALL SELECT * FROM live) AS row
-LIMIT 1";
+LIMIT 1"
+        )
+    };
+}
+pub(crate) use claim_statement;
+
+/// The lease mode's claim: any live row is answered.
+const CLAIM: &str = claim_statement!("", "");
 
 #[async_trait]
 impl Store for PostgresStore {

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, Row as _, Transaction};
 
-use super::postgres::{PostgresStore, corrupt, keyed, millis};
+use super::postgres::{PostgresStore, claim_statement, corrupt, keyed, millis};
 use crate::engine::{Call, Codec as _, Executed, Operation, ResultCodec, store_error};
 use crate::error::Error;
 use crate::key::{IdempotencyKey, StorageKey};
@@ -314,39 +314,20 @@ impl PostgresStore {
     }
 }
 
-/// The claim, in the transaction, as one prepared statement. A completed
-/// live row is returned as it is (a replay: no write, no lock). Otherwise
-/// our row is inserted with its final deadline (so completing it changes no
-/// indexed column), or an expired row taken over; a row another transaction
-/// holds makes the insert wait for it (bounded by `lock_timeout`), then the
-/// `DO UPDATE` returns its latest version. With `$8` (no wait), a
-/// transaction holding that advisory lock means no row at all: in progress.
-/// The lock's hash is seeded with the table's OID, so stores in two schemas
-/// of one database never block each other.
-const TX_CLAIM: &str = "
-WITH done AS (
-    SELECT fingerprint, token, response, deadline FROM idempotency_records
-    WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
-      AND deadline > now() AND response IS NOT NULL
-), claimed AS (
-    INSERT INTO idempotency_records AS r
-        (namespace, scope, operation, key, fingerprint, token, response, deadline)
-    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
-    WHERE NOT EXISTS (SELECT 1 FROM done)
-      AND ($8::text IS NULL OR pg_try_advisory_xact_lock(
-          hashtextextended($8::text, 'idempotency_records'::regclass::oid::bigint)))
-    ON CONFLICT (namespace, scope, operation, key) DO UPDATE SET
-        fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
-        token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
-        response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
-        deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
-    RETURNING fingerprint, token, response, deadline
-)
-SELECT fingerprint, token, response,
-    (token IS NOT DISTINCT FROM $6) AS acquired,
-    ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
-FROM (SELECT * FROM claimed UNION ALL SELECT * FROM done) AS row
-LIMIT 1";
+/// The claim, in the transaction, as one prepared statement (see
+/// `claim_statement!`). Only a *completed* live row is answered as it is (a
+/// replay: no write, no lock); otherwise our row is inserted with its final
+/// deadline (`$7` is the TTL, so completing it changes no indexed column),
+/// or an expired row taken over, and a row another transaction holds makes
+/// the insert wait for it (bounded by `lock_timeout`). With `$8` (no wait),
+/// a transaction holding that advisory lock means no row at all: in
+/// progress. The lock's hash is seeded with the table's OID, so stores in two
+/// schemas of one database never block each other.
+const TX_CLAIM: &str = claim_statement!(
+    " AND response IS NOT NULL",
+    " AND ($8::text IS NULL OR pg_try_advisory_xact_lock(
+          hashtextextended($8::text, 'idempotency_records'::regclass::oid::bigint)))"
+);
 
 /// Rolls back a transaction that changed nothing. If that fails, dropping
 /// it queues the rollback instead.
