@@ -46,12 +46,13 @@ impl Payments {
 }
 
 /// A free function, with the connection last and the store an argument
-/// (skipped: it is not part of the request).
+/// (skipped: it is not part of the request). The connection's lifetime is
+/// named, as generic code often does.
 #[idempotent(key = order, transaction = *db, name = "free.refund", skip(db))]
-async fn refund(
+async fn refund<'c>(
     db: &PostgresStore,
     order: String,
-    #[tx] conn: &mut sqlx::PgConnection,
+    #[tx] conn: &'c mut sqlx::PgConnection,
 ) -> Result<i64, ChargeError> {
     Ok(
         sqlx::query_scalar("INSERT INTO ledger (amount) VALUES (-1) RETURNING id")

@@ -141,7 +141,14 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         .enumerate()
         .filter_map(|(i, input)| (i != position).then_some(input))
         .collect();
-    let (pattern, ty) = (&connection.pat, &connection.ty);
+    let pattern = &connection.pat;
+    // The binding borrows the transaction for the body only: a lifetime the
+    // signature named (`&'c mut PgConnection`) would be the caller's, which
+    // that borrow cannot meet, so it is left for the compiler to infer.
+    let mut ty = (*connection.ty).clone();
+    if let syn::Type::Reference(reference) = &mut ty {
+        reference.lifetime = None;
+    }
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
