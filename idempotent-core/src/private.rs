@@ -109,45 +109,9 @@ where
     )
 }
 
-/// The runtime of a `transaction = ...` call without `runtime = ...`: the
-/// process-wide default if one is set (its namespace and TTL), else one on
-/// the transaction's own store. Built per call: next to a transaction's round
-/// trips, an `Arc` is nothing.
-#[cfg(feature = "postgres")]
-pub fn transaction_runtime(store: &crate::PostgresStore) -> crate::Idempotency {
-    match crate::Idempotency::global() {
-        Ok(global) => global.clone(),
-        Err(_) => crate::Idempotency::new(store.clone()),
-    }
-}
-
-/// How a `transaction = ...` call starts.
-#[cfg(feature = "postgres")]
-pub enum TxStart<'a, R> {
-    /// Answered without running the body: a replay or an error.
-    Done(R),
-    /// The body runs in this transaction, then [`finish_transaction`].
-    Fresh(crate::KeyTransaction<'a>),
-}
-
-/// Opens the transaction of a `transaction = ...` call.
-#[cfg(feature = "postgres")]
-pub async fn begin_transaction<'a, R: IdempotentOutput>(
-    store: &crate::PostgresStore,
-    call: Call<'a>,
-) -> TxStart<'a, R> {
-    match store.begin::<R::Ok>(call).await {
-        Ok(crate::Begun::Fresh(tx)) => TxStart::Fresh(tx),
-        Ok(crate::Begun::Replayed(value)) => TxStart::Done(R::from_result(Ok(value))),
-        Err(error) => TxStart::Done(R::from_result(Err(error.into()))),
-    }
-}
-
-/// Commits (an `Ok`) or rolls back (an `Err`) a `transaction = ...` call.
-#[cfg(feature = "postgres")]
-pub async fn finish_transaction<R: IdempotentOutput>(tx: crate::KeyTransaction<'_>, value: R) -> R {
-    R::from_result(tx.finish(value.into_result()).await.map(|done| done.value))
-}
+#[path = "private_tx.rs"]
+mod transaction;
+pub use transaction::*;
 
 #[cfg(test)]
 mod tests {

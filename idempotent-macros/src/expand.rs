@@ -152,6 +152,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
+            #private::require_postgres!();
             #operation
             let __idempotent_store = &(#store);
             #call
@@ -159,7 +160,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
                 #private::TxStart::Done(__idempotent_done) => __idempotent_done,
                 #private::TxStart::Fresh(mut __idempotent_tx) => {
                     let __idempotent_value: #output = {
-                        let #pattern: #ty = &mut *__idempotent_tx;
+                        let #pattern: #ty = #private::connection(&mut __idempotent_tx);
                         async move #block.await
                     };
                     #private::finish_transaction(__idempotent_tx, __idempotent_value).await
