@@ -9,11 +9,15 @@
 //! | first request with a key | the handler's response, stored (see below) |
 //! | same key, same request, completed | the stored response, byte for byte, plus `Idempotent-Replayed: true` |
 //! | same key, same request, still running | `409 Conflict` with `Retry-After` (or wait and replay, see [`InFlight`]) |
-//! | same key, different method, path, query or body | `422 Unprocessable Content` |
+//! | same key, same route, different query or body | `422 Unprocessable Content` |
+//! | same key on another method or path | a key of its own: keys are scoped to the route, so one endpoint never replays another's response |
 //! | key required but missing | `400 Bad Request` |
 //! | malformed key (not 1 to 255 visible ASCII characters, or a bad sf-string) | `400 Bad Request` |
 //! | body over the limit | `413 Content Too Large` |
 //! | store unavailable | `503 Service Unavailable` with `Retry-After`, and the handler does not run |
+//! | request body unreadable (the connection failed half-way) | `400 Bad Request` |
+//! | a stored response that cannot be decoded, or a handler that outlived its lease | `500 Internal Server Error` (nothing is stored) |
+//! | the handler's response body fails half-way | `502 Bad Gateway` (nothing is stored; the key is released) |
 //!
 //! Error answers are RFC 9457 `application/problem+json` documents with
 //! `type`, `title`, `status` and `detail`. Safe methods (GET, HEAD, ...) pass

@@ -92,7 +92,7 @@ pub(crate) fn from_error<B: From<Bytes>>(error: &Error) -> Response<B> {
         Error::InvalidKey(error) => malformed_key(error),
         Error::KeyReused { .. } => problem(
             KEY_REUSED,
-            "this idempotency key was first used with a different method, path, query or body; \
+            "this idempotency key was first used on this route with a different query or body; \
              use a new key for a new request",
         ),
         // The engine's `retry_after` is when the lease runs out, an upper

@@ -1,9 +1,10 @@
 //! The PostgreSQL store: one row per record, a unique key on
 //! (namespace, scope, operation, key), the database's clock for leases.
 //!
-//! This is the store used like Redis (claim, then complete or release, with
-//! leases). The same-transaction mode, where the record commits together
-//! with the caller's own writes, is not built yet.
+//! This file is the store used like Redis (claim, then complete or release,
+//! with leases). The same-transaction mode, where the record commits together
+//! with the caller's own writes, is in `postgres_tx.rs`
+//! ([`PostgresStore::begin`], [`PostgresStore::run_in_transaction`]).
 
 use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
