@@ -172,7 +172,7 @@ async fn an_sf_string_key_is_the_same_key_as_its_bare_token() {
 }
 
 #[tokio::test]
-async fn a_key_reused_with_another_body_method_or_query_is_422() {
+async fn a_key_reused_with_another_body_or_query_is_422() {
     let (app, calls) = app(memory());
     send(&app, request(Some("k"), "{\"amount\":100}")).await;
     let (status, headers, body) = send(&app, request(Some("k"), "{\"amount\":999}")).await;
@@ -319,6 +319,50 @@ async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
     assert_eq!(body, first_body);
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_wait_mode_a_duplicate_still_running_after_the_wait_gets_409() {
+    let (app, calls) = app(memory().in_flight(InFlight::Wait(Duration::from_millis(100))));
+    let make = || {
+        post_with(Some("k"))
+            .header("x-sleep-ms", "2000")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let first = tokio::spawn({
+        let app = app.clone();
+        let request = make();
+        async move { send(&app, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = tokio::time::Instant::now();
+    let (status, headers, body) = send(&app, make()).await;
+    problem(status, &headers, &body, StatusCode::CONFLICT);
+    assert!(headers.contains_key("retry-after"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_millis(2000),
+        "waited {waited:?}: the bound, not the first request's whole run"
+    );
+    assert_eq!(first.await.unwrap().0, StatusCode::CREATED);
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_response_expires_after_the_ttl_and_the_handler_runs_again() {
+    let (app, calls) = app(memory().ttl(Duration::from_secs(60)));
+    send(&app, request(Some("k"), "{}")).await;
+    tokio::time::advance(Duration::from_secs(59)).await;
+    let (_, headers, _) = send(&app, request(Some("k"), "{}")).await;
+    assert_eq!(headers["idempotent-replayed"], "true", "still stored at 59 s");
+    assert_eq!(calls.get(), 1);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let (status, headers, body) = send(&app, request(Some("k"), "{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(calls.get(), 2, "expired at 61 s: the handler ran again");
+    assert!(String::from_utf8(body).unwrap().contains("\"call\":2"));
 }
 
 #[tokio::test]
