@@ -91,7 +91,8 @@ pub use record::{ClaimOutcome, Lease, LeaseToken};
 pub use runtime::{DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder};
 #[cfg(feature = "postgres")]
 pub use store::{
-    Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MIGRATION, PostgresStore, PurgeTask, TxBody,
+    Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MIGRATION, PURGE, PostgresStore, PurgeTask,
+    TxBody,
 };
 #[cfg(feature = "redis")]
 pub use store::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};

@@ -355,7 +355,10 @@ async fn a_stored_response_expires_after_the_ttl_and_the_handler_runs_again() {
     send(&app, request(Some("k"), "{}")).await;
     tokio::time::advance(Duration::from_secs(59)).await;
     let (_, headers, _) = send(&app, request(Some("k"), "{}")).await;
-    assert_eq!(headers["idempotent-replayed"], "true", "still stored at 59 s");
+    assert_eq!(
+        headers["idempotent-replayed"], "true",
+        "still stored at 59 s"
+    );
     assert_eq!(calls.get(), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
     let (status, headers, body) = send(&app, request(Some("k"), "{}")).await;

@@ -58,6 +58,63 @@ async fn migrating_twice_is_harmless_and_purging_removes_only_expired_rows() {
     assert!(replayed.replayed);
 }
 
+/// The purge's plan, custom and generic (a prepared statement switches to
+/// the generic one after a few runs), on a table big enough for the planner
+/// to care: the `deadline` index finds the batch and a TID scan deletes it.
+#[tokio::test]
+async fn the_purge_never_scans_the_table() {
+    let schema = Schema::create("purge_plan").await;
+    let _store = schema.store().await;
+    let mut connection = schema.connection().await;
+    let live = (20_000, "live", "now() + interval '1 day'");
+    let expired = (100, "expired", "now() - interval '1 day'");
+    for (rows, prefix, deadline) in [live, expired] {
+        let fill = format!(
+            "INSERT INTO idempotency_records (namespace, scope, operation, key, fingerprint, response, deadline) \
+             SELECT 'idem', '', 'op', '{prefix}' || g, '\\x00', '\\x01', {deadline} FROM generate_series(1, {rows}) g"
+        );
+        sqlx::query(&fill).execute(&mut connection).await.unwrap();
+    }
+    sqlx::query("ANALYZE idempotency_records")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE purge(bigint) AS {}",
+        idempotent_core::PURGE
+    ))
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE purge(100)")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{mode}: a table scan:\n{plan}");
+        assert!(
+            plan.contains("idempotency_records_deadline"),
+            "{mode}: no index:\n{plan}"
+        );
+        assert!(plan.contains("Tid Scan"), "{mode}:\n{plan}");
+    }
+    let purged = sqlx::query("EXECUTE purge(100)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        purged.rows_affected(),
+        100,
+        "the expired rows, and only them"
+    );
+    assert_eq!(schema.count("idempotency_records").await, 20_000);
+}
+
 #[tokio::test]
 async fn a_database_that_is_down_fails_closed() {
     static OP: Operation = Operation::new("pg.down");

@@ -28,7 +28,7 @@ pub use self::redis::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
-pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PostgresStore, PurgeTask};
+pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PURGE, PostgresStore, PurgeTask};
 #[cfg(feature = "postgres")]
 pub use postgres_tx::{Begun, KeyTransaction, TxBody};
 

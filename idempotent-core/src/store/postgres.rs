@@ -23,6 +23,15 @@ use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Record
 /// Every call is bounded by this, by default.
 pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// One batch of [`PostgresStore::purge_expired`], `$1` rows at most: the
+/// oldest expired rows, found through the `deadline` index and deleted by
+/// their row address (a TID scan), so a purge never scans the table
+/// (`store_postgres.rs` checks the plan). For a job of your own (pg_cron,
+/// say), run it with `$1` replaced by a batch size.
+pub const PURGE: &str = "DELETE FROM idempotency_records WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_records WHERE deadline <= now()
+    ORDER BY deadline LIMIT $1))";
+
 /// The table, created by [`PostgresStore::migrate`]. For your own migration
 /// tool, run this SQL (idempotent) once per schema.
 pub const MIGRATION: &str = "
@@ -141,15 +150,11 @@ impl PostgresStore {
     /// many. Call it periodically (it uses the `deadline` index).
     pub async fn purge_expired(&self, batch: i64) -> Result<u64, StoreError> {
         self.bounded(async {
-            sqlx::query(
-                "DELETE FROM idempotency_records WHERE ctid IN (
-                     SELECT ctid FROM idempotency_records WHERE deadline <= now()
-                     ORDER BY deadline LIMIT $1)",
-            )
-            .bind(batch)
-            .execute(&self.pool)
-            .await
-            .map(|done| done.rows_affected())
+            sqlx::query(PURGE)
+                .bind(batch)
+                .execute(&self.pool)
+                .await
+                .map(|done| done.rows_affected())
         })
         .await
     }
