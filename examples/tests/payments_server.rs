@@ -1,6 +1,6 @@
-//! End-to-end: the payments app over real HTTP on loopback, in-process and
-//! as separate `payments-server` processes sharing one real Redis, and on the
-//! machine's PostgreSQL.
+//! End-to-end: the `payments-server` program, started as a process on a free
+//! loopback port and spoken to over real HTTP: on the memory store, as two
+//! processes sharing one real Redis, and on the machine's PostgreSQL.
 
 #[path = "../../idempotent-core/tests/support/redis_server.rs"]
 mod redis_server;
@@ -9,17 +9,13 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use examples::payments::{Config, LedgerEntry, StoreChoice, app};
+use examples::payments::{LedgerEntry, StoreChoice};
 use redis_server::RedisServer;
 use support::{PgSchema, ServerProcess, http_client};
 
-/// Serves the app on a free loopback port, in this process.
-async fn serve(config: Config) -> String {
-    let router = app(&config).await.expect("the app starts");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://{addr}")
+/// `payments-server --addr 127.0.0.1:0 ARGS...`, listening.
+fn serve(args: &[&str]) -> ServerProcess {
+    ServerProcess::with_args(&[&["--addr", "127.0.0.1:0"], args].concat())
 }
 
 fn payment(amount: u64) -> serde_json::Value {
@@ -39,7 +35,7 @@ async fn ledger(client: &reqwest::Client, base: &str) -> Vec<LedgerEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_duplicates_charge_once_and_all_get_that_charge() {
-    fifty_duplicates(StoreChoice::Memory).await;
+    fifty_duplicates("memory").await;
 }
 
 /// The same on PostgreSQL, where the ledger is a table and each charge
@@ -47,16 +43,12 @@ async fn fifty_concurrent_duplicates_charge_once_and_all_get_that_charge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_duplicates_on_postgres_make_one_ledger_row() {
     let schema = PgSchema::create("server_dups").await;
-    fifty_duplicates(schema.url().parse().unwrap()).await;
+    fifty_duplicates(&schema.url()).await;
 }
 
-async fn fifty_duplicates(store: StoreChoice) {
-    let base = serve(Config {
-        store,
-        work: Duration::from_millis(50),
-        ..Config::default()
-    })
-    .await;
+async fn fifty_duplicates(store: &str) {
+    let server = serve(&["--store", store, "--work-ms", "50"]);
+    let base = server.base.clone();
     let client = http_client();
     // Wait mode is not on: duplicates that arrive while the first runs get
     // 409 and retry, as a client should.
@@ -94,7 +86,8 @@ async fn fifty_duplicates(store: StoreChoice) {
 
 #[tokio::test]
 async fn a_replay_over_the_wire_is_byte_identical() {
-    let base = serve(Config::default()).await;
+    let server = serve(&["--store", "memory"]);
+    let base = server.base.clone();
     let client = http_client();
     let send = || {
         client
@@ -120,35 +113,95 @@ async fn a_replay_over_the_wire_is_byte_identical() {
     assert_eq!(ledger(&client, &base).await.len(), 1);
 }
 
+/// A declared 20 MiB body is refused from its head: the 413 comes back
+/// before a byte of the body is sent, as a client using `Expect:
+/// 100-continue` would see it. (Sending the body regardless races the
+/// server's close: a client can get a connection reset instead of the 413,
+/// which is how HTTP/1.1 servers treat unread bodies, hyper included.)
 #[tokio::test]
 async fn a_20_mib_body_gets_413_and_charges_nothing() {
-    let base = serve(Config::default()).await;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let server = serve(&[]);
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /payments HTTP/1.1\r\nhost: {addr}\r\nidempotency-key: big\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        20 * 1024 * 1024
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buffer))
+            .await
+            .expect("the server answers from the head alone")
+            .unwrap();
+        assert!(n > 0, "closed without an answer: {answer:?}");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("content-type: application/problem+json"),
+        "{answer}"
+    );
+    drop(socket);
+    assert!(ledger(&http_client(), &server.base).await.is_empty());
+}
+
+#[tokio::test]
+async fn metrics_count_executions_replays_and_charges_in_prometheus_text() {
+    let server = serve(&["--store", "memory"]);
     let client = http_client();
-    let huge = vec![b' '; 20 * 1024 * 1024];
+    for _ in 0..2 {
+        let response = client
+            .post(format!("{}/payments", server.base))
+            .header("idempotency-key", "metered")
+            .json(&payment(100))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
     let response = client
-        .post(format!("{base}/payments"))
-        .header("idempotency-key", "big")
-        .header("content-type", "application/json")
-        .body(huge)
+        .get(format!("{}/metrics", server.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 413);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
     );
-    assert!(ledger(&client, &base).await.is_empty());
+    let text = response.text().await.unwrap();
+    // `name{labels} value` or `name value`, as Prometheus reads it.
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|line| {
+                line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(value("idempotent_executed_total"), 1.0);
+    assert_eq!(value("idempotent_replayed_total"), 1.0);
+    assert_eq!(
+        value("payments_charged_total"),
+        1.0,
+        "the replay charged nothing"
+    );
+    assert!(text.contains("idempotent_store_latency_seconds"), "{text}");
 }
 
 #[tokio::test]
 async fn unprotected_duplicates_charge_twice() {
     // The problem the layer solves, shown on the same routes.
-    let base = serve(Config {
-        protected: false,
-        ..Config::default()
-    })
-    .await;
+    let server = serve(&["--unprotected"]);
+    let base = server.base.clone();
     let client = http_client();
     for _ in 0..2 {
         let response = client
