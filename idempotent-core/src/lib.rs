@@ -95,7 +95,7 @@ pub use store::{
     TxBody,
 };
 #[cfg(feature = "redis")]
-pub use store::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
+pub use store::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};
 #[cfg(feature = "memory")]
 pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use store::{Store, StoreError};

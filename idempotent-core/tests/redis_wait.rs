@@ -82,3 +82,44 @@ async fn a_failed_first_call_lets_a_waiting_duplicate_run() {
     );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// The completion notice, not the re-check, wakes a waiter: with re-checks
+/// an hour apart, a waiter still gets the value as soon as the first call
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_completion_notice_wakes_a_waiter_without_polling() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder()
+        .url(server.url())
+        .wait_recheck(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store);
+    let call = |value: &'static str| {
+        let idem = idem.clone();
+        async move {
+            idem.call(&WAITING)
+                .key("notice")
+                .payload(&1)
+                .run(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, Error>(value.to_owned())
+                })
+                .await
+        }
+    };
+    let first = tokio::spawn(call("first"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // `WAITING` waits up to 10 s: only a notice can end the wait sooner.
+    let started = std::time::Instant::now();
+    let waiter = call("second").await.unwrap();
+    assert_eq!(waiter.value, "first");
+    assert!(waiter.replayed);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the notice, not by the wait running out: {:?}",
+        started.elapsed()
+    );
+    assert!(!first.await.unwrap().unwrap().replayed);
+}

@@ -23,7 +23,7 @@ mod postgres_tx;
 mod redis;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{DEFAULT_REDIS_TIMEOUT, RedisStore, RedisStoreBuilder};
+pub use self::redis::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};

@@ -52,10 +52,10 @@ use crate::record::{
 /// The default bound on every Redis call, after which it fails closed.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How often a caller waiting on an in-flight key re-checks it, in case a
-/// completion notice was missed (sent before it subscribed, or lost with a
-/// dropped pub/sub connection).
-const WAIT_POLL_FALLBACK: Duration = Duration::from_millis(200);
+/// How often, by default, a caller waiting on an in-flight key re-checks it,
+/// in case a completion notice was missed (sent before it subscribed, or lost
+/// with a dropped pub/sub connection); see [`RedisStoreBuilder::wait_recheck`].
+pub const DEFAULT_WAIT_RECHECK: Duration = Duration::from_millis(200);
 
 /// Shared prefix of the fenced scripts: the live lease must carry ARGV[1].
 macro_rules! fenced {
@@ -116,7 +116,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])"
 /// - A stored value that is not a record this store wrote is
 ///   [`StoreError::Corrupt`], never a panic and never a re-execution.
 /// - Waiting on an in-flight key is woken by a pub/sub notice, with a
-///   polling fallback of at most 200 ms.
+///   polling fallback of at most 200 ms ([`RedisStoreBuilder::wait_recheck`]).
 ///
 /// ```no_run
 /// use idempotent_core::{Idempotency, RedisStore};
@@ -140,6 +140,7 @@ struct Inner {
     key_prefix: Box<str>,
     channel: Box<str>,
     timeout: Duration,
+    wait_recheck: Duration,
     token_base: u128,
     next_token: AtomicU64,
     waiters: Arc<Waiters>,
@@ -194,6 +195,7 @@ pub struct RedisStoreBuilder {
     cluster: Vec<String>,
     key_prefix: String,
     timeout: Option<Duration>,
+    wait_recheck: Option<Duration>,
     #[cfg(feature = "redis-tls")]
     tls_root: Option<Vec<u8>>,
 }
@@ -239,6 +241,16 @@ impl RedisStoreBuilder {
     /// The bound on every call, including (re)connecting (default 1 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long a caller waiting on a duplicate in flight (`wait = ...`)
+    /// sleeps before it re-checks the key if no completion notice woke it
+    /// (default 200 ms, at least 1 ms). Notices normally wake waiters at
+    /// once; this bounds what a missed one costs, at the price of one Redis
+    /// call per waiter per interval.
+    pub fn wait_recheck(mut self, every: Duration) -> Self {
+        self.wait_recheck = Some(every.max(Duration::from_millis(1)));
         self
     }
 
@@ -327,6 +339,7 @@ impl RedisStoreBuilder {
                 key_prefix: self.key_prefix.into_boxed_str(),
                 channel: channel.into_boxed_str(),
                 timeout,
+                wait_recheck: self.wait_recheck.unwrap_or(DEFAULT_WAIT_RECHECK),
                 token_base: u128::from(RandomState::new().hash_one(std::process::id())) << 64,
                 next_token: AtomicU64::new(1),
                 waiters,
@@ -586,7 +599,7 @@ impl Store for RedisStore {
         mark.key(&redis_key);
         let result = match self.invoke(&mark).await {
             Ok(Value::Int(1)) => {
-                let _ = tokio::time::timeout(timeout.min(WAIT_POLL_FALLBACK), notified).await;
+                let _ = tokio::time::timeout(timeout.min(self.inner.wait_recheck), notified).await;
                 Ok(())
             }
             Ok(_) => Ok(()),
