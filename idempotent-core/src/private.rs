@@ -1,7 +1,7 @@
 //! What `#[idempotent]` expands to. Not public API: no stability promise.
 //!
 //! The macro crate only parses and generates code; every behaviour is here
-//! or in [`engine`](crate::engine), as ordinary, unit-tested Rust.
+//! or in the `engine` module, as ordinary, unit-tested Rust.
 
 use std::collections::HashMap;
 use std::future::Future;
