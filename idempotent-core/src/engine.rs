@@ -497,6 +497,8 @@ where
     let wait_until = operation
         .wait
         .map(|wait| tokio::time::Instant::now() + wait);
+    // Counted once per call, however many times a waiting call re-checks.
+    let mut met_in_flight = false;
     loop {
         let claim = timed(
             operation,
@@ -529,7 +531,9 @@ where
                 });
             }
             ClaimOutcome::InFlight { retry_after } => {
-                operation.metrics().in_flight.increment(1);
+                if !std::mem::replace(&mut met_in_flight, true) {
+                    operation.metrics().in_flight.increment(1);
+                }
                 let now = tokio::time::Instant::now();
                 match wait_until {
                     Some(until) if until > now => {
