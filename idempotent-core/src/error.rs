@@ -54,7 +54,11 @@ pub enum Error {
         /// The key.
         key: String,
     },
-    /// A value could not be encoded for the store, or a stored one decoded.
+    /// A stored value could not be decoded (`action` is `decode`). A fresh
+    /// value that cannot be encoded is not an error for its caller: the body
+    /// ran, so the value is returned, and the key is released (logged);
+    /// except in PostgreSQL's same-transaction mode, where it is this error
+    /// (`encode`) and the transaction, writes included, rolls back.
     #[error("could not {action} the stored response of `{operation}`: {detail}")]
     Codec {
         /// `encode` or `decode`.
