@@ -152,3 +152,49 @@ async fn a_free_function_runs_once_per_key() {
     assert_eq!(first, again);
     assert_eq!(schema.count("ledger").await, 1);
 }
+
+/// No `wait`: a duplicate of a call still in its transaction is refused at
+/// once rather than queued behind it.
+#[idempotent(key = order, transaction = *db, name = "free.slow_refund", skip(db))]
+async fn slow_refund(
+    db: &PostgresStore,
+    order: String,
+    #[tx] conn: &mut sqlx::PgConnection,
+) -> Result<i64, ChargeError> {
+    let id = sqlx::query_scalar("INSERT INTO ledger (amount) VALUES (-2) RETURNING id")
+        .fetch_one(&mut *conn)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wait_a_duplicate_in_flight_is_refused_at_once() {
+    let (schema, db) = with_ledger("macro_tx_nowait").await;
+    let first = tokio::spawn({
+        let db = db.clone();
+        async move { slow_refund(&db, "r-9".to_owned()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let duplicate = slow_refund(&db, "r-9".to_owned()).await;
+    assert!(
+        matches!(
+            duplicate,
+            Err(ChargeError::Idempotency(Error::InProgress { .. }))
+        ),
+        "{duplicate:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once, not after the first call's 2 s: {:?}",
+        started.elapsed()
+    );
+    let id = first.await.unwrap().unwrap();
+    assert_eq!(
+        slow_refund(&db, "r-9".to_owned()).await.unwrap(),
+        id,
+        "then a replay"
+    );
+    assert_eq!(schema.count("ledger").await, 1);
+}

@@ -163,3 +163,116 @@ async fn undecodable_records_are_errors_not_re_executions() {
         "only the first good call ran"
     );
 }
+
+/// Redis killed while calls are running, then restarted: every caller gets
+/// its value or a clear error, no body starts while Redis is down, and once
+/// it is back every key completes. Each key is retried until it succeeds,
+/// as a client would; a key runs twice only if its first run lost its
+/// record to the restart (`LeaseLost`: the restarted Redis is empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_in_the_middle_of_a_run_fails_closed_and_recovers() {
+    use std::sync::Arc;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    const TASKS: usize = 8;
+    const KEYS_PER_TASK: usize = 60;
+    let mut server = RedisServer::start();
+    let idem = idempotency(&server).await;
+    let down = Arc::new(AtomicBool::new(false));
+    let started_while_down = Arc::new(AtomicUsize::new(0));
+    let runs: Arc<Vec<AtomicUsize>> = Arc::new(
+        (0..TASKS * KEYS_PER_TASK)
+            .map(|_| AtomicUsize::new(0))
+            .collect(),
+    );
+    let lease_lost = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let slowest_failure = Arc::new(Mutex::new(Duration::ZERO));
+    let workers: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (idem, down, started_while_down, runs, lease_lost, slowest_failure) = (
+                idem.clone(),
+                Arc::clone(&down),
+                Arc::clone(&started_while_down),
+                Arc::clone(&runs),
+                Arc::clone(&lease_lost),
+                Arc::clone(&slowest_failure),
+            );
+            tokio::spawn(async move {
+                for j in 0..KEYS_PER_TASK {
+                    let n = task * KEYS_PER_TASK + j;
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let started = Instant::now();
+                        let result = idem
+                            .call(&OP)
+                            .key(&format!("mid-run-{n}"))
+                            .payload(&n)
+                            .run(async {
+                                if down.load(Ordering::SeqCst) {
+                                    started_while_down.fetch_add(1, Ordering::SeqCst);
+                                }
+                                runs[n].fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(15)).await;
+                                Ok::<_, Error>(n)
+                            })
+                            .await;
+                        match result {
+                            Ok(executed) => {
+                                assert_eq!(executed.value, n);
+                                break;
+                            }
+                            Err(Error::LeaseLost { .. }) => {
+                                lease_lost.lock().unwrap().insert(n);
+                            }
+                            Err(error) if error.is_store_unavailable() => {
+                                {
+                                    let mut slowest = slowest_failure.lock().unwrap();
+                                    *slowest = (*slowest).max(started.elapsed());
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(error) => panic!("key {n}: unexpected {error:?}"),
+                        }
+                        assert!(Instant::now() < deadline, "key {n} never completed");
+                    }
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    // Answers already in the client's buffers may still start bodies for a
+    // moment; after that, nothing may start until Redis is back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    down.store(false, Ordering::SeqCst);
+    server.restart();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+
+    assert_eq!(
+        started_while_down.load(Ordering::SeqCst),
+        0,
+        "a body started while Redis was down"
+    );
+    let slowest = *slowest_failure.lock().unwrap();
+    assert!(
+        slowest > Duration::ZERO,
+        "the outage was never seen: the test proves nothing"
+    );
+    assert!(slowest < TIMEOUT * 10, "a failing call took {slowest:?}");
+    let lease_lost = lease_lost.lock().unwrap();
+    for (n, runs) in runs.iter().enumerate() {
+        let runs = runs.load(Ordering::SeqCst);
+        let allowed = if lease_lost.contains(&n) { 2 } else { 1 };
+        assert!(
+            (1..=allowed).contains(&runs),
+            "key {n} ran {runs} times (lease lost: {})",
+            lease_lost.contains(&n)
+        );
+    }
+}
