@@ -1,11 +1,13 @@
 //! `RedisStore`: the conformance suite on a standalone server and on a
-//! 3-master cluster, each started for the test.
+//! 3-master cluster, each started for the test; records and completion
+//! notices on every master of the cluster.
 #![cfg(feature = "redis")]
 
 mod conformance;
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use idempotent_core::{Error, Idempotency, Operation, RedisStore};
 use support::redis_server::{RedisCluster, RedisServer};
@@ -72,5 +74,65 @@ async fn records_spread_over_every_master_and_each_stays_on_one() {
             .unwrap();
         assert!(replay.replayed);
         assert_eq!(replay.value, i);
+    }
+}
+
+/// Wait mode on a cluster: the completion notice of a record on any master
+/// reaches a waiter (Redis Cluster broadcasts `PUBLISH` to every node), with
+/// re-checks an hour apart so that only the notice can wake it in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master() {
+    static OP: Operation = Operation::new("cluster.wait").wait(Duration::from_secs(10));
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::builder()
+        .url(cluster.url())
+        .wait_recheck(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store);
+    let call = |key: String, value: i64| {
+        let idem = idem.clone();
+        async move {
+            idem.call(&OP)
+                .key(&key)
+                .payload(&0)
+                .run(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, Error>(value)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // Twelve keys: every master holds some (checked below).
+    let keys: Vec<String> = (0..12).map(|i| format!("wait-{i}")).collect();
+    let firsts: Vec<_> = keys
+        .iter()
+        .map(|key| tokio::spawn(call(key.clone(), 1)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let waiters: Vec<_> = keys
+        .iter()
+        .map(|key| tokio::spawn(call(key.clone(), 2)))
+        .collect();
+    for waiter in waiters {
+        let executed = waiter.await.unwrap();
+        assert!(executed.replayed);
+        assert_eq!(executed.value, 1, "the first call's value");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by notices, not by the 10 s wait running out: {:?}",
+        started.elapsed()
+    );
+    for first in firsts {
+        assert!(!first.await.unwrap().replayed);
+    }
+    for node in &cluster.nodes {
+        let reply = node.command(&["DBSIZE"]).unwrap();
+        let keys: usize = reply.trim().trim_start_matches(':').parse().unwrap();
+        assert!(keys > 0, "a master holds none of the keys: {reply}");
     }
 }
