@@ -276,3 +276,54 @@ async fn redis_killed_in_the_middle_of_a_run_fails_closed_and_recovers() {
         );
     }
 }
+
+/// A cluster that is down when the store is built: the build succeeds, calls
+/// fail closed, and once the cluster is back the same store works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_built_while_the_cluster_is_down_recovers_when_it_is_up() {
+    let mut cluster = support::redis_server::RedisCluster::start(3);
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let store = RedisStore::builder()
+        .url(cluster.url())
+        .timeout(TIMEOUT)
+        .build()
+        .await
+        .expect("a cluster store builds without reaching the cluster");
+    let idem = Idempotency::new(store);
+    let runs = AtomicUsize::new(0);
+    let started = Instant::now();
+    let error = charge(&idem, "early", &runs).await.unwrap_err();
+    assert!(error.is_store_unavailable(), "{error:?}");
+    assert!(
+        started.elapsed() < TIMEOUT * 10,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "no body runs without a claim"
+    );
+
+    // Back, with the same ports and cluster configuration (no data).
+    for node in &mut cluster.nodes {
+        node.restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match charge(&idem, "after", &runs).await {
+            Ok(value) => {
+                assert_eq!(value, 100);
+                break;
+            }
+            Err(error) if error.is_store_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("the store did not recover: {error:?}"),
+        }
+    }
+    charge(&idem, "after", &runs).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "then a replay");
+}

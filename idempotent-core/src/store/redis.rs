@@ -164,7 +164,25 @@ struct Scripts {
 #[derive(Clone)]
 enum Connection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster connection made on first use, and made again on a later call
+/// if that failed: a store built while the cluster is down works once it is
+/// up, as a standalone one does. Once made, redis-rs follows the cluster
+/// (reconnecting to nodes, refreshing slots) by itself.
+struct LazyCluster {
+    client: redis::cluster::ClusterClient,
+    connection: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> redis::RedisResult<ClusterConnection> {
+        self.connection
+            .get_or_try_init(|| self.client.get_async_connection())
+            .await
+            .cloned()
+    }
 }
 
 /// Callers waiting on in-flight keys, by Redis key: the key's `Notify` and
@@ -283,9 +301,10 @@ impl RedisStoreBuilder {
         redis::Client::open(url).map_err(StoreError::unavailable)
     }
 
-    /// Connects. A standalone store connects lazily, so it can be built
-    /// while Redis is down (calls fail closed until it is up); a cluster
-    /// store reads the cluster's topology from a seed node now.
+    /// Builds the store. It connects lazily, standalone or cluster, so it
+    /// can be built while Redis is down: calls fail closed until it is up,
+    /// then work without a restart. (A cluster's topology is read from a
+    /// seed node on the first call.)
     ///
     /// Must be called within a tokio runtime.
     pub async fn build(self) -> Result<RedisStore, StoreError> {
@@ -316,12 +335,12 @@ impl RedisStoreBuilder {
                 None => builder,
             };
             let client = builder.build().map_err(StoreError::unavailable)?;
-            let connection = tokio::time::timeout(timeout * 3, client.get_async_connection())
-                .await
-                .map_err(StoreError::unavailable)?
-                .map_err(StoreError::unavailable)?;
+            let lazy = LazyCluster {
+                client,
+                connection: tokio::sync::OnceCell::new(),
+            };
             (
-                Connection::Cluster(connection),
+                Connection::Cluster(Arc::new(lazy)),
                 self.client(&self.cluster[0])?,
             )
         };
@@ -382,7 +401,7 @@ impl RedisStore {
         self.bounded(async {
             match &self.inner.connection {
                 Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
-                Connection::Cluster(c) => invocation.invoke_async(&mut c.clone()).await,
+                Connection::Cluster(c) => invocation.invoke_async(&mut c.get().await?).await,
             }
         })
         .await
@@ -392,7 +411,7 @@ impl RedisStore {
         self.bounded(async {
             match &self.inner.connection {
                 Connection::Single(c) => command.query_async(&mut c.clone()).await,
-                Connection::Cluster(c) => command.query_async(&mut c.clone()).await,
+                Connection::Cluster(c) => command.query_async(&mut c.get().await?).await,
             }
         })
         .await
