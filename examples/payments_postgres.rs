@@ -11,10 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use idempotent_core::http::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response};
+use idempotent_core::http::{
+    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, missing_key_response,
+};
 use idempotent_core::{
-    Begun, Error, Idempotency, IdempotencyKey, KeyError, Operation, PostgresStore, PurgeTask,
-    StoreError,
+    Begun, Error, Idempotency, IdempotencyKey, Operation, PostgresStore, PurgeTask, StoreError,
 };
 use sqlx::Row as _;
 
@@ -95,7 +96,7 @@ async fn charge(State(db): State<Db>, headers: HeaderMap, Json(new): Json<NewPay
     let key = match header.as_deref().map(IdempotencyKey::parse) {
         Some(Ok(key)) => key,
         Some(Err(error)) => return error_response(&Error::InvalidKey(error)),
-        None => return error_response(&Error::InvalidKey(KeyError::Empty)),
+        None => return missing_key_response(IDEMPOTENCY_KEY),
     };
     let call = db
         .runtime

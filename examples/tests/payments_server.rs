@@ -75,6 +75,19 @@ async fn fifty_duplicates(store: &str) {
     for send in sends {
         answers.push(send.await.unwrap());
     }
+    // A request without a key is the same problem on either store.
+    let keyless = client
+        .post(format!("{base}/payments"))
+        .json(&payment(4200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyless.status(), 400);
+    assert_eq!(
+        keyless.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert!(keyless.text().await.unwrap().contains("missing-key"));
     let entries = ledger(&client, &base).await;
     assert_eq!(entries.len(), 1, "one charge: {entries:?}");
     let charged = serde_json::to_value(&entries[0].payment).unwrap();

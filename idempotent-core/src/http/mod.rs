@@ -88,3 +88,18 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 pub fn error_response<B: From<bytes::Bytes>>(error: &crate::Error) -> ::http::Response<B> {
     problem::from_error(error)
 }
+
+/// The answer [`IdempotencyLayer`] gives a guarded request without the key
+/// `header` when keys are required: 400 with a `missing-key` problem
+/// document, for handlers that check the header themselves.
+///
+/// ```
+/// use idempotent_core::http::{IDEMPOTENCY_KEY, missing_key_response};
+///
+/// let response: http::Response<Vec<u8>> = missing_key_response(IDEMPOTENCY_KEY);
+/// assert_eq!(response.status(), 400);
+/// assert!(String::from_utf8_lossy(response.body()).contains("missing-key"));
+/// ```
+pub fn missing_key_response<B: From<bytes::Bytes>>(header: &str) -> ::http::Response<B> {
+    problem::missing_key(header)
+}

@@ -16,7 +16,7 @@ pub(crate) struct Kind {
     title: &'static str,
 }
 
-pub(crate) const MISSING_KEY: Kind = Kind {
+const MISSING_KEY: Kind = Kind {
     status: StatusCode::BAD_REQUEST,
     slug: "missing-key",
     title: "Idempotency key missing",
@@ -83,6 +83,14 @@ pub(crate) fn malformed_key<B: From<Bytes>>(error: &KeyError) -> Response<B> {
     problem(
         MALFORMED_KEY,
         &format!("the idempotency key is invalid: {error}"),
+    )
+}
+
+/// A guarded request without its key `header`.
+pub(crate) fn missing_key<B: From<Bytes>>(header: &str) -> Response<B> {
+    problem(
+        MISSING_KEY,
+        &format!("this request needs an `{header}` header"),
     )
 }
 

@@ -83,10 +83,7 @@ where
     }
     let mut values = request.headers().get_all(&config.header).iter();
     let key = match (values.next(), values.next()) {
-        (None, _) if config.required => {
-            let detail = format!("this request needs an `{}` header", config.header);
-            return Ok(problem(problem::MISSING_KEY, &detail));
-        }
+        (None, _) if config.required => return Ok(problem::missing_key(config.header.as_str())),
         (None, _) => return inner.call(request).await,
         (Some(_), Some(_)) => {
             let detail = format!("the `{}` header must be sent once", config.header);
