@@ -115,6 +115,45 @@ async fn the_purge_never_scans_the_table() {
     assert_eq!(schema.count("idempotency_records").await, 20_000);
 }
 
+/// A purge never deletes a record a claim is taking over: the expired row
+/// the claim has locked (and is giving a new deadline) is skipped, and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_purge_skips_a_row_a_claim_is_taking_over() {
+    let schema = Schema::create("purge_race").await;
+    let store = schema.store().await;
+    let mut claimer = schema.connection().await;
+    sqlx::query(
+        "INSERT INTO idempotency_records (namespace, scope, operation, key, fingerprint, token, deadline) \
+         VALUES ('idem', '', 'op', 'taken', '\\x00', '\\x01', now() - interval '1 minute'), \
+                ('idem', '', 'op', 'stale', '\\x00', '\\x01', now() - interval '1 minute')",
+    )
+    .execute(&mut claimer)
+    .await
+    .unwrap();
+    // What a takeover does, left uncommitted: the expired row gets a new
+    // owner and deadline under a row lock.
+    sqlx::query("BEGIN").execute(&mut claimer).await.unwrap();
+    sqlx::query(
+        "UPDATE idempotency_records SET token = '\\x02', deadline = now() + interval '1 day' \
+         WHERE key = 'taken'",
+    )
+    .execute(&mut claimer)
+    .await
+    .unwrap();
+    let purged = tokio::time::timeout(Duration::from_secs(5), store.purge_expired(100))
+        .await
+        .expect("the purge does not wait for the claim")
+        .unwrap();
+    assert_eq!(purged, 1, "only the row nobody is claiming");
+    sqlx::query("COMMIT").execute(&mut claimer).await.unwrap();
+    assert_eq!(store.purge_expired(100).await.unwrap(), 0);
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_records")
+        .fetch_all(&mut claimer)
+        .await
+        .unwrap();
+    assert_eq!(left, ["taken"], "the taken-over record survives");
+}
+
 #[tokio::test]
 async fn a_database_that_is_down_fails_closed() {
     static OP: Operation = Operation::new("pg.down");

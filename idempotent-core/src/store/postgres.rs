@@ -26,11 +26,14 @@ pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
 /// One batch of [`PostgresStore::purge_expired`], `$1` rows at most: the
 /// oldest expired rows, found through the `deadline` index and deleted by
 /// their row address (a TID scan), so a purge never scans the table
-/// (`store_postgres.rs` checks the plan). For a job of your own (pg_cron,
+/// (`store_postgres.rs` checks the plan). The batch is locked as it is
+/// chosen (`FOR UPDATE SKIP LOCKED`): a row a claim is taking over is
+/// skipped, or re-checked and kept if the claim committed first, and
+/// concurrent purges take disjoint batches. For a job of your own (pg_cron,
 /// say), run it with `$1` replaced by a batch size.
 pub const PURGE: &str = "DELETE FROM idempotency_records WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM idempotency_records WHERE deadline <= now()
-    ORDER BY deadline LIMIT $1))";
+    ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
 /// The table, created by [`PostgresStore::migrate`]. For your own migration
 /// tool, run this SQL (idempotent) once per schema.
