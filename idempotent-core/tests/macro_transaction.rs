@@ -198,3 +198,31 @@ async fn without_wait_a_duplicate_in_flight_is_refused_at_once() {
     );
     assert_eq!(schema.count("ledger").await, 1);
 }
+
+/// The connection's type from a `macro_rules!` `$t:ty` (an invisible group
+/// around it), with a named lifetime.
+macro_rules! refund_through {
+    ($connection:ty) => {
+        #[idempotent(key = order, transaction = *db, name = "free.macro_refund", skip(db))]
+        async fn macro_refund<'c>(
+            db: &PostgresStore,
+            order: String,
+            #[tx] conn: $connection,
+        ) -> Result<i64, ChargeError> {
+            Ok(
+                sqlx::query_scalar("INSERT INTO ledger (amount) VALUES (-3) RETURNING id")
+                    .fetch_one(conn)
+                    .await?,
+            )
+        }
+    };
+}
+refund_through!(&'c mut sqlx::PgConnection);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_type_from_a_declarative_macro_works() {
+    let (schema, db) = with_ledger("macro_tx_rules").await;
+    let first = macro_refund(&db, "m-1".to_owned()).await.unwrap();
+    assert_eq!(macro_refund(&db, "m-1".to_owned()).await.unwrap(), first);
+    assert_eq!(schema.count("ledger").await, 1);
+}

@@ -146,7 +146,16 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     // signature named (`&'c mut PgConnection`) would be the caller's, which
     // that borrow cannot meet, so it is left for the compiler to infer.
     let mut ty = (*connection.ty).clone();
-    if let syn::Type::Reference(reference) = &mut ty {
+    let mut inner = &mut ty;
+    // Through `( ... )` and the invisible groups of a `$t:ty` from macro_rules.
+    loop {
+        match inner {
+            syn::Type::Group(group) => inner = &mut *group.elem,
+            syn::Type::Paren(paren) => inner = &mut *paren.elem,
+            _ => break,
+        }
+    }
+    if let syn::Type::Reference(reference) = inner {
         reference.lifetime = None;
     }
     Ok(quote! {

@@ -116,7 +116,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])"
 /// - A stored value that is not a record this store wrote is
 ///   [`StoreError::Corrupt`], never a panic and never a re-execution.
 /// - Waiting on an in-flight key is woken by a pub/sub notice, with a
-///   polling fallback of at most 200 ms ([`RedisStoreBuilder::wait_recheck`]).
+///   polling fallback, every 200 ms by default ([`RedisStoreBuilder::wait_recheck`]).
 ///
 /// ```no_run
 /// use idempotent_core::{Idempotency, RedisStore};
