@@ -142,22 +142,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         .filter_map(|(i, input)| (i != position).then_some(input))
         .collect();
     let pattern = &connection.pat;
-    // The binding borrows the transaction for the body only: a lifetime the
-    // signature named (`&'c mut PgConnection`) would be the caller's, which
-    // that borrow cannot meet, so it is left for the compiler to infer.
-    let mut ty = (*connection.ty).clone();
-    let mut inner = &mut ty;
-    // Through `( ... )` and the invisible groups of a `$t:ty` from macro_rules.
-    loop {
-        match inner {
-            syn::Type::Group(group) => inner = &mut *group.elem,
-            syn::Type::Paren(paren) => inner = &mut *paren.elem,
-            _ => break,
-        }
-    }
-    if let syn::Type::Reference(reference) = inner {
-        reference.lifetime = None;
-    }
+    let ty = connection_type(&connection.ty, &mut sig, block);
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
@@ -176,6 +161,61 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
                 }
             }
         }
+    })
+}
+
+/// The type the body's `#[tx]` binding gets. The binding borrows the
+/// transaction for the body only, so a lifetime the signature named
+/// (`&'c mut PgConnection`) is left for the compiler to infer (it would be
+/// the caller's, which that borrow cannot meet), and dropped from the
+/// generics when nothing else names it (it would be unused once the argument
+/// leaves the signature). Looks through `( ... )` and the invisible groups
+/// of a `$t:ty` from `macro_rules!`.
+fn connection_type(ty: &syn::Type, sig: &mut syn::Signature, block: &syn::Block) -> syn::Type {
+    let mut ty = ty.clone();
+    let mut inner = &mut ty;
+    loop {
+        match inner {
+            syn::Type::Group(group) => inner = &mut *group.elem,
+            syn::Type::Paren(paren) => inner = &mut *paren.elem,
+            _ => break,
+        }
+    }
+    let syn::Type::Reference(reference) = inner else {
+        return ty;
+    };
+    let Some(lifetime) = reference.lifetime.take() else {
+        return ty;
+    };
+    let is_it = |param: &syn::GenericParam| matches!(param, syn::GenericParam::Lifetime(p) if p.lifetime.ident == lifetime.ident);
+    let mut rest = TokenStream::new();
+    for param in sig.generics.params.iter().filter(|param| !is_it(param)) {
+        param.to_tokens(&mut rest);
+    }
+    sig.generics.where_clause.to_tokens(&mut rest);
+    sig.inputs.to_tokens(&mut rest);
+    sig.output.to_tokens(&mut rest);
+    block.to_tokens(&mut rest);
+    if !names_lifetime(rest, &lifetime.ident) {
+        sig.generics.params = std::mem::take(&mut sig.generics.params)
+            .into_iter()
+            .filter(|param| !is_it(param))
+            .collect();
+    }
+    ty
+}
+
+/// Whether `tokens` name the lifetime `'ident` anywhere.
+fn names_lifetime(tokens: TokenStream, ident: &syn::Ident) -> bool {
+    let mut tick = false;
+    tokens.into_iter().any(|token| {
+        let found = match &token {
+            proc_macro2::TokenTree::Ident(name) => tick && name == ident,
+            proc_macro2::TokenTree::Group(group) => names_lifetime(group.stream(), ident),
+            proc_macro2::TokenTree::Punct(_) | proc_macro2::TokenTree::Literal(_) => false,
+        };
+        tick = matches!(&token, proc_macro2::TokenTree::Punct(p) if p.as_char() == '\'');
+        found
     })
 }
 
