@@ -153,6 +153,10 @@ async fn a_free_function_runs_once_per_key() {
     assert_eq!(schema.count("ledger").await, 1);
 }
 
+/// Told when `slow_refund`'s body runs, so that its duplicate comes after.
+static SLOW_REFUND_STARTED: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
 /// No `wait`: a duplicate of a call still in its transaction is refused at
 /// once rather than queued behind it.
 #[idempotent(key = order, transaction = *db, name = "free.slow_refund", skip(db))]
@@ -164,6 +168,7 @@ async fn slow_refund(
     let id = sqlx::query_scalar("INSERT INTO ledger (amount) VALUES (-2) RETURNING id")
         .fetch_one(&mut *conn)
         .await?;
+    SLOW_REFUND_STARTED.notify_one();
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(id)
 }
@@ -175,7 +180,7 @@ async fn without_wait_a_duplicate_in_flight_is_refused_at_once() {
         let db = db.clone();
         async move { slow_refund(&db, "r-9".to_owned()).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    SLOW_REFUND_STARTED.notified().await;
     let started = std::time::Instant::now();
     let duplicate = slow_refund(&db, "r-9".to_owned()).await;
     assert!(

@@ -245,9 +245,9 @@ async fn redis_killed_in_the_middle_of_a_run_fails_closed_and_recovers() {
     server.kill();
     // Answers already in the client's buffers may still start bodies for a
     // moment; after that, nothing may start until Redis is back.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     down.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     down.store(false, Ordering::SeqCst);
     server.restart();
     for worker in workers {

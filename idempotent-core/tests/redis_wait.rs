@@ -96,13 +96,15 @@ async fn the_completion_notice_wakes_a_waiter_without_polling() {
         .await
         .unwrap();
     let idem = Idempotency::new(store);
+    let body_started = Arc::new(tokio::sync::Notify::new());
     let call = |value: &'static str| {
-        let idem = idem.clone();
+        let (idem, body_started) = (idem.clone(), Arc::clone(&body_started));
         async move {
             idem.call(&WAITING)
                 .key("notice")
                 .payload(&1)
                 .run(async move {
+                    body_started.notify_one();
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     Ok::<_, Error>(value.to_owned())
                 })
@@ -110,7 +112,7 @@ async fn the_completion_notice_wakes_a_waiter_without_polling() {
         }
     };
     let first = tokio::spawn(call("first"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    body_started.notified().await;
     // `WAITING` waits up to 10 s: only a notice can end the wait sooner.
     let started = std::time::Instant::now();
     let waiter = call("second").await.unwrap();

@@ -9,6 +9,8 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use idempotent_core::{Error, Idempotency, Operation, RedisStore};
 use support::redis_server::{RedisCluster, RedisServer};
 
@@ -91,13 +93,17 @@ async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master()
         .await
         .unwrap();
     let idem = Idempotency::new(store);
-    let call = |key: String, value: i64| {
+    // The body reports its start, so that waiters come only after.
+    let call = |key: String, value: i64, started: Option<UnboundedSender<()>>| {
         let idem = idem.clone();
         async move {
             idem.call(&OP)
                 .key(&key)
                 .payload(&0)
                 .run(async move {
+                    if let Some(started) = started {
+                        let _ = started.send(());
+                    }
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     Ok::<_, Error>(value)
                 })
@@ -107,15 +113,18 @@ async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master()
     };
     // Twelve keys: every master holds some (checked below).
     let keys: Vec<String> = (0..12).map(|i| format!("wait-{i}")).collect();
+    let (report, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let firsts: Vec<_> = keys
         .iter()
-        .map(|key| tokio::spawn(call(key.clone(), 1)))
+        .map(|key| tokio::spawn(call(key.clone(), 1, Some(report.clone()))))
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in &keys {
+        reports.recv().await.expect("a first call started its body");
+    }
     let started = std::time::Instant::now();
     let waiters: Vec<_> = keys
         .iter()
-        .map(|key| tokio::spawn(call(key.clone(), 2)))
+        .map(|key| tokio::spawn(call(key.clone(), 2, None)))
         .collect();
     for waiter in waiters {
         let executed = waiter.await.unwrap();

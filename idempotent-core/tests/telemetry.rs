@@ -93,8 +93,11 @@ fn a_waiting_duplicate_counts_once_however_often_it_rechecks_and_a_refused_claim
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
+        // Paused time: the 60 ms lease and its renewals are exact, whatever
+        // the machine's load.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(true)
             .build()
             .unwrap();
         runtime.block_on(async {
