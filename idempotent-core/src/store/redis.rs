@@ -38,7 +38,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{Script, ScriptInvocation, Value};
 use tokio::sync::Notify;
 
@@ -48,6 +47,10 @@ use crate::key::StorageKey;
 use crate::record::{
     self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis, Record, RecordState,
 };
+
+#[path = "redis_cluster.rs"]
+mod cluster;
+use cluster::LazyCluster;
 
 /// The default bound on every Redis call, after which it fails closed.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -167,24 +170,6 @@ enum Connection {
     Cluster(Arc<LazyCluster>),
 }
 
-/// A cluster connection made on first use, and made again on a later call
-/// if that failed: a store built while the cluster is down works once it is
-/// up, as a standalone one does. Once made, redis-rs follows the cluster
-/// (reconnecting to nodes, refreshing slots) by itself.
-struct LazyCluster {
-    client: redis::cluster::ClusterClient,
-    connection: tokio::sync::OnceCell<ClusterConnection>,
-}
-
-impl LazyCluster {
-    async fn get(&self) -> redis::RedisResult<ClusterConnection> {
-        self.connection
-            .get_or_try_init(|| self.client.get_async_connection())
-            .await
-            .cloned()
-    }
-}
-
 /// Callers waiting on in-flight keys, by Redis key: the key's `Notify` and
 /// how many callers wait on it.
 #[derive(Default)]
@@ -256,7 +241,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The bound on every call, including (re)connecting (default 1 s).
+    /// The bound on every call, including (re)connecting (default 1 s). A
+    /// cluster's first connection runs in the background with three times
+    /// this, so a slow one still completes for the calls after it.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
@@ -335,14 +322,11 @@ impl RedisStoreBuilder {
                 None => builder,
             };
             let client = builder.build().map_err(StoreError::unavailable)?;
-            let lazy = LazyCluster {
-                client,
-                connection: tokio::sync::OnceCell::new(),
-            };
-            (
-                Connection::Cluster(Arc::new(lazy)),
-                self.client(&self.cluster[0])?,
-            )
+            // The first connection reads the layout and reaches every
+            // master: it gets three times one call's bound, as it did when
+            // `build` made it.
+            let lazy = LazyCluster::new(client, timeout * 3);
+            (Connection::Cluster(lazy), self.client(&self.cluster[0])?)
         };
         let channel = format!("{}idempotent:done", self.key_prefix);
         let waiters = Arc::new(Waiters::default());
