@@ -66,6 +66,24 @@ pub trait IdempotentOutput: Sized {
     fn into_result(self) -> Result<Self::Ok, Self::Err>;
     /// From a plain `Result`.
     fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
+
+    /// Runs the body of an annotated function. A method, called on the
+    /// return type (`<R as IdempotentOutput>::run`), so that a return type
+    /// that does not qualify is one error, at the return type.
+    fn run<F: Future<Output = Self>>(call: Call<'_>, body: F) -> impl Future<Output = Self> {
+        run(call, body)
+    }
+
+    /// [`run`](Self::run) with `cache_errors`.
+    fn run_caching_errors<F: Future<Output = Self>>(
+        call: Call<'_>,
+        body: F,
+    ) -> impl Future<Output = Self>
+    where
+        Self::Err: Serialize + DeserializeOwned,
+    {
+        run_caching_errors(call, body)
+    }
 }
 
 impl<T, E> IdempotentOutput for Result<T, E>

@@ -98,9 +98,9 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     // The runner's bounds check the return type, given explicitly so that a
     // type error (not a `Result`, `T` not `Serialize`) points at it.
     let run = if args.cache_errors.is_some() {
-        quote!(#private::run_caching_errors::<#output, _>)
+        quote_spanned!(output.span()=> <#output as #private::IdempotentOutput>::run_caching_errors)
     } else {
-        quote!(#private::run::<#output, _>)
+        quote_spanned!(output.span()=> <#output as #private::IdempotentOutput>::run)
     };
 
     let ItemFn {
@@ -110,6 +110,9 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         block,
         ..
     } = func;
+    // Spanned at the return type from its first token to its last, so that a
+    // return type that does not qualify is reported once, there.
+    let run_call = quote_spanned!(output.span()=> #run(__idempotent_call, async move #block).await);
     let operation = quote! {
         static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
         let __idempotent_operation = __IDEMPOTENT_OPERATION
@@ -128,7 +131,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
             #vis #sig {
                 #operation
                 #call
-                #run(__idempotent_call, async move #block).await
+                #run_call
             }
         });
     };
