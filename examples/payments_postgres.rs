@@ -6,13 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{FromRequest as _, Request, State};
+use axum::http::header::CONTENT_LENGTH;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use idempotent_core::http::{
-    IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, missing_key_response,
+    DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, missing_key_response,
+    too_large_response,
 };
 use idempotent_core::{
     Begun, Error, Idempotency, IdempotencyKey, Operation, PostgresStore, PurgeTask, StoreError,
@@ -69,7 +71,25 @@ pub(super) async fn routes<S>(
         .with_state(db))
 }
 
-async fn charge(State(db): State<Db>, headers: HeaderMap, Json(new): Json<NewPayment>) -> Response {
+async fn charge(State(db): State<Db>, request: Request) -> Response {
+    // The layer's limit and answer for bodies over it: at once for a
+    // declared length (before any of the body is read), else once the
+    // reading passes axum's own limit, which is the same 2 MiB.
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > DEFAULT_BODY_LIMIT as u64) {
+        return too_large_response(DEFAULT_BODY_LIMIT);
+    }
+    let headers = request.headers().clone();
+    let new = match Json::<NewPayment>::from_request(request, &()).await {
+        Ok(Json(new)) => new,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large_response(DEFAULT_BODY_LIMIT);
+        }
+        Err(rejection) => return rejection.into_response(),
+    };
     if let Some(invalid) = invalid_currency(&new) {
         return invalid;
     }

@@ -133,9 +133,20 @@ async fn a_replay_over_the_wire_is_byte_identical() {
 /// which is how HTTP/1.1 servers treat unread bodies, hyper included.)
 #[tokio::test]
 async fn a_20_mib_body_gets_413_and_charges_nothing() {
+    declared_20_mib_body(&[]).await;
+}
+
+/// The same answer on PostgreSQL, where the handler reads the body itself.
+#[tokio::test]
+async fn a_20_mib_body_gets_413_on_postgres_too() {
+    let schema = PgSchema::create("server_413").await;
+    declared_20_mib_body(&["--store", &schema.url()]).await;
+}
+
+async fn declared_20_mib_body(args: &[&str]) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let server = serve(&[]);
+    let server = serve(args);
     let addr = server.base.trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(

@@ -103,3 +103,18 @@ pub fn error_response<B: From<bytes::Bytes>>(error: &crate::Error) -> ::http::Re
 pub fn missing_key_response<B: From<bytes::Bytes>>(header: &str) -> ::http::Response<B> {
     problem::missing_key(header)
 }
+
+/// The answer [`IdempotencyLayer`] gives a body over its `limit` (bytes):
+/// 413 with a `body-too-large` problem document, for handlers that read
+/// bodies themselves.
+///
+/// ```
+/// use idempotent_core::http::{DEFAULT_BODY_LIMIT, too_large_response};
+///
+/// let response: http::Response<Vec<u8>> = too_large_response(DEFAULT_BODY_LIMIT);
+/// assert_eq!(response.status(), 413);
+/// assert_eq!(response.headers()["content-type"], "application/problem+json");
+/// ```
+pub fn too_large_response<B: From<bytes::Bytes>>(limit: usize) -> ::http::Response<B> {
+    problem::too_large(limit)
+}

@@ -31,7 +31,7 @@ pub(crate) const UNREADABLE_BODY: Kind = Kind {
     slug: "unreadable-body",
     title: "Request body could not be read",
 };
-pub(crate) const TOO_LARGE: Kind = Kind {
+const TOO_LARGE: Kind = Kind {
     status: StatusCode::PAYLOAD_TOO_LARGE,
     slug: "body-too-large",
     title: "Request body too large",
@@ -83,6 +83,14 @@ pub(crate) fn malformed_key<B: From<Bytes>>(error: &KeyError) -> Response<B> {
     problem(
         MALFORMED_KEY,
         &format!("the idempotency key is invalid: {error}"),
+    )
+}
+
+/// A body over the layer's `limit` (in bytes).
+pub(crate) fn too_large<B: From<Bytes>>(limit: usize) -> Response<B> {
+    problem(
+        TOO_LARGE,
+        &format!("the body is over the limit of {limit} bytes"),
     )
 }
 

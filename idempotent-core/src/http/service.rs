@@ -100,10 +100,7 @@ where
     };
 
     let (parts, body) = request.into_parts();
-    let too_large = || {
-        let detail = format!("the body is over the limit of {} bytes", config.body_limit);
-        problem(problem::TOO_LARGE, &detail)
-    };
+    let too_large = || problem::too_large(config.body_limit);
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
