@@ -1,8 +1,7 @@
-//! Telemetry: what each call counts, through the `metrics` facade, and the
-//! `tracing` span it runs in.
+//! Metrics: what each call counts, through the `metrics` facade (the
+//! `tracing` span is in `tracing_spans.rs`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use idempotent_core::{Error, Idempotency, MemoryStore, Operation, telemetry};
@@ -144,88 +143,4 @@ fn a_waiting_duplicate_counts_once_however_often_it_rechecks_and_a_refused_claim
         Some(&1),
         "the refused claim"
     );
-}
-
-/// The fields of every `idempotent` span, as recorded.
-#[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<HashMap<String, String>>>>);
-
-struct Fields<'a>(&'a mut HashMap<String, String>);
-
-impl tracing::field::Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl tracing::Subscriber for Spans {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        let mut spans = self.0.lock().unwrap();
-        let mut fields = HashMap::from([("name".to_owned(), span.metadata().name().to_owned())]);
-        span.record(&mut Fields(&mut fields));
-        spans.push(fields);
-        tracing::span::Id::from_u64(spans.len() as u64)
-    }
-
-    fn record(&self, span: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        let mut spans = self.0.lock().unwrap();
-        let index = usize::try_from(span.into_u64()).unwrap() - 1;
-        values.record(&mut Fields(&mut spans[index]));
-    }
-
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-
-    fn event(&self, _: &tracing::Event<'_>) {}
-
-    fn enter(&self, _: &tracing::span::Id) {}
-
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-static TRACED: Operation = Operation::new("telemetry::traced");
-
-#[test]
-fn every_call_runs_in_a_span_with_its_key_operation_and_outcome() {
-    let spans = Spans::default();
-    tracing::subscriber::with_default(spans.clone(), || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let idempotency = Idempotency::new(MemoryStore::new());
-            let call = |payload: u64| {
-                idempotency
-                    .call(&TRACED)
-                    .key("order-7")
-                    .payload(&payload)
-                    .run(async { Ok::<_, Error>(1u64) })
-            };
-            call(1).await.unwrap();
-            call(1).await.unwrap();
-            call(2).await.unwrap_err();
-        });
-    });
-    let spans = spans.0.lock().unwrap();
-    let calls: Vec<_> = spans.iter().filter(|s| s["name"] == "idempotent").collect();
-    let outcomes: Vec<_> = calls
-        .iter()
-        .map(|s| s.get("outcome").map(String::as_str))
-        .collect();
-    assert_eq!(
-        outcomes,
-        [Some("executed"), Some("replayed"), Some("mismatch")]
-    );
-    for span in calls {
-        assert_eq!(span["operation"], "telemetry::traced");
-        assert_eq!(span["key"], "order-7");
-    }
 }
