@@ -271,23 +271,33 @@ async fn a_body_over_the_limit_is_413_whether_declared_or_not() {
     assert_eq!(calls.get(), 1);
 }
 
+/// A request with key `k` whose handler takes `ms` milliseconds.
+fn slow(ms: u64) -> Request<Body> {
+    post_with(Some("k"))
+        .header("x-sleep-ms", ms.to_string())
+        .body(Body::from("{}"))
+        .unwrap()
+}
+
+/// Sends `slow(ms)` in the background and returns 50 ms (paused time) into
+/// its handler, with the key in flight.
+async fn first_in_flight(
+    app: &Router,
+    ms: u64,
+) -> tokio::task::JoinHandle<(StatusCode, HeaderMap, Vec<u8>)> {
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, slow(ms)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_duplicate_in_flight_gets_409_with_retry_after() {
     let (app, calls) = app(memory().lease(Duration::from_secs(10)));
-    let slow = post_with(Some("k"))
-        .header("x-sleep-ms", "300")
-        .body(Body::from("{}"))
-        .unwrap();
-    let first = tokio::spawn({
-        let app = app.clone();
-        async move { send(&app, slow).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let duplicate = post_with(Some("k"))
-        .header("x-sleep-ms", "300")
-        .body(Body::from("{}"))
-        .unwrap();
-    let (status, headers, body) = send(&app, duplicate).await;
+    let first = first_in_flight(&app, 300).await;
+    let (status, headers, body) = send(&app, slow(300)).await;
     problem(status, &headers, &body, StatusCode::CONFLICT);
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(
@@ -301,19 +311,8 @@ async fn a_duplicate_in_flight_gets_409_with_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
     let (app, calls) = app(memory().in_flight(InFlight::Wait(Duration::from_secs(5))));
-    let make = || {
-        post_with(Some("k"))
-            .header("x-sleep-ms", "200")
-            .body(Body::from("{}"))
-            .unwrap()
-    };
-    let first = tokio::spawn({
-        let app = app.clone();
-        let request = make();
-        async move { send(&app, request).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let (status, headers, body) = send(&app, make()).await;
+    let first = first_in_flight(&app, 200).await;
+    let (status, headers, body) = send(&app, slow(200)).await;
     let (first_status, _, first_body) = first.await.unwrap();
     assert_eq!(status, first_status);
     assert_eq!(body, first_body);
@@ -324,20 +323,9 @@ async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
 #[tokio::test(start_paused = true)]
 async fn in_wait_mode_a_duplicate_still_running_after_the_wait_gets_409() {
     let (app, calls) = app(memory().in_flight(InFlight::Wait(Duration::from_millis(100))));
-    let make = || {
-        post_with(Some("k"))
-            .header("x-sleep-ms", "2000")
-            .body(Body::from("{}"))
-            .unwrap()
-    };
-    let first = tokio::spawn({
-        let app = app.clone();
-        let request = make();
-        async move { send(&app, request).await }
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = first_in_flight(&app, 2000).await;
     let started = tokio::time::Instant::now();
-    let (status, headers, body) = send(&app, make()).await;
+    let (status, headers, body) = send(&app, slow(2000)).await;
     problem(status, &headers, &body, StatusCode::CONFLICT);
     assert!(headers.contains_key("retry-after"));
     let waited = started.elapsed();

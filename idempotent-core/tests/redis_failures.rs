@@ -36,6 +36,29 @@ async fn charge(idem: &Idempotency, key: &str, runs: &AtomicUsize) -> Result<u64
         .map(|e| e.value)
 }
 
+/// Charges `key`, retrying while the store is unavailable, for up to `within`:
+/// the store must recover by itself.
+async fn charge_once_recovered(
+    idem: &Idempotency,
+    key: &str,
+    runs: &AtomicUsize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        match charge(idem, key, runs).await {
+            Ok(value) => {
+                assert_eq!(value, 100);
+                return;
+            }
+            Err(error) if error.is_store_unavailable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("the store did not recover: {error:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_fails_closed_and_the_store_recovers_after_restart() {
     let mut server = RedisServer::start();
@@ -62,19 +85,7 @@ async fn a_killed_redis_fails_closed_and_the_store_recovers_after_restart() {
     );
 
     server.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match charge(&idem, "after", &runs).await {
-            Ok(value) => {
-                assert_eq!(value, 100);
-                break;
-            }
-            Err(error) if error.is_store_unavailable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the store did not recover: {error:?}"),
-        }
-    }
+    charge_once_recovered(&idem, "after", &runs, Duration::from_secs(15)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     // The same key again is a replay, served by the restarted server.
     charge(&idem, "after", &runs).await.unwrap();
@@ -311,19 +322,7 @@ async fn a_cluster_store_built_while_the_cluster_is_down_recovers_when_it_is_up(
     for node in &mut cluster.nodes {
         node.restart();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match charge(&idem, "after", &runs).await {
-            Ok(value) => {
-                assert_eq!(value, 100);
-                break;
-            }
-            Err(error) if error.is_store_unavailable() && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(error) => panic!("the store did not recover: {error:?}"),
-        }
-    }
+    charge_once_recovered(&idem, "after", &runs, Duration::from_secs(30)).await;
     charge(&idem, "after", &runs).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1, "then a replay");
 }
