@@ -162,7 +162,8 @@ pub struct Call<'a> {
     operation: &'a Operation,
     scope: Option<String>,
     key: Result<IdempotencyKey, Error>,
-    fingerprint: Fingerprint,
+    /// The fingerprint, or why the payload could not be serialized.
+    fingerprint: Result<Fingerprint, Box<str>>,
 }
 
 impl fmt::Debug for Call<'_> {
@@ -191,7 +192,7 @@ impl<'a> Call<'a> {
             operation,
             scope: None,
             key: Err(Error::InvalidKey(crate::KeyError::Empty)),
-            fingerprint: Fingerprint::from_u128(0),
+            fingerprint: Ok(Fingerprint::from_u128(0)),
         }
     }
 
@@ -233,14 +234,17 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// The payload, fingerprinted with [`Fingerprint::of`].
-    pub fn payload<P: Serialize + ?Sized>(self, payload: &P) -> Self {
-        self.fingerprint(Fingerprint::of(payload))
+    /// The payload, fingerprinted with [`Fingerprint::try_of`]. A payload
+    /// that cannot be serialized makes [`run`](Call::run) fail with
+    /// [`Error::InvalidPayload`] without running the body.
+    pub fn payload<P: Serialize + ?Sized>(mut self, payload: &P) -> Self {
+        self.fingerprint = Fingerprint::try_of(payload).map_err(|e| e.to_string().into());
+        self
     }
 
     /// The payload fingerprint, computed by the caller.
     pub fn fingerprint(mut self, fingerprint: Fingerprint) -> Self {
-        self.fingerprint = fingerprint;
+        self.fingerprint = Ok(fingerprint);
         self
     }
 
@@ -281,10 +285,14 @@ impl<'a> Call<'a> {
         C: Codec<Result<T, E>>,
     {
         let operation = self.operation;
-        let fingerprint = self.fingerprint;
         let prepared = self.prepare();
         async move {
-            let (runtime, key, storage_key) = prepared?;
+            let Prepared {
+                runtime,
+                key,
+                storage_key,
+                fingerprint,
+            } = prepared?;
             let executed = execute(
                 &runtime,
                 operation,
@@ -300,28 +308,44 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// The call's operation and fingerprint.
+    /// The call's operation.
     #[cfg(feature = "postgres")]
-    pub(crate) fn parts(&self) -> (&'a Operation, Fingerprint) {
-        (self.operation, self.fingerprint)
+    pub(crate) fn operation(&self) -> &'a Operation {
+        self.operation
     }
 
-    pub(crate) fn prepare(
-        self,
-    ) -> Result<(Cow<'a, Idempotency>, IdempotencyKey, StorageKey), Error> {
+    /// Checks the call: its runtime, key and payload.
+    pub(crate) fn prepare(self) -> Result<Prepared<'a>, Error> {
         let runtime = match self.runtime {
             Some(runtime) => runtime,
             None => Cow::Borrowed(Idempotency::global()?),
         };
         let key = self.key?;
+        let fingerprint = self.fingerprint.map_err(|detail| Error::InvalidPayload {
+            operation: self.operation.name.to_owned(),
+            detail: detail.into(),
+        })?;
         let storage_key = StorageKey::new(
             runtime.namespace(),
             self.scope.as_deref().unwrap_or(""),
             self.operation.name,
             &key,
         );
-        Ok((runtime, key, storage_key))
+        Ok(Prepared {
+            runtime,
+            key,
+            storage_key,
+            fingerprint,
+        })
     }
+}
+
+/// A checked call: what the engine and the stores need to run it.
+pub(crate) struct Prepared<'a> {
+    pub(crate) runtime: Cow<'a, Idempotency>,
+    pub(crate) key: IdempotencyKey,
+    pub(crate) storage_key: StorageKey,
+    pub(crate) fingerprint: Fingerprint,
 }
 
 /// How a body's output is stored and replayed.

@@ -36,6 +36,16 @@ pub enum Error {
         /// The key.
         key: String,
     },
+    /// The payload cannot be serialized, so it cannot be fingerprinted (a
+    /// map with non-string keys, say); the body was not run. Leave such an
+    /// argument out (`skip(...)`) or give `fingerprint = <expr>`.
+    #[error("the payload of `{operation}` cannot be fingerprinted: {detail}")]
+    InvalidPayload {
+        /// The operation.
+        operation: String,
+        /// Why it cannot be serialized.
+        detail: String,
+    },
     /// A call with the same key is running now.
     #[error("a call with idempotency key `{key}` is in progress; retry after {retry_after:?}")]
     InProgress {

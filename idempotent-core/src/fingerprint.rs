@@ -43,11 +43,37 @@ use xxhash_rust::xxh3::Xxh3;
 pub struct Fingerprint(u128);
 
 impl Fingerprint {
-    /// Fingerprints any serializable value through its canonical JSON encoding.
+    /// Fingerprints any serializable value through its canonical JSON
+    /// encoding, or says why the value cannot be encoded (a map with
+    /// non-string keys, say, or a `Serialize` impl that fails).
     ///
-    /// A value that fails to serialize (a map with non-string keys, say)
-    /// still gets a fingerprint: the encoding written up to the failure and
-    /// the error message are hashed, so equal inputs still agree.
+    /// The engine ([`Call::payload`](crate::Call::payload), `#[idempotent]`)
+    /// uses this and refuses such a payload with
+    /// [`Error::InvalidPayload`](crate::Error::InvalidPayload): two payloads
+    /// that fail the same way would otherwise share a fingerprint, and a
+    /// changed payload could replay the old response.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use idempotent_core::Fingerprint;
+    ///
+    /// assert!(Fingerprint::try_of(&("charge", 1000)).is_ok());
+    /// let by_pair = HashMap::from([((1, 2), "x")]);
+    /// assert!(Fingerprint::try_of(&by_pair).is_err()); // JSON keys must be strings
+    /// ```
+    pub fn try_of<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        let mut writer = HashWriter(Xxh3::new());
+        serde_json::to_writer(&mut writer, value)?;
+        Ok(Self(writer.0.digest128()))
+    }
+
+    /// Fingerprints any serializable value through its canonical JSON
+    /// encoding, for values that always encode (see [`try_of`](Self::try_of)).
+    ///
+    /// A value that fails to serialize still gets a fingerprint: the
+    /// encoding written up to the failure and the error message are hashed.
+    /// Different values that fail at the same point therefore collide; the
+    /// engine uses [`try_of`](Self::try_of) instead.
     pub fn of<T: Serialize + ?Sized>(value: &T) -> Self {
         let mut writer = HashWriter(Xxh3::new());
         if let Err(error) = serde_json::to_writer(&mut writer, value) {

@@ -46,11 +46,6 @@ pub fn method_name(self_type: &'static str, method: &'static str) -> &'static st
     })
 }
 
-/// Fingerprints the arguments (a tuple of references).
-pub fn fingerprint<A: Serialize + ?Sized>(arguments: &A) -> Fingerprint {
-    Fingerprint::of(arguments)
-}
-
 /// The return types `#[idempotent]` accepts: `Result<T, E>` with a
 /// serializable `T` and an `E` that the library's errors convert into.
 #[diagnostic::on_unimplemented(

@@ -120,3 +120,64 @@ async fn only_the_fingerprinted_arguments_are_the_payload() {
     ));
     assert_eq!(shop.runs.load(Ordering::SeqCst), 2);
 }
+
+/// Split amounts keyed by (account, card): JSON object keys must be
+/// strings, so this payload cannot be serialized.
+type Splits = std::collections::BTreeMap<(u32, u32), u64>;
+
+struct Ledger {
+    idem: Idempotency,
+    runs: AtomicUsize,
+}
+
+impl Ledger {
+    #[idempotent(key = id, runtime = self.idem)]
+    async fn split(&self, id: &str, splits: Splits) -> Result<u64, Error> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Ok(splits.values().sum())
+    }
+}
+
+#[tokio::test]
+async fn a_payload_that_cannot_be_serialized_is_refused_and_runs_nothing() {
+    let ledger = Ledger {
+        idem: Idempotency::new(MemoryStore::new()),
+        runs: AtomicUsize::new(0),
+    };
+    // Two different payloads that fail to serialize at the same point: with
+    // a fingerprint of what was written before the failure they would
+    // collide, and the second would replay the first's answer.
+    for amount in [1000, 2000] {
+        let splits = Splits::from([((1, 2), amount)]);
+        match ledger.split("split-1", splits).await {
+            Err(Error::InvalidPayload { operation, detail }) => {
+                assert!(operation.ends_with("Ledger::split"), "{operation}");
+                assert!(detail.contains("key must be a string"), "{detail}");
+            }
+            other => panic!("expected InvalidPayload, got {other:?}"),
+        }
+    }
+    assert_eq!(ledger.runs.load(Ordering::SeqCst), 0);
+
+    // Through the engine's API too; the key was never claimed.
+    static OP: Operation = Operation::new("mismatch.unserializable");
+    let error = ledger
+        .idem
+        .call(&OP)
+        .key("split-1")
+        .payload(&Splits::from([((1, 2), 5)]))
+        .run(async { Ok::<_, Error>(ledger.runs.fetch_add(1, Ordering::SeqCst)) })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidPayload { .. }), "{error:?}");
+    assert_eq!(ledger.runs.load(Ordering::SeqCst), 0);
+    let fresh = ledger
+        .idem
+        .call(&OP)
+        .key("split-1")
+        .payload(&5)
+        .run(async { Ok::<_, Error>(ledger.runs.fetch_add(1, Ordering::SeqCst)) })
+        .await
+        .unwrap();
+    assert!(!fresh.replayed, "the refused call left nothing behind");
+}

@@ -123,7 +123,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
             #runtime
             #scope
             .key(&(#key))
-            .fingerprint(#fingerprint);
+            .payload(#fingerprint);
     };
     let (Some(store), Some((position, connection))) = (&args.transaction, connection) else {
         return Ok(quote! {
@@ -318,12 +318,8 @@ fn duration_options(args: &Args, private: &TokenStream) -> TokenStream {
 /// The fingerprint expression: `fingerprint = <expr>`, or every named
 /// argument but the receiver and the `skip`ped ones.
 fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream> {
-    let private = match &args.krate {
-        Some(path) => quote!(#path::__private),
-        None => quote!(::idempotent_core::__private),
-    };
     if let Some(expr) = &args.fingerprint {
-        return Ok(quote!(#private::fingerprint(&(#expr))));
+        return Ok(quote!(&(#expr)));
     }
     let mut names = Vec::new();
     let mut errors: Option<syn::Error> = None;
@@ -368,5 +364,5 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
     if let Some(errors) = errors {
         return Err(errors);
     }
-    Ok(quote!(#private::fingerprint(&(#(&#names,)*))))
+    Ok(quote!(&(#(&#names,)*)))
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, Row as _, Transaction};
 
 use super::postgres::{PostgresStore, claim_statement, corrupt, keyed, millis};
-use crate::engine::{Call, Codec as _, Executed, Operation, ResultCodec, store_error};
+use crate::engine::{Call, Codec as _, Executed, Operation, Prepared, ResultCodec, store_error};
 use crate::error::Error;
 use crate::key::{IdempotencyKey, StorageKey};
 use crate::record::{self, ClaimDecision, ClaimOutcome};
@@ -178,8 +178,13 @@ impl PostgresStore {
     where
         T: Serialize + DeserializeOwned,
     {
-        let (operation, fingerprint) = call.parts();
-        let (runtime, key, storage_key) = call.prepare()?;
+        let operation = call.operation();
+        let Prepared {
+            runtime,
+            key,
+            storage_key,
+            fingerprint,
+        } = call.prepare()?;
         let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
         let mut tx = match operation.wait_bound() {
             // Bounds the wait on a duplicate's uncommitted row; set in the
