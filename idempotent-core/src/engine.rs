@@ -503,6 +503,9 @@ fn outcome<V>(result: &Result<Executed<V>, Error>) -> &'static str {
     }
 }
 
+/// The shortest pause between two claims of a waiting call.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
 async fn execute_inner<V, C, F>(
     runtime: &Idempotency,
     operation: &Operation,
@@ -518,9 +521,12 @@ where
 {
     let store = runtime.store();
     let lease = operation.lease.unwrap_or(runtime.lease());
-    let wait_until = operation
-        .wait
-        .map(|wait| tokio::time::Instant::now() + wait);
+    let wait_until = operation.wait.map(|wait| {
+        let now = tokio::time::Instant::now();
+        // A bound too far away to represent (`Duration::MAX`) waits a century.
+        now.checked_add(wait)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+    });
     // Counted once per call, however many times a waiting call re-checks.
     let mut met_in_flight = false;
     loop {
@@ -561,7 +567,10 @@ where
                 let now = tokio::time::Instant::now();
                 match wait_until {
                     Some(until) if until > now => {
-                        let timeout = retry_after.min(until - now);
+                        // At least a millisecond between re-checks: a store
+                        // that answers "in flight, retry now" (a lease that
+                        // just ran out) must not make this loop spin.
+                        let timeout = retry_after.max(MIN_RECHECK).min(until - now);
                         Box::pin(wait_for(store.as_ref(), &storage_key, timeout)).await;
                     }
                     _ => {

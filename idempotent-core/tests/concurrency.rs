@@ -192,6 +192,34 @@ async fn a_wait_shorter_than_the_body_ends_in_progress() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_wait_of_duration_max_waits_for_the_value() {
+    static OP: Operation = Operation::new("concurrency.endless_wait").wait(Duration::MAX);
+    let idem = Idempotency::new(MemoryStore::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let call = || {
+        let (idem, runs) = (idem.clone(), Arc::clone(&runs));
+        async move {
+            idem.call(&OP)
+                .key("order-1")
+                .payload(&1)
+                .run(async move {
+                    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok::<_, Error>(run)
+                })
+                .await
+        }
+    };
+    let first = tokio::spawn(call());
+    tokio::task::yield_now().await;
+    let second = call().await.unwrap();
+    assert!(second.replayed);
+    assert_eq!(second.value, 1);
+    assert_eq!(first.await.unwrap().unwrap().value, 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_wait_mode_a_failed_first_call_hands_the_key_to_one_waiter() {
     static OP: Operation = Operation::new("concurrency.handover").wait(Duration::from_secs(30));

@@ -8,7 +8,9 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use idempotent_core::{
+    ClaimOutcome, Error, Fingerprint, Idempotency, Operation, RedisStore, Store,
+};
 use support::redis_server::RedisServer;
 
 static OP: Operation = Operation::new("failures.charge");
@@ -173,6 +175,59 @@ async fn undecodable_records_are_errors_not_re_executions() {
         1,
         "only the first good call ran"
     );
+}
+
+/// An in-progress record without an expiry (written, or `PERSIST`ed, by
+/// something else) would hold its key forever: a clear error at once, even
+/// for a caller that waits, and the body does not run.
+#[tokio::test]
+async fn an_in_progress_record_without_expiry_is_an_error_not_a_spin() {
+    static WAITING: Operation = Operation::new("failures.charge").wait(Duration::from_secs(2));
+    let server = RedisServer::start();
+    let idem = idempotency(&server).await;
+    let store = RedisStore::builder()
+        .url(server.url())
+        .build()
+        .await
+        .unwrap();
+    let key = idempotent_core::StorageKey::new(
+        idem.namespace(),
+        "",
+        WAITING.name(),
+        &"stuck".parse().unwrap(),
+    );
+    let claimed = store
+        .claim(
+            &key,
+            Fingerprint::try_of(&100).unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(claimed, ClaimOutcome::Acquired(_)), "{claimed:?}");
+    assert_eq!(
+        server
+            .command(&["PERSIST", &store.redis_key(&key)])
+            .unwrap()
+            .trim(),
+        ":1"
+    );
+    let runs = AtomicUsize::new(0);
+    let started = Instant::now();
+    let error = idem
+        .call(&WAITING)
+        .key("stuck")
+        .payload(&100)
+        .run(async { Ok::<_, Error>(runs.fetch_add(1, Ordering::SeqCst)) })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Codec { .. }), "{error:?}");
+    assert!(error.to_string().contains("without an expiry"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at once"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
 
 /// Redis killed while calls are running, then restarted: every caller gets

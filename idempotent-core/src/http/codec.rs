@@ -93,7 +93,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
     }
     let status = StatusCode::from_u16(input.u16()?).map_err(|_| "invalid status")?;
     let count = input.u16()?;
-    let mut headers = HeaderMap::with_capacity(usize::from(count));
+    // A header takes at least 7 bytes (two lengths and a one-byte name), so
+    // a corrupt count cannot ask for more room than the bytes could fill;
+    // past `HeaderMap`'s own limit, `with_capacity` and `append` panic.
+    let mut headers = HeaderMap::try_with_capacity(usize::from(count).min(input.0.len() / 7))
+        .map_err(|_| "too many headers")?;
     for _ in 0..count {
         let len = input.u16()?;
         let name = HeaderName::from_bytes(input.take(usize::from(len))?)
@@ -101,7 +105,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
         let len = input.u32()?;
         let value = HeaderValue::from_bytes(input.take(len as usize)?)
             .map_err(|_| "invalid header value")?;
-        headers.append(name, value);
+        headers
+            .try_append(name, value)
+            .map_err(|_| "too many headers")?;
     }
     Ok(Stored {
         status,
@@ -206,5 +212,13 @@ mod tests {
         assert!(decode(&[TAG, 9, 0, 200, 0, 0]).is_err());
         assert!(decode(&[TAG, VERSION, 0, 1, 0, 0]).is_err(), "status 1");
         assert!(decode(&[TAG, VERSION, 0, 200, 0, 1, 0, 1, b' ', 0, 0, 0, 0]).is_err());
+        // A header count beyond what `HeaderMap` can hold, with no headers.
+        assert!(decode(&[TAG, VERSION, 0, 200, 0xff, 0xff]).is_err());
+        let mut many = vec![TAG, VERSION, 0, 200, 0xff, 0xff];
+        many.extend(std::iter::repeat_n([0, 1, b'a', 0, 0, 0, 0], 40_000).flatten());
+        assert!(
+            decode(&many).is_err(),
+            "65535 headers announced, 40000 present"
+        );
     }
 }

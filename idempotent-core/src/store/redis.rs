@@ -545,6 +545,17 @@ impl Store for RedisStore {
         match record::decide_claim(Some(&current), fingerprint, 0) {
             ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) => {
                 let ttl = match self.query(redis::cmd("PTTL").arg(&redis_key)).await {
+                    // -1: no expiry. This store always sets one, so the record
+                    // was written or `PERSIST`ed by something else, and would
+                    // hold the key forever.
+                    Ok(Value::Int(-1)) => {
+                        return Err(corrupt(
+                            key,
+                            "a record in progress without an expiry (it would hold the key \
+                             forever); delete the key",
+                        ));
+                    }
+                    // -2: it expired since the claim; the caller may retry now.
                     Ok(Value::Int(ttl)) => u64::try_from(ttl).unwrap_or(0),
                     Ok(_) => 0,
                     Err(error) => return Err(with_key(error, key)),
