@@ -206,6 +206,40 @@ async fn the_same_key_on_another_route_or_method_is_another_key() {
     assert_eq!(calls.get(), 3);
 }
 
+/// `Router::nest` strips the prefix before the layer of a nested router
+/// sees the request: the key is still scoped to the path the client sent.
+#[tokio::test]
+async fn nested_routes_under_different_prefixes_are_different_routes() {
+    let calls = Calls::default();
+    let accounts = Router::new()
+        .route("/transfers", post(handler))
+        .with_state(calls.clone())
+        .layer(memory().build());
+    let app = Router::new().nest("/accounts/{account}", accounts);
+    let transfer = |account: &str| {
+        Request::post(format!("/accounts/{account}/transfers"))
+            .header("idempotency-key", "k-1")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let (status, alice, first) = send(&app, transfer("alice")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, bob, second) = send(&app, transfer("bob")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(alice.get("idempotent-replayed").is_none());
+    assert!(
+        bob.get("idempotent-replayed").is_none(),
+        "bob got alice's answer"
+    );
+    assert_ne!(first, second);
+    assert_eq!(calls.get(), 2);
+    // And each one still replays its own.
+    let (_, again, body) = send(&app, transfer("alice")).await;
+    assert_eq!(again.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(body, first);
+    assert_eq!(calls.get(), 2);
+}
+
 #[tokio::test]
 async fn two_scopes_never_see_each_others_responses() {
     let builder = memory().scope(|parts| {

@@ -30,7 +30,10 @@
 //! runs the handler again. The fingerprint covers the method, the path and
 //! query, and the body bytes; the key is scoped to the method and path and to
 //! the [scope](IdempotencyLayerBuilder::scope) of the request, so a key sent to
-//! one endpoint, or by one tenant, never replays another's response.
+//! one endpoint, or by one tenant, never replays another's response. The path
+//! is the one the client sent, also for a layer inside axum's `Router::nest`,
+//! which strips the prefix before the nested routes see the request (the
+//! layer reads axum's `OriginalUri`).
 //!
 //! ```
 //! use axum::{Router, routing::post};

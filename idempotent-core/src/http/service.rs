@@ -117,13 +117,21 @@ where
         }
     };
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // Under axum's `Router::nest`, a nested route sees its path without the
+    // prefix (`/transfers` for `/accounts/alice/transfers`); axum keeps the
+    // path the client sent in `OriginalUri`, so that two nested routes never
+    // share keys or replay each other's responses.
+    let uri = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(&parts.uri, |original| &original.0);
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let fingerprint = Fingerprint::from_parts([
         parts.method.as_str().as_bytes(),
         path_and_query.as_bytes(),
         &body,
     ]);
-    let route = format!("{} {}", parts.method, parts.uri.path());
+    let route = format!("{} {}", parts.method, uri.path());
     let scope = config.scope.as_ref().and_then(|scope| scope(&parts));
     let storage_key = StorageKey::new(
         config.runtime.namespace(),
