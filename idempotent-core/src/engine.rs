@@ -70,7 +70,8 @@ impl Operation {
         self
     }
 
-    /// How long the lease of a running call lasts before renewal.
+    /// How long the lease of a running call lasts before renewal; at least
+    /// [`MIN_LEASE`](crate::MIN_LEASE) (50 ms), and at most a century.
     #[must_use]
     pub const fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
@@ -520,7 +521,10 @@ where
     F: Future<Output = V>,
 {
     let store = runtime.store();
-    let lease = operation.lease.unwrap_or(runtime.lease());
+    let lease = operation
+        .lease
+        .unwrap_or(runtime.lease())
+        .max(crate::MIN_LEASE);
     let wait_until = operation.wait.map(|wait| {
         let now = tokio::time::Instant::now();
         // A bound too far away to represent (`Duration::MAX`) waits a century.

@@ -88,7 +88,9 @@ pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, StorageKey};
 pub use record::{ClaimOutcome, Lease, LeaseToken};
-pub use runtime::{DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder};
+pub use runtime::{
+    DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder, MIN_LEASE,
+};
 #[cfg(feature = "postgres")]
 pub use store::{
     Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MIGRATION, PURGE, PostgresStore, PurgeTask,

@@ -31,11 +31,18 @@ use crate::fingerprint::Fingerprint;
 /// Milliseconds on a store's clock (its own origin; only differences matter).
 pub type Millis = u64;
 
-/// Converts a duration to whole milliseconds, saturating, and at least 1.
+/// The longest lease or retention a store is asked to keep: a century.
+/// Longer durations, up to `Duration::MAX`, are held for a century, which
+/// every store can represent (Redis's `PX` and PostgreSQL's timestamps
+/// overflow not far beyond `i64` milliseconds, and a failed completion would
+/// leave the key to run again).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Converts a duration to whole milliseconds, at least 1 and at most
+/// [`MAX_DURATION`].
 pub fn millis(duration: Duration) -> Millis {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    let millis = u64::try_from(duration.min(MAX_DURATION).as_millis()).unwrap_or(u64::MAX);
+    millis.max(1)
 }
 
 /// A fencing token: proves that the holder owns the current lease on a key.

@@ -11,6 +11,10 @@ use crate::store::Store;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default lease of a running call: 30 seconds (renewed while the body runs).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The shortest lease a running call gets, whatever it asks for: renewed
+/// every third of it, a shorter lease would run out between renewals (a
+/// zero lease did at once), and a duplicate would run the body meanwhile.
+pub const MIN_LEASE: Duration = Duration::from_millis(50);
 /// Default storage-key namespace.
 pub const DEFAULT_NAMESPACE: &str = "idem";
 
@@ -81,7 +85,7 @@ impl IdempotencyBuilder {
     /// How long a running call's lease lasts before it must be renewed
     /// (default 30 s). The engine renews it every third of this while the
     /// body runs; if the process dies, another caller may take the key over
-    /// once it runs out.
+    /// once it runs out. At least [`MIN_LEASE`](crate::MIN_LEASE) (50 ms).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self

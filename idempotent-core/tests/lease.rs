@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MemoryStore, Operation, StorageKey,
-    Store, StoreError,
+    ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MIN_LEASE, MemoryStore, Operation,
+    StorageKey, Store, StoreError,
 };
 use support::bank::Bank;
 
@@ -130,6 +130,27 @@ async fn run(
         })
         .await
         .map(|executed| executed.value)
+}
+
+/// A zero lease would run out before its first renewal: it is
+/// `MIN_LEASE`, renewed like any other, and a duplicate never runs.
+#[tokio::test(start_paused = true)]
+async fn a_zero_lease_is_the_minimum_lease_and_still_holds_the_key() {
+    static OP: Operation = Operation::new("lease.zero").lease(Duration::ZERO);
+    let idem = Idempotency::new(MemoryStore::new());
+    let runs = AtomicUsize::new(0);
+    let owner = run(&idem, &OP, &runs, Duration::from_secs(1));
+    let duplicates = async {
+        for _ in 0..9 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let error = run(&idem, &OP, &runs, Duration::ZERO).await.unwrap_err();
+            let retry_after = error.retry_after().expect("in progress");
+            assert!(retry_after <= MIN_LEASE, "{retry_after:?}");
+        }
+    };
+    let (owner, ()) = tokio::join!(owner, duplicates);
+    assert_eq!(owner.unwrap(), 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -254,7 +254,8 @@ pub(crate) fn keyed<'q>(sql: &'q str, key: &'q StorageKey) -> PgQuery<'q> {
 pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 pub(crate) fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+    // At most a century (`record::MAX_DURATION`), so `now() + interval` fits.
+    i64::try_from(record::millis(duration)).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError {

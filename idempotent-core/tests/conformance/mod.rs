@@ -54,6 +54,7 @@ macro_rules! for_each_case {
             renewal_extends_the_lease,
             completed_records_expire_after_their_ttl,
             a_completed_record_outlives_its_lease,
+            the_longest_durations_are_held,
             the_four_parts_of_a_storage_key_are_independent,
             wait_returns_when_the_holder_completes,
             wait_returns_when_the_holder_releases,
@@ -441,6 +442,20 @@ pub(crate) async fn a_completed_record_outlives_its_lease<S: Store + ?Sized>(
     tokio::time::sleep(PAST_LEASE).await;
     assert_eq!(claim(s, &k, FP).await, completed(b"kept"));
     assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
+}
+
+/// A lease, renewal or TTL of `Duration::MAX` is held (for a century), never
+/// refused: a completion the store refused would leave the key to run again.
+pub(crate) async fn the_longest_durations_are_held<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
+    let s: &S = store;
+    let k = key(case, "k");
+    let token = acquire(s, &k, FP, Duration::MAX).await;
+    assert_in_flight(&claim(s, &k, FP).await, "held under the longest lease");
+    s.renew(&k, token, Duration::MAX).await.expect("renew");
+    s.complete(&k, token, b"kept", Duration::MAX)
+        .await
+        .expect("complete");
+    assert_eq!(claim(s, &k, FP).await, completed(b"kept"));
 }
 
 /// Namespace, scope, operation and key each make a different record.
