@@ -282,6 +282,73 @@ async fn safe_methods_pass_through_untouched() {
     assert_eq!(calls.get(), 2);
 }
 
+/// A response body of unknown size: `chunks` frames of 1 KiB.
+struct Chunks(usize);
+
+impl http_body::Body for Chunks {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.0 == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 -= 1;
+        let frame = http_body::Frame::data(bytes::Bytes::from(vec![b'x'; 1024]));
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+#[tokio::test]
+async fn responses_over_the_response_limit_are_not_stored_and_memory_stays_bounded() {
+    let calls = Calls::default();
+    let streamed = |State(calls): State<Calls>| async move {
+        calls.0.fetch_add(1, Ordering::SeqCst);
+        Body::new(Chunks(64))
+    };
+    let app = Router::new()
+        .route("/payments", post(handler))
+        .route("/export", post(streamed))
+        .with_state(calls.clone())
+        .layer(memory().response_limit(4096).build());
+
+    // Under the limit: stored and replayed as always.
+    send(&app, request(Some("small"), "{}")).await;
+    let (_, headers, _) = send(&app, request(Some("small"), "{}")).await;
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(calls.get(), 1);
+
+    // A known size over the limit: passed on untouched, not stored, so a
+    // retry runs the handler again.
+    let big = "y".repeat(5000);
+    for run in 2..=3 {
+        let (status, headers, body) = send(&app, request(Some("big"), &big)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(headers.get("idempotent-replayed").is_none());
+        assert_eq!(headers["x-charge"], run.to_string());
+        assert!(body.len() > 5000, "the whole body came through");
+    }
+    assert_eq!(calls.get(), 3);
+
+    // A stream (64 KiB, no size up front): reading stops at the limit, the
+    // client gets a 500 problem, and the key is released.
+    let export = || {
+        Request::post("/export")
+            .header("idempotency-key", "export-1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let (status, headers, body) = send(&app, export()).await;
+        let detail = problem(status, &headers, &body, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(detail.contains("4096-byte limit"), "{detail}");
+    }
+    assert_eq!(calls.get(), 5);
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_is_413_whether_declared_or_not() {
     let (app, calls) = app(memory().body_limit(1024));

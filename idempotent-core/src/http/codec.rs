@@ -19,9 +19,15 @@ const TAG: u8 = b'H';
 const VERSION: u8 = 1;
 
 /// What a guarded request produced.
-pub(crate) enum Outcome<E> {
+pub(crate) enum Outcome<E, B> {
     /// The handler answered now.
     Fresh(response::Parts, Bytes),
+    /// The handler answered now with a body over the response limit, known
+    /// before reading it: passed on untouched, not stored.
+    Oversized(http::Response<B>),
+    /// The handler's body went over the response limit while it was read
+    /// (not stored).
+    OverLimit,
     /// A stored answer.
     Replayed(Stored),
     /// The inner service failed (not stored: the key is released).
@@ -142,10 +148,10 @@ impl<'a> Reader<'a> {
 /// Stores a fresh response the policy accepts; anything else releases the key.
 pub(crate) struct HttpCodec<'a>(pub(crate) &'a Config);
 
-impl<E> Codec<Outcome<E>> for HttpCodec<'_> {
+impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
     fn encode(
         &self,
-        value: &Outcome<E>,
+        value: &Outcome<E, B>,
         operation: &Operation,
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
@@ -162,7 +168,7 @@ impl<E> Codec<Outcome<E>> for HttpCodec<'_> {
         })
     }
 
-    fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Outcome<E>, Error> {
+    fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Outcome<E, B>, Error> {
         decode(bytes)
             .map(Outcome::Replayed)
             .map_err(|detail| Error::Codec {

@@ -14,6 +14,10 @@ use crate::{Idempotency, Operation};
 /// The request body limit, by default: 2 MiB (axum's own default).
 pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
+/// The default bound on a handler's response body that the layer reads and
+/// stores: 8 MiB.
+pub const DEFAULT_RESPONSE_LIMIT: usize = 8 * 1024 * 1024;
+
 /// What a request gets when the same key is being processed right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -35,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) header: HeaderName,
     pub(crate) required: bool,
     pub(crate) body_limit: usize,
+    pub(crate) response_limit: usize,
     pub(crate) storable: Arc<StatusFn>,
     pub(crate) scope: Option<Arc<ScopeFn>>,
 }
@@ -53,6 +58,7 @@ impl fmt::Debug for IdempotencyLayer {
             .field("header", &self.config.header)
             .field("required", &self.config.required)
             .field("body_limit", &self.config.body_limit)
+            .field("response_limit", &self.config.response_limit)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +82,7 @@ impl IdempotencyLayer {
             header: HeaderName::from_static(IDEMPOTENCY_KEY),
             required: true,
             body_limit: DEFAULT_BODY_LIMIT,
+            response_limit: DEFAULT_RESPONSE_LIMIT,
             storable: Arc::new(default_storable),
             scope: None,
         }
@@ -107,6 +114,7 @@ pub struct IdempotencyLayerBuilder {
     header: HeaderName,
     required: bool,
     body_limit: usize,
+    response_limit: usize,
     storable: Arc<StatusFn>,
     scope: Option<Arc<ScopeFn>>,
 }
@@ -167,6 +175,22 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// The largest response body stored, in bytes (default
+    /// [`DEFAULT_RESPONSE_LIMIT`]). The layer reads a response whole before
+    /// storing it, so this bounds the memory a guarded request can take.
+    /// A larger response is not stored and its key is released, so a retry
+    /// runs the handler again:
+    /// - one that says its size up front (`Content-Length`, or a body whose
+    ///   size is known) is passed to the client untouched;
+    /// - one that goes over the limit while it is read (a stream) is replaced
+    ///   by a `500` problem document, since its start has been consumed.
+    ///
+    /// Guard only routes whose answers are small enough to store.
+    pub fn response_limit(mut self, bytes: usize) -> Self {
+        self.response_limit = bytes;
+        self
+    }
+
     /// Which response statuses are stored and replayed (default: 200 to 499
     /// except 408, 409, 425 and 429). A 5xx is never stored, whatever this
     /// says: the key is released and a retry runs the handler again.
@@ -216,6 +240,7 @@ impl IdempotencyLayerBuilder {
                 header: self.header,
                 required: self.required,
                 body_limit: self.body_limit,
+                response_limit: self.response_limit,
                 storable: self.storable,
                 scope: self.scope,
             }),

@@ -56,6 +56,11 @@ pub(crate) const RESPONSE_FAILED: Kind = Kind {
     slug: "response-failed",
     title: "The handler's response could not be read",
 };
+pub(crate) const RESPONSE_TOO_LARGE: Kind = Kind {
+    status: StatusCode::INTERNAL_SERVER_ERROR,
+    slug: "response-too-large",
+    title: "The handler's response is too large to store",
+};
 const INTERNAL: Kind = Kind {
     status: StatusCode::INTERNAL_SERVER_ERROR,
     slug: "internal",

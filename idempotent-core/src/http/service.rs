@@ -141,13 +141,24 @@ where
     );
 
     let request = Request::from_parts(parts, ReqBody::from(body));
+    let response_limit = config.response_limit;
     let run = async move {
         match inner.call(request).await {
             Ok(response) => {
+                let declared = response
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .max(response.body().size_hint().lower());
+                if declared > response_limit as u64 {
+                    return Outcome::Oversized(response);
+                }
                 let (parts, body) = response.into_parts();
-                match body.collect().await {
+                match Limited::new(body, response_limit).collect().await {
                     Ok(collected) => Outcome::Fresh(parts, collected.to_bytes()),
-                    Err(error) => Outcome::BodyFailed(error.into().to_string()),
+                    Err(error) if error.is::<LengthLimitError>() => Outcome::OverLimit,
+                    Err(error) => Outcome::BodyFailed(error.to_string()),
                 }
             }
             Err(error) => Outcome::Failed(error),
@@ -178,6 +189,24 @@ where
             }
             Outcome::Failed(error) => return Err(error),
             Outcome::BodyFailed(detail) => problem(problem::RESPONSE_FAILED, &detail),
+            Outcome::Oversized(response) => {
+                tracing::warn!(
+                    limit = response_limit,
+                    "a response over the layer's response limit was passed on and not stored"
+                );
+                response
+            }
+            Outcome::OverLimit => {
+                tracing::warn!(
+                    limit = response_limit,
+                    "a response body went over the layer's response limit; answered 500, not stored"
+                );
+                let detail = format!(
+                    "the handler ran, but its response is over the {response_limit}-byte limit \
+                     of what this idempotency layer stores; it was not stored"
+                );
+                problem(problem::RESPONSE_TOO_LARGE, &detail)
+            }
         },
         Err(error) => problem::from_error(&error),
     })
