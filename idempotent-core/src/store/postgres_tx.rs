@@ -41,6 +41,12 @@ pub enum Begun<'a, T> {
 /// one commit; an `Err`, or dropping the transaction (a panic, a cancelled
 /// future, an early `?`), rolls everything back, record included, so a retry
 /// runs clean.
+///
+/// An `Err` is rolled back before `finish` returns. A drop cannot wait: the
+/// rollback is sent when the connection is next used, and a statement still
+/// running when the future was dropped (a long query under a caller's
+/// timeout) runs to its end first, so until then a retry finds the key held
+/// (in progress, or a wait).
 pub struct KeyTransaction<'a> {
     tx: Transaction<'static, Postgres>,
     operation: &'a Operation,
@@ -85,8 +91,18 @@ impl KeyTransaction<'_> {
     {
         let codec = ResultCodec::<false>;
         // The claim gave the row its final deadline.
-        let Some((bytes, _ttl)) = codec.encode(&value, self.operation, &self.runtime)? else {
-            // An `Err`: dropping the transaction rolls it back.
+        let encoded = match codec.encode(&value, self.operation, &self.runtime) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                end(self.tx).await;
+                return Err(error.into());
+            }
+        };
+        let Some((bytes, _ttl)) = encoded else {
+            // An `Err`. Rolled back before answering (not left to `Drop`,
+            // which rolls back later, from the pool): a retry that follows at
+            // once must find the key free, not still locked.
+            end(self.tx).await;
             return value.map(|value| Executed {
                 value,
                 replayed: false,
@@ -94,15 +110,15 @@ impl KeyTransaction<'_> {
         };
         let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
         // No indexed column changes: PostgreSQL can update in place (HOT).
-        keyed(
+        let completed = keyed(
             "UPDATE idempotency_records SET token = NULL, response = $5
              WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4",
             &self.key,
         )
         .bind(bytes)
         .execute(&mut *self.tx)
-        .await
-        .map_err(|error| {
+        .await;
+        if let Err(error) = completed {
             if let sqlx::Error::Database(e) = &error {
                 if e.code().as_deref() == Some("25P02") {
                     tracing::error!(
@@ -112,8 +128,9 @@ impl KeyTransaction<'_> {
                     );
                 }
             }
-            unavailable(error)
-        })?;
+            end(self.tx).await;
+            return Err(unavailable(error).into());
+        }
         self.tx.commit().await.map_err(unavailable)?;
         self.operation.metrics().executed.increment(1);
         value.map(|value| Executed {
@@ -222,9 +239,13 @@ impl PostgresStore {
             }
             // lock_not_available: the duplicate outlasted the wait.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                end(tx).await;
                 return Err(in_progress(operation, &key));
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => {
+                end(tx).await;
+                return Err(unavailable(e));
+            }
         };
         let acquired: bool = row
             .try_get("acquired")
