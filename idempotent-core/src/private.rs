@@ -15,19 +15,59 @@ pub use crate::fingerprint::Fingerprint;
 pub use std::time::Duration;
 
 /// The lazily built [`Operation`] of one annotated function.
+///
+/// A method's default name holds its `Self` type, and one function can have
+/// several: a trait's default method is one function (so one `static`) for
+/// every implementor. The cell keeps one operation per `Self` type: the
+/// first in a `OnceLock` (the only one, outside default methods), others in
+/// a list.
 #[derive(Debug)]
-pub struct OperationCell(OnceLock<Operation>);
+pub struct OperationCell {
+    first: OnceLock<(&'static str, Operation)>,
+    others: Mutex<Vec<(&'static str, &'static Operation)>>,
+}
 
 impl OperationCell {
     /// An empty cell, for a `static`.
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Self {
-        Self(OnceLock::new())
+        Self {
+            first: OnceLock::new(),
+            others: Mutex::new(Vec::new()),
+        }
     }
 
     /// The operation, built by `init` on first use.
     pub fn get_or_init(&self, init: impl FnOnce() -> Operation) -> &Operation {
-        self.0.get_or_init(init)
+        self.get_or_init_for("", init)
+    }
+
+    /// The operation of the method's `Self` type (`type_name::<Self>()`),
+    /// built by `init` on that type's first use.
+    pub fn get_or_init_for(
+        &self,
+        self_type: &'static str,
+        init: impl FnOnce() -> Operation,
+    ) -> &Operation {
+        let mut init = Some(init);
+        let (first_type, first) = self.first.get_or_init(|| match init.take() {
+            Some(init) => (self_type, init()),
+            None => unreachable!("`get_or_init` runs its closure at most once"),
+        });
+        if *first_type == self_type {
+            return first;
+        }
+        let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, operation)) = others.iter().find(|(t, _)| *t == self_type) {
+            return operation;
+        }
+        let Some(init) = init else {
+            unreachable!("the first slot holds another type, so `init` was not used")
+        };
+        // Leaked: one per (function, `Self` type), for the life of the process.
+        let operation: &'static Operation = Box::leak(Box::new(init()));
+        others.push((self_type, operation));
+        operation
     }
 }
 

@@ -174,3 +174,48 @@ async fn an_explicit_operation_name_is_shared_and_a_derived_one_is_not() {
     let unnamed = service.unnamed("pay-1", 1000).await.unwrap();
     assert_eq!(unnamed, (1000, 2), "another operation, another record");
 }
+
+/// A trait's default method is one function for every implementor: its
+/// derived operation name is still each implementor's own, so two types
+/// never replay each other's records, whichever is called first.
+trait Handler {
+    fn runtime(&self) -> &Idempotency;
+    fn label(&self) -> &'static str;
+
+    #[idempotent(key = id, runtime = self.runtime())]
+    async fn handle(&self, id: &str) -> Result<String, Error> {
+        Ok(self.label().to_owned())
+    }
+}
+
+struct Cards(Idempotency);
+struct Transfers(Idempotency);
+
+impl Handler for Cards {
+    fn runtime(&self) -> &Idempotency {
+        &self.0
+    }
+    fn label(&self) -> &'static str {
+        "cards"
+    }
+}
+
+impl Handler for Transfers {
+    fn runtime(&self) -> &Idempotency {
+        &self.0
+    }
+    fn label(&self) -> &'static str {
+        "transfers"
+    }
+}
+
+#[tokio::test]
+async fn a_default_trait_method_keeps_one_operation_per_implementor() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let (cards, transfers) = (Cards(idem.clone()), Transfers(idem.clone()));
+    assert_eq!(cards.handle("k-1").await.unwrap(), "cards");
+    assert_eq!(transfers.handle("k-1").await.unwrap(), "transfers");
+    // Each replays its own.
+    assert_eq!(cards.handle("k-1").await.unwrap(), "cards");
+    assert_eq!(transfers.handle("k-1").await.unwrap(), "transfers");
+}

@@ -113,10 +113,17 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     // Spanned at the return type from its first token to its last, so that a
     // return type that does not qualify is reported once, there.
     let run_call = quote_spanned!(output.span()=> #run(__idempotent_call, async move #block).await);
+    // A default name that holds `Self` is kept per `Self` type: a trait's
+    // default method is one function (one `static`) for every implementor.
+    let init = quote!(|| #private::Operation::new(#name) #options);
+    let get = if args.name.is_none() && func.sig.receiver().is_some() {
+        quote!(get_or_init_for(::core::any::type_name::<Self>(), #init))
+    } else {
+        quote!(get_or_init(#init))
+    };
     let operation = quote! {
         static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
-        let __idempotent_operation = __IDEMPOTENT_OPERATION
-            .get_or_init(|| #private::Operation::new(#name) #options);
+        let __idempotent_operation = __IDEMPOTENT_OPERATION.#get;
     };
     let call = quote! {
         let __idempotent_call = #private::Call::new(__idempotent_operation)
