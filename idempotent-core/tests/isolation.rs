@@ -219,3 +219,29 @@ async fn a_default_trait_method_keeps_one_operation_per_implementor() {
     assert_eq!(cards.handle("k-1").await.unwrap(), "cards");
     assert_eq!(transfers.handle("k-1").await.unwrap(), "transfers");
 }
+
+/// Arguments named like the expansion's own locals are the caller's, in the
+/// key and in the body: the expansion's names are hygienic.
+struct Hygiene(Idempotency);
+
+impl Hygiene {
+    #[idempotent(key = __idempotent_call, runtime = self.0)]
+    async fn charge(
+        &self,
+        __idempotent_call: u64,
+        __idempotent_operation: &str,
+    ) -> Result<String, Error> {
+        Ok(format!("{__idempotent_call} {__idempotent_operation}"))
+    }
+}
+
+#[tokio::test]
+async fn arguments_named_like_the_expansions_locals_are_the_callers() {
+    let service = Hygiene(Idempotency::new(MemoryStore::new()));
+    assert_eq!(service.charge(7, "card").await.unwrap(), "7 card");
+    assert_eq!(service.charge(8, "card").await.unwrap(), "8 card");
+    assert!(
+        service.charge(7, "cash").await.is_err(),
+        "key 7, another payload"
+    );
+}

@@ -85,13 +85,19 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     };
     let private = quote!(#krate::__private);
 
+    // The expansion's own locals resolve at the definition site: an argument
+    // of the same name neither shadows them nor is shadowed in the body.
+    let local = |name: &str| syn::Ident::new(name, Span::mixed_site());
+    let (call_var, operation_var) = (local("__idempotent_call"), local("__idempotent_operation"));
+    let (store_var, done_var) = (local("__idempotent_store"), local("__idempotent_done"));
+    let (tx_var, value_var) = (local("__idempotent_tx"), local("__idempotent_value"));
     let name = operation_name(&args, func, &private);
     let options = duration_options(&args, &private);
     let key = &args.key;
     let runtime = match (&args.runtime, &args.transaction) {
         (Some(runtime), _) => quote!(.runtime(&(#runtime))),
         // `transaction = ...` alone: the installed runtime, else defaults.
-        (None, Some(_)) => quote!(.runtime(&#private::transaction_runtime(__idempotent_store))),
+        (None, Some(_)) => quote!(.runtime(&#private::transaction_runtime(#store_var))),
         (None, None) => TokenStream::new(),
     };
     let scope = args.scope.as_ref().map(|scope| quote!(.scope(&(#scope))));
@@ -112,7 +118,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     } = func;
     // Spanned at the return type from its first token to its last, so that a
     // return type that does not qualify is reported once, there.
-    let run_call = quote_spanned!(output.span()=> #run(__idempotent_call, async move #block).await);
+    let run_call = quote_spanned!(output.span()=> #run(#call_var, async move #block).await);
     // A default name that holds `Self` is kept per `Self` type: a trait's
     // default method is one function (one `static`) for every implementor.
     let init = quote!(|| #private::Operation::new(#name) #options);
@@ -123,10 +129,10 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     };
     let operation = quote! {
         static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
-        let __idempotent_operation = __IDEMPOTENT_OPERATION.#get;
+        let #operation_var = __IDEMPOTENT_OPERATION.#get;
     };
     let call = quote! {
-        let __idempotent_call = #private::Call::new(__idempotent_operation)
+        let #call_var = #private::Call::new(#operation_var)
             #runtime
             #scope
             .key(&(#key))
@@ -158,16 +164,16 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         #vis #sig {
             #private::require_postgres!();
             #operation
-            let __idempotent_store = &(#store);
+            let #store_var = &(#store);
             #call
-            match #private::begin_transaction::<#output>(__idempotent_store, __idempotent_call).await {
-                #private::TxStart::Done(__idempotent_done) => __idempotent_done,
-                #private::TxStart::Fresh(mut __idempotent_tx) => {
-                    let __idempotent_value: #output = {
-                        let #pattern: #ty = #private::connection(&mut __idempotent_tx);
+            match #private::begin_transaction::<#output>(#store_var, #call_var).await {
+                #private::TxStart::Done(#done_var) => #done_var,
+                #private::TxStart::Fresh(mut #tx_var) => {
+                    let #value_var: #output = {
+                        let #pattern: #ty = #private::connection(&mut #tx_var);
                         async move #block.await
                     };
-                    #private::finish_transaction(__idempotent_tx, __idempotent_value).await
+                    #private::finish_transaction(#tx_var, #value_var).await
                 }
             }
         }
