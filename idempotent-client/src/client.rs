@@ -14,8 +14,17 @@ use crate::retry::{RetryPolicy, is_retryable_status, retry_after};
 /// The header carrying the key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Headers never written to the journal.
-const CREDENTIALS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+/// Headers never written to the journal: the standard credentials and the
+/// common API-key headers.
+const CREDENTIALS: [&str; 7] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+];
 
 /// What can go wrong in [`RequestBuilder::send`].
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +277,8 @@ impl IdempotentClient {
         request.headers = intent.headers.clone();
         request.body = intent.body.clone();
         request.intent = Some(intent.name.clone());
+        // Its own key, even if the journal no longer holds the intent.
+        request.key = Some(intent.key.clone());
         request
     }
 }
@@ -362,7 +373,7 @@ impl RequestBuilder {
                             .clone()
                             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                         method: self.method.to_string(),
-                        url: self.url.clone(),
+                        url: without_userinfo(&self.url),
                         headers: self
                             .headers
                             .iter()
@@ -487,5 +498,19 @@ impl RequestBuilder {
             key,
             attempts,
         })
+    }
+}
+
+/// The URL to journal: a password or user name in it (`https://user:secret@host/`)
+/// is a credential, and is left out like the credential headers.
+fn without_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            // Both succeed on a URL that has a host, which one with userinfo has.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.into()
+        }
+        _ => url.to_owned(),
     }
 }

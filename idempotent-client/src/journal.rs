@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 /// One logical request and the key every attempt of it carries.
+///
+/// Fields after `key` have defaults when read, so an entry written by an
+/// older or newer release still reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// The caller's name for it (`order-42`).
@@ -22,12 +25,16 @@ pub struct Intent {
     /// The URL.
     pub url: String,
     /// Headers to send again on a resume (never credentials).
+    #[serde(default)]
     pub headers: Vec<(String, String)>,
     /// The body.
+    #[serde(default)]
     pub body: Vec<u8>,
     /// When it was first recorded, in milliseconds since the Unix epoch.
+    #[serde(default)]
     pub created_at_ms: u64,
     /// Whether a final answer was received.
+    #[serde(default)]
     pub done: bool,
 }
 
@@ -54,7 +61,9 @@ pub trait Journal: Send + Sync + 'static {
     async fn finish(&self, name: &str) -> Result<(), JournalError>;
     /// The intents without a final answer, oldest first.
     async fn pending(&self) -> Result<Vec<Intent>, JournalError>;
-    /// Forgets intents recorded before `before`; returns how many.
+    /// Forgets the *answered* intents recorded before `before`; returns how
+    /// many. Pending ones are kept however old: forgetting one would give
+    /// its retry a new key, and the request could run twice.
     async fn prune(&self, before: SystemTime) -> Result<usize, JournalError>;
 }
 
@@ -105,7 +114,7 @@ impl Journal for MemoryJournal {
     async fn prune(&self, before: SystemTime) -> Result<usize, JournalError> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let len = map.len();
-        map.retain(|_, i| i.created_at_ms >= ms(before));
+        map.retain(|_, i| !i.done || i.created_at_ms >= ms(before));
         Ok(len - map.len())
     }
 }
@@ -158,10 +167,32 @@ enum Request {
 }
 
 impl FileJournal {
-    /// Opens (or creates) the journal at `path` and forgets intents older
-    /// than `retention`.
+    /// Opens (or creates) the journal at `path` and forgets answered intents
+    /// older than `retention` (pending ones are kept, see [`Journal::prune`]).
+    ///
+    /// A file that exists but is empty, or is not a whole journal (cut short,
+    /// or another kind of file), is an error, never a fresh journal: starting
+    /// afresh would give every pending intent a new key. Move it away to
+    /// start a new journal deliberately.
     pub fn open(path: impl AsRef<Path>, retention: Duration) -> Result<Self, JournalError> {
-        let db = redb::Database::create(path.as_ref()).map_err(JournalError::new)?;
+        let path = path.as_ref();
+        if std::fs::metadata(path).is_ok_and(|file| file.len() == 0) {
+            return Err(JournalError::new(format!(
+                "{} exists but is empty (cut short, or its creation was interrupted); \
+                 move it away to start a new journal",
+                path.display()
+            )));
+        }
+        // redb panics on some damaged files (a file cut short): a damaged
+        // journal is an error for the caller, not a crash.
+        let db = std::panic::catch_unwind(|| redb::Database::create(path))
+            .map_err(|_| {
+                JournalError::new(format!(
+                    "{} is not a readable journal (cut short or damaged)",
+                    path.display()
+                ))
+            })?
+            .map_err(JournalError::new)?;
         // Prune here, before the writer thread owns the database.
         let cutoff = SystemTime::now()
             .checked_sub(retention)
@@ -322,7 +353,7 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
             let result = all(table).and_then(|all| {
                 let old: Vec<_> = all
                     .into_iter()
-                    .filter(|i| i.created_at_ms < before)
+                    .filter(|i| i.done && i.created_at_ms < before)
                     .collect();
                 for intent in &old {
                     table
@@ -336,13 +367,21 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
     }
 }
 
+/// Every entry that reads. One that does not (written by something else,
+/// damaged) is logged and left where it is, for a person to look at: it must
+/// not stop the others from being resumed.
 fn all(table: &redb::Table<'_, &str, &[u8]>) -> Result<Vec<Intent>, JournalError> {
     let mut intents = Vec::new();
     for entry in table.iter().map_err(JournalError::new)? {
         let (name, bytes) = entry.map_err(JournalError::new)?;
-        let intent = serde_json::from_slice(bytes.value())
-            .map_err(|e| JournalError::new(format!("corrupt entry `{}`: {e}", name.value())))?;
-        intents.push(intent);
+        match serde_json::from_slice(bytes.value()) {
+            Ok(intent) => intents.push(intent),
+            Err(error) => tracing::error!(
+                entry = name.value(),
+                %error,
+                "an idempotency journal entry cannot be read; it is skipped and kept"
+            ),
+        }
     }
     Ok(intents)
 }

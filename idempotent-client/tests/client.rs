@@ -188,9 +188,12 @@ async fn a_restarted_client_reuses_the_journaled_key_and_never_writes_credential
             .retry(fast())
             .build()
             .unwrap();
+        // Credentials in the URL's userinfo and an API-key header too.
+        let url = url.replace("http://", "http://user:SECRET-PASSWORD-456@");
         client
             .post(url)
             .header("authorization", "Bearer SECRET-TOKEN-123")
+            .header("x-api-key", "SECRET-KEY-789")
             .body("order-4")
             .intent("order-4")
             .send()
@@ -204,11 +207,15 @@ async fn a_restarted_client_reuses_the_journaled_key_and_never_writes_credential
     assert_eq!(again.response.headers()["idempotent-replayed"], "true");
     assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
     let bytes = std::fs::read(&path).unwrap();
+    for secret in ["SECRET-TOKEN-123", "SECRET-PASSWORD-456", "SECRET-KEY-789"] {
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "credentials must never reach the journal: {secret}"
+        );
+    }
     assert!(
-        !bytes
-            .windows(b"SECRET-TOKEN-123".len())
-            .any(|w| w == b"SECRET-TOKEN-123"),
-        "credentials must never reach the journal"
+        bytes.windows(b"127.0.0.1".len()).any(|w| w == b"127.0.0.1"),
+        "the URL is journaled, without its userinfo"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
