@@ -23,10 +23,10 @@ pub(crate) enum Outcome<E, B> {
     /// The handler answered now.
     Fresh(response::Parts, Bytes),
     /// The handler answered now with a body over the response limit, known
-    /// before reading it: passed on untouched, not stored.
+    /// before reading it: passed on untouched; a problem is stored instead.
     Oversized(http::Response<B>),
-    /// The handler's body went over the response limit while it was read
-    /// (not stored).
+    /// The handler's body went over the response limit while it was read:
+    /// a problem, stored.
     OverLimit,
     /// A stored answer.
     Replayed(Stored),
@@ -161,6 +161,16 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
             {
                 Some((
                     encode(parts.status, &parts.headers, body),
+                    operation.ttl_on(runtime),
+                ))
+            }
+            // The handler ran: what is stored in place of its response keeps
+            // a retry from running it again.
+            Outcome::Oversized(_) | Outcome::OverLimit => {
+                let (parts, body) =
+                    super::problem::response_too_large::<Bytes>(self.0.response_limit).into_parts();
+                Some((
+                    encode(parts.status, &parts.headers, &body),
                     operation.ttl_on(runtime),
                 ))
             }

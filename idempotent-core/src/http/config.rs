@@ -178,12 +178,14 @@ impl IdempotencyLayerBuilder {
     /// The largest response body stored, in bytes (default
     /// [`DEFAULT_RESPONSE_LIMIT`]). The layer reads a response whole before
     /// storing it, so this bounds the memory a guarded request can take.
-    /// A larger response is not stored and its key is released, so a retry
-    /// runs the handler again:
-    /// - one that says its size up front (`Content-Length`, or a body whose
-    ///   size is known) is passed to the client untouched;
-    /// - one that goes over the limit while it is read (a stream) is replaced
-    ///   by a `500` problem document, since its start has been consumed.
+    /// The handler of a larger response ran, so a retry must not run it
+    /// again, but its response cannot be replayed: a `500` problem document
+    /// saying so is stored in its place, and every retry gets that.
+    /// - A response that says its size up front (`Content-Length`, or a body
+    ///   whose size is known) is passed to the client untouched the first
+    ///   time.
+    /// - One that goes over the limit while it is read (a stream) gets the
+    ///   problem the first time too, since its start has been consumed.
     ///
     /// Guard only routes whose answers are small enough to store.
     pub fn response_limit(mut self, bytes: usize) -> Self {
@@ -192,7 +194,7 @@ impl IdempotencyLayerBuilder {
     }
 
     /// Which response statuses are stored and replayed (default: 200 to 499
-    /// except 408, 409, 425 and 429). A 5xx is never stored, whatever this
+    /// except 408, 409, 425 and 429). A handler's 5xx is never stored, whatever this
     /// says: the key is released and a retry runs the handler again.
     pub fn store_status(
         mut self,

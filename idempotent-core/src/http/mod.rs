@@ -18,7 +18,7 @@
 //! | request body unreadable (the connection failed half-way) | `400 Bad Request` |
 //! | a stored response that cannot be decoded, or a handler that outlived its lease | `500 Internal Server Error` (nothing is stored) |
 //! | the handler's response body fails half-way | `502 Bad Gateway` (nothing is stored; the key is released) |
-//! | the handler's response body is over the [response limit](IdempotencyLayerBuilder::response_limit) (8 MiB by default) | passed on as it is when its size is known up front, else `500 Internal Server Error`; either way nothing is stored and the key is released |
+//! | the handler's response body is over the [response limit](IdempotencyLayerBuilder::response_limit) (8 MiB by default) | passed on as it is when its size is known up front, else `500 Internal Server Error`; a `500` problem is stored in its place, so a retry gets that and never runs the handler again |
 //!
 //! Error answers are RFC 9457 `application/problem+json` documents with
 //! `type`, `title`, `status` and `detail`. Safe methods (GET, HEAD, ...) pass
@@ -27,7 +27,7 @@
 //! **What is stored**: the first response's status, its headers minus the
 //! hop-by-hop ones and `Date`, and its body, for the TTL; by default only
 //! statuses 200 to 499 except 408, 409, 425 and 429 (answers that say "try
-//! again"), and never a 5xx: an unstored answer releases the key, so a retry
+//! again"), and never a handler's 5xx: an unstored answer releases the key, so a retry
 //! runs the handler again. The fingerprint covers the method, the path and
 //! query, and the body bytes; the key is scoped to the method and path and to
 //! the [scope](IdempotencyLayerBuilder::scope) of the request, so a key sent to

@@ -56,7 +56,7 @@ pub(crate) const RESPONSE_FAILED: Kind = Kind {
     slug: "response-failed",
     title: "The handler's response could not be read",
 };
-pub(crate) const RESPONSE_TOO_LARGE: Kind = Kind {
+const RESPONSE_TOO_LARGE: Kind = Kind {
     status: StatusCode::INTERNAL_SERVER_ERROR,
     slug: "response-too-large",
     title: "The handler's response is too large to store",
@@ -88,6 +88,19 @@ pub(crate) fn malformed_key<B: From<Bytes>>(error: &KeyError) -> Response<B> {
     problem(
         MALFORMED_KEY,
         &format!("the idempotency key is invalid: {error}"),
+    )
+}
+
+/// The answer, first and replayed, for a handler whose response is over the
+/// layer's response `limit` (in bytes): it ran, but its response cannot be
+/// stored, so this is stored in its place and a retry never runs it again.
+pub(crate) fn response_too_large<B: From<Bytes>>(limit: usize) -> Response<B> {
+    problem(
+        RESPONSE_TOO_LARGE,
+        &format!(
+            "the request was processed, but its response is over the {limit}-byte limit of what \
+             this idempotency layer stores, so it cannot be replayed; it is not run again"
+        ),
     )
 }
 

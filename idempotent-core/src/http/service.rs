@@ -192,20 +192,16 @@ where
             Outcome::Oversized(response) => {
                 tracing::warn!(
                     limit = response_limit,
-                    "a response over the layer's response limit was passed on and not stored"
+                    "a response over the layer's response limit was passed on; a retry gets a 500"
                 );
                 response
             }
             Outcome::OverLimit => {
                 tracing::warn!(
                     limit = response_limit,
-                    "a response body went over the layer's response limit; answered 500, not stored"
+                    "a response body went over the layer's response limit; answered 500"
                 );
-                let detail = format!(
-                    "the handler ran, but its response is over the {response_limit}-byte limit \
-                     of what this idempotency layer stores; it was not stored"
-                );
-                problem(problem::RESPONSE_TOO_LARGE, &detail)
+                problem::response_too_large(response_limit)
             }
         },
         Err(error) => problem::from_error(&error),
