@@ -181,3 +181,22 @@ async fn a_payload_that_cannot_be_serialized_is_refused_and_runs_nothing() {
         .unwrap();
     assert!(!fresh.replayed, "the refused call left nothing behind");
 }
+
+/// The argument that is the runtime (`runtime = rt`) is how the call runs,
+/// not its payload: it is left out of the fingerprint without `skip`.
+#[idempotent(key = id, runtime = rt)]
+async fn pay(rt: &Idempotency, id: &str, amount: u64) -> Result<u64, Error> {
+    let _ = rt;
+    Ok(amount)
+}
+
+#[tokio::test]
+async fn the_runtime_argument_is_not_part_of_the_payload() {
+    let idem = Idempotency::new(MemoryStore::new());
+    assert_eq!(pay(&idem, "pay-1", 100).await.unwrap(), 100);
+    assert_eq!(pay(&idem.clone(), "pay-1", 100).await.unwrap(), 100);
+    assert!(matches!(
+        pay(&idem, "pay-1", 200).await,
+        Err(Error::KeyReused { .. })
+    ));
+}

@@ -51,7 +51,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     if sig.asyncness.is_none() {
         push(syn::Error::new(
             sig.fn_token.span(),
-            "`#[idempotent]` only applies to `async fn`: write `async fn`",
+            "`#[idempotent]` only applies to `async fn`: write `async fn` (in an `#[async_trait]` impl, put `#[idempotent]` on an inherent `async fn` the trait method calls: `#[async_trait]` rewrites the method first)",
         ));
     }
     let output = match &sig.output {
@@ -328,12 +328,35 @@ fn duration_options(args: &Args, private: &TokenStream) -> TokenStream {
     options
 }
 
+/// The argument an option names, when it is just an argument (`rt`, `&rt`,
+/// `*rt`).
+fn bare_argument(expr: &syn::Expr) -> Option<&syn::Ident> {
+    match expr {
+        syn::Expr::Path(path) if path.qself.is_none() => path.path.get_ident(),
+        syn::Expr::Reference(syn::ExprReference { expr, .. })
+        | syn::Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Deref(_),
+            expr,
+            ..
+        })
+        | syn::Expr::Paren(syn::ExprParen { expr, .. }) => bare_argument(expr),
+        _ => None,
+    }
+}
+
 /// The fingerprint expression: `fingerprint = <expr>`, or every named
 /// argument but the receiver and the `skip`ped ones.
 fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream> {
     if let Some(expr) = &args.fingerprint {
         return Ok(quote!(&(#expr)));
     }
+    // An argument that is the runtime or the store (`runtime = rt`) is how
+    // the call runs, not what it asks for.
+    let plumbing: Vec<&syn::Ident> = [&args.runtime, &args.transaction]
+        .into_iter()
+        .flatten()
+        .filter_map(bare_argument)
+        .collect();
     let mut names = Vec::new();
     let mut errors: Option<syn::Error> = None;
     for input in &func.sig.inputs {
@@ -344,7 +367,8 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
             continue;
         }
         match &*typed.pat {
-            Pat::Ident(pat) if args.skip.contains(&pat.ident) => {}
+            Pat::Ident(pat) if args.skip.contains(&pat.ident) || plumbing.contains(&&pat.ident) => {
+            }
             Pat::Ident(pat) => names.push(pat.ident.clone()),
             Pat::Wild(_) => {}
             other => {
