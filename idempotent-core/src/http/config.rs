@@ -194,8 +194,9 @@ impl IdempotencyLayerBuilder {
     }
 
     /// Which response statuses are stored and replayed (default: 200 to 499
-    /// except 408, 409, 425 and 429). A handler's 5xx is never stored, whatever this
-    /// says: the key is released and a retry runs the handler again.
+    /// except 408, 409, 425 and 429). A handler's 5xx is never stored,
+    /// whatever this says: the key is released and a retry runs the handler
+    /// again.
     pub fn store_status(
         mut self,
         storable: impl Fn(StatusCode) -> bool + Send + Sync + 'static,

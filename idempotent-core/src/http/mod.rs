@@ -27,14 +27,14 @@
 //! **What is stored**: the first response's status, its headers minus the
 //! hop-by-hop ones and `Date`, and its body, for the TTL; by default only
 //! statuses 200 to 499 except 408, 409, 425 and 429 (answers that say "try
-//! again"), and never a handler's 5xx: an unstored answer releases the key, so a retry
-//! runs the handler again. The fingerprint covers the method, the path and
-//! query, and the body bytes; the key is scoped to the method and path and to
-//! the [scope](IdempotencyLayerBuilder::scope) of the request, so a key sent to
-//! one endpoint, or by one tenant, never replays another's response. The path
-//! is the one the client sent, also for a layer inside axum's `Router::nest`,
-//! which strips the prefix before the nested routes see the request (the
-//! layer reads axum's `OriginalUri`).
+//! again"), and never a handler's 5xx: an unstored answer releases the key,
+//! so a retry runs the handler again. The fingerprint covers the method, the
+//! path and query, and the body bytes; the key is scoped to the method and
+//! path and to the [scope](IdempotencyLayerBuilder::scope) of the request, so
+//! a key sent to one endpoint, or by one tenant, never replays another's
+//! response. The path is the one the client sent, also for a layer inside
+//! axum's `Router::nest`, which strips the prefix before the nested routes see
+//! the request (the layer reads axum's `OriginalUri`).
 //!
 //! ```
 //! use axum::{Router, routing::post};
