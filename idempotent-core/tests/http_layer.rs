@@ -117,6 +117,44 @@ async fn a_replay_is_byte_identical_and_marked_and_the_first_response_is_not() {
     assert_eq!(calls.get(), 1);
 }
 
+/// A replay goes to whoever sends the key in the scope: the first caller's
+/// cookies are not replayed to it, and the handler cannot mark a first
+/// response as a replay.
+#[tokio::test]
+async fn cookies_are_not_replayed_and_only_a_replay_is_marked() {
+    let calls = Calls::default();
+    let login = |State(calls): State<Calls>| async move {
+        calls.0.fetch_add(1, Ordering::SeqCst);
+        Response::builder()
+            .status(StatusCode::CREATED)
+            .header("set-cookie", "session=secret-of-the-first-caller")
+            .header("idempotent-replayed", "true")
+            .header("x-kept", "yes")
+            .body(Body::from("welcome"))
+            .unwrap()
+    };
+    let app = Router::new()
+        .route("/login", post(login))
+        .with_state(calls.clone())
+        .layer(memory().build());
+    let login = || {
+        Request::post("/login")
+            .header("idempotency-key", "k-1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, first, _) = send(&app, login()).await;
+    assert_eq!(first["set-cookie"], "session=secret-of-the-first-caller");
+    assert!(first.get("idempotent-replayed").is_none());
+    let (status, replay, body) = send(&app, login()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body, b"welcome");
+    assert!(replay.get("set-cookie").is_none(), "a cookie was replayed");
+    assert_eq!(replay["x-kept"], "yes");
+    assert_eq!(replay.get_all("idempotent-replayed").iter().count(), 1);
+    assert_eq!(calls.get(), 1);
+}
+
 #[tokio::test]
 async fn a_missing_key_is_400_and_the_handler_does_not_run() {
     let (app, calls) = app(memory());

@@ -43,7 +43,10 @@ pub(crate) struct Stored {
     pub(crate) body: Bytes,
 }
 
-/// Headers that describe one connection or one moment, not the response.
+/// Whether a response header is stored. Not stored: the headers that
+/// describe one connection or one moment, `Set-Cookie` (a session or other
+/// per-user state, which a replay must never hand to another caller of the
+/// same scope), and `Idempotent-Replayed` (the layer's own, set on replays).
 fn kept(name: &HeaderName) -> bool {
     !matches!(
         *name,
@@ -51,11 +54,13 @@ fn kept(name: &HeaderName) -> bool {
             | header::DATE
             | header::PROXY_AUTHENTICATE
             | header::PROXY_AUTHORIZATION
+            | header::SET_COOKIE
             | header::TE
             | header::TRAILER
             | header::TRANSFER_ENCODING
             | header::UPGRADE
     ) && name.as_str() != "keep-alive"
+        && name.as_str() != super::IDEMPOTENT_REPLAYED
 }
 
 pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {

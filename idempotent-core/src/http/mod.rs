@@ -25,7 +25,8 @@
 //! through untouched.
 //!
 //! **What is stored**: the first response's status, its headers minus the
-//! hop-by-hop ones and `Date`, and its body, for the TTL; by default only
+//! hop-by-hop ones, `Date` and `Set-Cookie` (a replay may go to another caller
+//! of the same scope), and its body, for the TTL; by default only
 //! statuses 200 to 499 except 408, 409, 425 and 429 (answers that say "try
 //! again"), and never a handler's 5xx: an unstored answer releases the key,
 //! so a retry runs the handler again. The fingerprint covers the method, the
@@ -34,7 +35,11 @@
 //! a key sent to one endpoint, or by one tenant, never replays another's
 //! response. The path is the one the client sent, also for a layer inside
 //! axum's `Router::nest`, which strips the prefix before the nested routes see
-//! the request (the layer reads axum's `OriginalUri`).
+//! the request (the layer reads axum's `OriginalUri`). Request headers are not
+//! part of the request: `Vary` is not consulted, and an answer about a header
+//! (a `401`, or a `415` for a missing `Content-Type`) is stored like any other
+//! 4xx; put authentication outside the layer, or leave such statuses out with
+//! [`store_status`](IdempotencyLayerBuilder::store_status).
 //!
 //! ```
 //! use axum::{Router, routing::post};

@@ -177,7 +177,11 @@ where
     .await;
     Ok(match executed {
         Ok(Executed { value, .. }) => match value {
-            Outcome::Fresh(parts, body) => Response::from_parts(parts, ResBody::from(body)),
+            Outcome::Fresh(mut parts, body) => {
+                // Only a replay is marked, whatever the handler set.
+                parts.headers.remove(IDEMPOTENT_REPLAYED);
+                Response::from_parts(parts, ResBody::from(body))
+            }
             Outcome::Replayed(stored) => {
                 let mut response = Response::new(ResBody::from(stored.body));
                 *response.status_mut() = stored.status;
@@ -189,7 +193,8 @@ where
             }
             Outcome::Failed(error) => return Err(error),
             Outcome::BodyFailed(detail) => problem(problem::RESPONSE_FAILED, &detail),
-            Outcome::Oversized(response) => {
+            Outcome::Oversized(mut response) => {
+                response.headers_mut().remove(IDEMPOTENT_REPLAYED);
                 tracing::warn!(
                     limit = response_limit,
                     "a response over the layer's response limit was passed on; a retry gets a 500"
