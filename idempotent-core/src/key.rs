@@ -10,7 +10,9 @@ pub const MAX_KEY_LEN: usize = 255;
 ///
 /// Keys arrive either as a bare token (`8e03978e-40d5`) or as an RFC 8941
 /// sf-string (`"8e03978e-40d5"`, with `\"` and `\\` escapes), the two forms the
-/// IETF `Idempotency-Key` draft allows. Both parse to the same key.
+/// IETF `Idempotency-Key` draft allows. Both parse to the same key. Parameters
+/// after an sf-string (`"8e03978e-40d5";v=1`) are ignored: the draft defines
+/// none. A bare token is taken whole, `;` included.
 ///
 /// ```
 /// use idempotent_core::IdempotencyKey;
@@ -93,9 +95,12 @@ impl IdempotencyKey {
                 Some(c) => out.push(c),
             }
         }
-        if chars.next().is_some() {
+        // An RFC 8941 Item may carry parameters (`"abc";v=1`). The header
+        // defines none, so they are ignored, as the RFC asks of unknown ones.
+        let rest = chars.as_str();
+        if !rest.is_empty() && !valid_parameters(rest) {
             return Err(KeyError::MalformedQuoted {
-                reason: "characters after the closing quote",
+                reason: "characters after the closing quote that are not `;`-parameters",
             });
         }
         validate(&out)?;
@@ -268,6 +273,29 @@ impl fmt::Debug for StorageKey {
     }
 }
 
+/// RFC 8941 parameters: `;` key [ `=` value ], repeated. Keys are lowercase
+/// letters, digits and `_-.*` (starting with a letter or `*`); values are
+/// tokens, numbers, booleans or sf-strings without a `;` inside. The values
+/// are ignored, so this is only as strict as telling them apart from junk.
+fn valid_parameters(mut rest: &str) -> bool {
+    while let Some(param) = rest.strip_prefix(';') {
+        let param = param.trim_start_matches(' ');
+        let end = param.find(';').unwrap_or(param.len());
+        let (item, tail) = param.split_at(end);
+        let (key, value) = item.split_once('=').unwrap_or((item, "?1"));
+        let key_ok = key.starts_with(|c: char| c.is_ascii_lowercase() || c == '*')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.*".contains(c));
+        let value_ok = !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic());
+        if !key_ok || !value_ok {
+            return false;
+        }
+        rest = tail;
+    }
+    rest.is_empty()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +345,18 @@ mod tests {
         );
         for bad in [r#""abc"#, r#""a\nb""#, r#""abc"x"#, r#""a b""#] {
             assert!(IdempotencyKey::parse(bad).is_err(), "{bad}");
+        }
+        // Parameters of the Item are allowed and ignored.
+        for with_parameters in [
+            r#""abc";v=1"#,
+            r#""abc";a;b=?0; c_1="x""#,
+            r#""abc";*k=tok"#,
+        ] {
+            let key = IdempotencyKey::parse(with_parameters).unwrap();
+            assert_eq!(key.as_str(), "abc", "{with_parameters}");
+        }
+        for junk in [r#""abc";"#, r#""abc";V=1"#, r#""abc";v="#, r#""abc" ;v=1"#] {
+            assert!(IdempotencyKey::parse(junk).is_err(), "{junk}");
         }
     }
 
