@@ -381,3 +381,19 @@ async fn a_cluster_store_built_while_the_cluster_is_down_recovers_when_it_is_up(
     charge(&idem, "after", &runs).await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1, "then a replay");
 }
+
+/// A cluster URL without seed nodes is refused at build, never taken for
+/// the default standalone server on localhost.
+#[tokio::test]
+async fn a_cluster_without_seed_nodes_is_refused() {
+    for url in ["redis+cluster://", "redis+cluster://,"] {
+        let built = RedisStore::builder().url(url).build().await;
+        let error = built.err().unwrap_or_else(|| panic!("{url} was accepted"));
+        assert!(error.to_string().contains("seed node"), "{url}: {error}");
+    }
+    let built = RedisStore::builder()
+        .cluster_nodes(Vec::<String>::new())
+        .build()
+        .await;
+    assert!(built.is_err());
+}

@@ -196,6 +196,8 @@ impl std::fmt::Debug for RedisStore {
 pub struct RedisStoreBuilder {
     url: Option<String>,
     cluster: Vec<String>,
+    /// Whether a cluster was asked for (its seed list may still be empty).
+    cluster_url: bool,
     key_prefix: String,
     timeout: Option<Duration>,
     wait_recheck: Option<Duration>,
@@ -212,6 +214,7 @@ impl RedisStoreBuilder {
         let url = url.into();
         match url.strip_prefix("redis+cluster://") {
             Some(seeds) => {
+                self.cluster_url = true;
                 self.cluster = seeds
                     .split(',')
                     .filter(|s| !s.is_empty())
@@ -219,7 +222,10 @@ impl RedisStoreBuilder {
                     .collect();
                 self.url = None;
             }
-            None => self.url = Some(url),
+            None => {
+                self.cluster_url = false;
+                self.url = Some(url);
+            }
         }
         self
     }
@@ -231,6 +237,7 @@ impl RedisStoreBuilder {
         S: Into<String>,
     {
         self.cluster = nodes.into_iter().map(Into::into).collect();
+        self.cluster_url = true;
         self.url = None;
         self
     }
@@ -295,6 +302,12 @@ impl RedisStoreBuilder {
     ///
     /// Must be called within a tokio runtime.
     pub async fn build(self) -> Result<RedisStore, StoreError> {
+        if self.cluster_url && self.cluster.is_empty() {
+            // Never fall back to the default standalone server instead.
+            return Err(StoreError::unavailable(
+                "a cluster needs at least one seed node (`redis+cluster://host:port,...`)",
+            ));
+        }
         let timeout = self.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
         let (connection, pubsub_client) = if self.cluster.is_empty() {
             let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
