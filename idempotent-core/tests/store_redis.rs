@@ -81,17 +81,41 @@ async fn records_spread_over_every_master_and_each_stays_on_one() {
 
 /// Wait mode on a cluster: the completion notice of a record on any master
 /// reaches a waiter (Redis Cluster broadcasts `PUBLISH` to every node), with
-/// re-checks an hour apart so that only the notice can wake it in time.
+/// re-checks an hour apart so that only the notice can wake it in time. The
+/// first seed node given is down: notices come through the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master() {
     static OP: Operation = Operation::new("cluster.wait").wait(Duration::from_secs(10));
     let cluster = RedisCluster::start(3);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let store = RedisStore::builder()
-        .url(cluster.url())
+        .url(
+            cluster
+                .url()
+                .replace("redis+cluster://", &format!("redis+cluster://{dead},")),
+        )
         .wait_recheck(Duration::from_secs(3600))
         .build()
         .await
         .unwrap();
+    // The store listens through the second seed once the first refuses.
+    let subscribed = || {
+        cluster.nodes.iter().any(|node| {
+            node.command(&["PUBSUB", "NUMSUB", "idempotent:done"])
+                .is_some_and(|reply| reply.trim_end().ends_with(":1"))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !subscribed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no node has the store's completion subscription"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let idem = Idempotency::new(store);
     // The body reports its start, so that waiters come only after.
     let call = |key: String, value: i64, started: Option<UnboundedSender<()>>| {

@@ -309,7 +309,7 @@ impl RedisStoreBuilder {
             ));
         }
         let timeout = self.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
-        let (connection, pubsub_client) = if self.cluster.is_empty() {
+        let (connection, pubsub_clients) = if self.cluster.is_empty() {
             let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
             let client = self.client(url)?;
             let config = ConnectionManagerConfig::new()
@@ -319,7 +319,7 @@ impl RedisStoreBuilder {
                 .set_max_delay(timeout);
             let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
                 .map_err(StoreError::unavailable)?;
-            (Connection::Single(manager), client)
+            (Connection::Single(manager), vec![client])
         } else {
             let builder =
                 redis::cluster::ClusterClientBuilder::new(self.cluster.iter().map(String::as_str))
@@ -339,12 +339,15 @@ impl RedisStoreBuilder {
             // master: it gets three times one call's bound, as it did when
             // `build` made it.
             let lazy = LazyCluster::new(client, timeout * 3);
-            (Connection::Cluster(lazy), self.client(&self.cluster[0])?)
+            // Cluster pub/sub reaches every node: any seed that answers
+            // will do, tried in turn.
+            let seeds = self.cluster.iter().map(|seed| self.client(seed));
+            (Connection::Cluster(lazy), seeds.collect::<Result<_, _>>()?)
         };
         let channel = format!("{}idempotent:done", self.key_prefix);
         let waiters = Arc::new(Waiters::default());
         let notifier = tokio::spawn(notify_waiters(
-            pubsub_client,
+            pubsub_clients,
             channel.clone(),
             Arc::clone(&waiters),
             timeout,
@@ -675,12 +678,14 @@ impl Waiters {
 /// Listens for completion notices and wakes the matching waiters, for the
 /// life of the store; reconnects after a lost connection.
 async fn notify_waiters(
-    client: redis::Client,
+    clients: Vec<redis::Client>,
     channel: String,
     waiters: Arc<Waiters>,
     timeout: Duration,
 ) {
-    loop {
+    // After a failure or a lost connection, the next client (the next seed
+    // node of a cluster) is tried.
+    for client in clients.iter().cycle() {
         let subscribed = async {
             let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
                 .await
