@@ -341,9 +341,11 @@ impl http_body::Body for Chunks {
 }
 
 /// The handler ran, so a retry must not run it again: in place of a response
-/// too large to store, a 500 problem is stored and replayed.
+/// too large to store, a 500 problem is stored and replayed. An answer the
+/// layer would not store anyway (a 5xx, a 429) is not replaced: its key is
+/// released as usual.
 #[tokio::test]
-async fn responses_over_the_response_limit_are_never_run_twice_and_memory_stays_bounded() {
+async fn responses_over_the_response_limit_are_never_run_twice() {
     let calls = Calls::default();
     let streamed = |State(calls): State<Calls>| async move {
         calls.0.fetch_add(1, Ordering::SeqCst);
@@ -389,6 +391,23 @@ async fn responses_over_the_response_limit_are_never_run_twice_and_memory_stays_
         assert_eq!(headers.get("idempotent-replayed").is_some(), replayed);
     }
     assert_eq!(calls.get(), 3);
+
+    // Too large, but a 503 or a 429: passed on, nothing stored, and a retry
+    // runs the handler again.
+    for status in ["503", "429"] {
+        let big_failure = || {
+            post_with(Some(&format!("try-again-{status}")))
+                .header("x-status", status)
+                .body(Body::from(big.clone()))
+                .unwrap()
+        };
+        for _ in 0..2 {
+            let (got, headers, _) = send(&app, big_failure()).await;
+            assert_eq!(got.as_str(), status);
+            assert!(headers.get("idempotent-replayed").is_none());
+        }
+    }
+    assert_eq!(calls.get(), 7);
 }
 
 #[tokio::test]

@@ -23,11 +23,13 @@ pub(crate) enum Outcome<E, B> {
     /// The handler answered now.
     Fresh(response::Parts, Bytes),
     /// The handler answered now with a body over the response limit, known
-    /// before reading it: passed on untouched; a problem is stored instead.
+    /// before reading it: passed on untouched; a problem is stored instead
+    /// if the status is one the layer stores.
     Oversized(http::Response<B>),
-    /// The handler's body went over the response limit while it was read:
-    /// a problem, stored.
-    OverLimit,
+    /// The handler's body, with this status, went over the response limit
+    /// while it was read: a problem, stored if the status is one the layer
+    /// stores.
+    OverLimit(StatusCode),
     /// A stored answer.
     Replayed(Stored),
     /// The inner service failed (not stored: the key is released).
@@ -160,18 +162,20 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
         operation: &Operation,
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
-        Ok(match value {
-            Outcome::Fresh(parts, body)
-                if !parts.status.is_server_error() && (self.0.storable)(parts.status) =>
-            {
-                Some((
-                    encode(parts.status, &parts.headers, body),
-                    operation.ttl_on(runtime),
-                ))
-            }
-            // The handler ran: what is stored in place of its response keeps
-            // a retry from running it again.
-            Outcome::Oversized(_) | Outcome::OverLimit => {
+        let stored = |status: StatusCode| !status.is_server_error() && (self.0.storable)(status);
+        let too_large = match value {
+            Outcome::Oversized(response) => Some(response.status()),
+            Outcome::OverLimit(status) => Some(*status),
+            _ => None,
+        };
+        Ok(match (value, too_large) {
+            (Outcome::Fresh(parts, body), _) if stored(parts.status) => Some((
+                encode(parts.status, &parts.headers, body),
+                operation.ttl_on(runtime),
+            )),
+            // The handler ran, and its answer is one the layer stores: what
+            // is stored in place of it keeps a retry from running it again.
+            (_, Some(status)) if stored(status) => {
                 let (parts, body) =
                     super::problem::response_too_large::<Bytes>(self.0.response_limit).into_parts();
                 Some((

@@ -179,8 +179,11 @@ impl IdempotencyLayerBuilder {
     /// [`DEFAULT_RESPONSE_LIMIT`]). The layer reads a response whole before
     /// storing it, so this bounds the memory a guarded request can take.
     /// The handler of a larger response ran, so a retry must not run it
-    /// again, but its response cannot be replayed: a `500` problem document
-    /// saying so is stored in its place, and every retry gets that.
+    /// again, but its response cannot be replayed: when its status is one
+    /// the layer stores (see [`store_status`](Self::store_status)), a `500`
+    /// problem document saying so is stored in its place, and every retry
+    /// gets that. Otherwise (a 5xx, a 429, ...) nothing is stored, as for a
+    /// small answer of that status.
     /// - A response that says its size up front (`Content-Length`, or a body
     ///   whose size is known) is passed to the client untouched the first
     ///   time.

@@ -18,7 +18,7 @@
 //! | request body unreadable (the connection failed half-way) | `400 Bad Request` |
 //! | a stored response that cannot be decoded, or a handler that outlived its lease | `500 Internal Server Error` (nothing is stored) |
 //! | the handler's response body fails half-way | `502 Bad Gateway` (nothing is stored; the key is released) |
-//! | the handler's response body is over the [response limit](IdempotencyLayerBuilder::response_limit) (8 MiB by default) | passed on as it is when its size is known up front, else `500 Internal Server Error`; a `500` problem is stored in its place, so a retry gets that and never runs the handler again |
+//! | the handler's response body is over the [response limit](IdempotencyLayerBuilder::response_limit) (8 MiB by default) | passed on as it is when its size is known up front, else `500 Internal Server Error`; if its status is one the layer stores, a `500` problem is stored in its place, so a retry gets that and never runs the handler again |
 //!
 //! Error answers are RFC 9457 `application/problem+json` documents with
 //! `type`, `title`, `status` and `detail`. Safe methods (GET, HEAD, ...) pass

@@ -157,7 +157,9 @@ where
                 let (parts, body) = response.into_parts();
                 match Limited::new(body, response_limit).collect().await {
                     Ok(collected) => Outcome::Fresh(parts, collected.to_bytes()),
-                    Err(error) if error.is::<LengthLimitError>() => Outcome::OverLimit,
+                    Err(error) if error.is::<LengthLimitError>() => {
+                        Outcome::OverLimit(parts.status)
+                    }
                     Err(error) => Outcome::BodyFailed(error.to_string()),
                 }
             }
@@ -201,7 +203,7 @@ where
                 );
                 response
             }
-            Outcome::OverLimit => {
+            Outcome::OverLimit(_) => {
                 tracing::warn!(
                     limit = response_limit,
                     "a response body went over the layer's response limit; answered 500"
