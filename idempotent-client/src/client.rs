@@ -422,11 +422,19 @@ impl RequestBuilder {
             );
             metrics::counter!("idempotent_client_attempts_total").increment(1);
             let wait = match &result {
-                Ok(response) if retryable && is_retryable_status(response.status()) => retry_after(
-                    response.headers(),
-                    SystemTime::now(),
-                    policy.retry_after_cap(),
-                ),
+                // A replayed answer is the one the server stored for this
+                // key: a retry would get it again, whatever its status.
+                Ok(response)
+                    if retryable
+                        && is_retryable_status(response.status())
+                        && !is_replay(response.headers()) =>
+                {
+                    retry_after(
+                        response.headers(),
+                        SystemTime::now(),
+                        policy.retry_after_cap(),
+                    )
+                }
                 // The connection failed, timed out, or broke before an
                 // answer arrived (the server may have handled the request:
                 // the key makes a retry safe).
@@ -513,4 +521,12 @@ fn without_userinfo(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// Whether the server marked the answer as a replay of its stored one
+/// (`Idempotent-Replayed: true`).
+fn is_replay(headers: &reqwest::header::HeaderMap) -> bool {
+    headers
+        .get("idempotent-replayed")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"))
 }

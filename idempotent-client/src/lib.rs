@@ -11,7 +11,8 @@
 //!   what a crash interrupted.
 //! - [`RetryPolicy`]: exponential backoff with full jitter, bounded by
 //!   attempts and an overall deadline, built on the `backon` crate;
-//!   [`is_retryable_status`] says which answers are retried, and
+//!   [`is_retryable_status`] says which answers are retried (never one
+//!   marked `Idempotent-Replayed: true`: the server's stored answer), and
 //!   [`retry_after`] honours the server's `Retry-After`.
 //! - [`RetryBudget`]: a client-wide token bucket, so an outage does not
 //!   become a retry storm.

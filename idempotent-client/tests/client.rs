@@ -343,3 +343,40 @@ async fn the_overall_deadline_counts_the_attempts_time_too() {
     );
     assert_eq!(counters.charges.load(Ordering::SeqCst), 0);
 }
+
+/// A replayed answer is what the server stored for the key: retrying it
+/// would only get it again, so it is final whatever its status.
+#[tokio::test]
+async fn a_replayed_answer_is_final_even_with_a_retryable_status() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = Arc::clone(&calls);
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "0")],
+                "slow down",
+            )
+        }
+    };
+    // This server stores every status it may (a 429 included).
+    let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+        .store_status(|_| true)
+        .build();
+    let app = Router::new().route("/payments", post(handler)).layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sent = client(&MemoryJournal::new())
+        .post(format!("http://{addr}/payments"))
+        .body("order-9")
+        .intent("order-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.response.status(), 429);
+    assert_eq!(sent.response.headers()["idempotent-replayed"], "true");
+    assert_eq!(sent.attempts, 2, "the first answer, then its replay");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
