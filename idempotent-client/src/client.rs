@@ -130,7 +130,8 @@ impl std::fmt::Debug for ClientBuilder {
     }
 }
 
-/// How long intents are kept by default: the server's default TTL, 24 hours.
+/// How long answered intents are kept by default: the server's default TTL,
+/// 24 hours, counted from the answer. Pending intents are kept until answered.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl ClientBuilder {
@@ -146,7 +147,8 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a file journal keeps intents (default [`DEFAULT_RETENTION`]).
+    /// How long a file journal keeps intents after their final answer
+    /// (default [`DEFAULT_RETENTION`]); pending ones are kept until answered.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
         self
@@ -269,8 +271,9 @@ impl IdempotentClient {
     }
 
     /// Sends a pending intent again, with its original key, method, URL,
-    /// headers and body (credentials were not kept: add them with
-    /// [`RequestBuilder::header`]).
+    /// headers and body. Credentials were not kept: add their headers with
+    /// [`RequestBuilder::header`], and basic auth that was in the URL's
+    /// userinfo as an `Authorization` header.
     pub fn resume(&self, intent: &Intent) -> RequestBuilder {
         let method = Method::from_bytes(intent.method.as_bytes()).unwrap_or(Method::POST);
         let mut request = self.request(method, intent.url.clone());
@@ -385,6 +388,7 @@ impl RequestBuilder {
                         body: self.body.clone(),
                         created_at_ms: now_ms(),
                         done: false,
+                        answered_at_ms: 0,
                     })
                     .await?;
                 Some(recorded.key)

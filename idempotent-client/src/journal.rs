@@ -12,8 +12,10 @@ use tokio::sync::oneshot;
 
 /// One logical request and the key every attempt of it carries.
 ///
-/// Fields after `key` have defaults when read, so an entry written by an
-/// older or newer release still reads.
+/// `created_at_ms`, `done` and `answered_at_ms` have defaults when read, so
+/// an entry written by another release still reads; the request itself
+/// (method, URL, headers, body) never defaults: an entry without it is
+/// unreadable rather than resumed with, say, an empty body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// The caller's name for it (`order-42`).
@@ -25,10 +27,8 @@ pub struct Intent {
     /// The URL.
     pub url: String,
     /// Headers to send again on a resume (never credentials).
-    #[serde(default)]
     pub headers: Vec<(String, String)>,
     /// The body.
-    #[serde(default)]
     pub body: Vec<u8>,
     /// When it was first recorded, in milliseconds since the Unix epoch.
     #[serde(default)]
@@ -36,6 +36,18 @@ pub struct Intent {
     /// Whether a final answer was received.
     #[serde(default)]
     pub done: bool,
+    /// When the final answer was received, in milliseconds since the Unix
+    /// epoch (0 while pending). Retention counts from here: the server keeps
+    /// its record for its TTL after the answer, not after the first attempt.
+    #[serde(default)]
+    pub answered_at_ms: u64,
+}
+
+impl Intent {
+    /// Whether an answered intent is older than `before` (never a pending one).
+    fn forgettable(&self, before: u64) -> bool {
+        self.done && self.answered_at_ms.max(self.created_at_ms) < before
+    }
 }
 
 /// A journal that could not be read or written.
@@ -61,9 +73,9 @@ pub trait Journal: Send + Sync + 'static {
     async fn finish(&self, name: &str) -> Result<(), JournalError>;
     /// The intents without a final answer, oldest first.
     async fn pending(&self) -> Result<Vec<Intent>, JournalError>;
-    /// Forgets the *answered* intents recorded before `before`; returns how
-    /// many. Pending ones are kept however old: forgetting one would give
-    /// its retry a new key, and the request could run twice.
+    /// Forgets the intents *answered* before `before`; returns how many.
+    /// Pending ones are kept however old: forgetting one would give its
+    /// retry a new key, and the request could run twice.
     async fn prune(&self, before: SystemTime) -> Result<usize, JournalError>;
 }
 
@@ -100,6 +112,7 @@ impl Journal for MemoryJournal {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(intent) = map.get_mut(name) {
             intent.done = true;
+            intent.answered_at_ms = now_ms();
         }
         Ok(())
     }
@@ -114,7 +127,7 @@ impl Journal for MemoryJournal {
     async fn prune(&self, before: SystemTime) -> Result<usize, JournalError> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let len = map.len();
-        map.retain(|_, i| !i.done || i.created_at_ms >= ms(before));
+        map.retain(|_, i| !i.forgettable(ms(before)));
         Ok(len - map.len())
     }
 }
@@ -167,24 +180,19 @@ enum Request {
 }
 
 impl FileJournal {
-    /// Opens (or creates) the journal at `path` and forgets answered intents
-    /// older than `retention` (pending ones are kept, see [`Journal::prune`]).
+    /// Opens (or creates) the journal at `path` and forgets intents answered
+    /// more than `retention` ago (pending ones are kept, see
+    /// [`Journal::prune`]).
     ///
-    /// A file that exists but is empty, or is not a whole journal (cut short,
-    /// or another kind of file), is an error, never a fresh journal: starting
-    /// afresh would give every pending intent a new key. Move it away to
-    /// start a new journal deliberately.
+    /// An empty file (what `mktemp` makes) becomes a new journal. A file that
+    /// is not a whole journal (cut short, or another kind of file) is an
+    /// error, never a fresh journal: starting afresh would give every pending
+    /// intent a new key. Move it away to start a new journal deliberately.
     pub fn open(path: impl AsRef<Path>, retention: Duration) -> Result<Self, JournalError> {
         let path = path.as_ref();
-        if std::fs::metadata(path).is_ok_and(|file| file.len() == 0) {
-            return Err(JournalError::new(format!(
-                "{} exists but is empty (cut short, or its creation was interrupted); \
-                 move it away to start a new journal",
-                path.display()
-            )));
-        }
         // redb panics on some damaged files (a file cut short): a damaged
-        // journal is an error for the caller, not a crash.
+        // journal is an error for the caller, not a crash. (The panic hook
+        // still prints it; under `panic = "abort"` it cannot be caught.)
         let db = std::panic::catch_unwind(|| redb::Database::create(path))
             .map_err(|_| {
                 JournalError::new(format!(
@@ -335,6 +343,7 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
             let result = read(table, &name).and_then(|existing| match existing {
                 Some(mut intent) if !intent.done => {
                     intent.done = true;
+                    intent.answered_at_ms = now_ms();
                     write(table, &intent)
                 }
                 _ => Ok(()),
@@ -351,10 +360,7 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
         }
         Request::Prune(before, sender) => {
             let result = all(table).and_then(|all| {
-                let old: Vec<_> = all
-                    .into_iter()
-                    .filter(|i| i.done && i.created_at_ms < before)
-                    .collect();
+                let old: Vec<_> = all.into_iter().filter(|i| i.forgettable(before)).collect();
                 for intent in &old {
                     table
                         .remove(intent.name.as_str())
