@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,15 +16,16 @@ pub use std::time::Duration;
 
 /// The lazily built [`Operation`] of one annotated function.
 ///
-/// A method's default name holds its `Self` type, and one function can have
-/// several: a trait's default method is one function (so one `static`) for
-/// every implementor. The cell keeps one operation per `Self` type: the
-/// first in a `OnceLock` (the only one, outside default methods), others in
-/// a list.
+/// A method's default name holds its `Self` type without generic arguments,
+/// and one function can have several: a trait's default method is one
+/// function (so one `static`) for every implementor. The cell keeps one
+/// operation per such type: the first in a `OnceLock` (the only one, outside
+/// default methods: the instances of a generic impl share it), others in a
+/// list read under a read lock.
 #[derive(Debug)]
 pub struct OperationCell {
     first: OnceLock<(&'static str, Operation)>,
-    others: Mutex<Vec<(&'static str, &'static Operation)>>,
+    others: RwLock<Vec<(&'static str, &'static Operation)>>,
 }
 
 impl OperationCell {
@@ -33,7 +34,7 @@ impl OperationCell {
     pub const fn new() -> Self {
         Self {
             first: OnceLock::new(),
-            others: Mutex::new(Vec::new()),
+            others: RwLock::new(Vec::new()),
         }
     }
 
@@ -43,12 +44,14 @@ impl OperationCell {
     }
 
     /// The operation of the method's `Self` type (`type_name::<Self>()`),
-    /// built by `init` on that type's first use.
+    /// built by `init` on the first use of that type (generic arguments
+    /// aside, as in [`method_name`]).
     pub fn get_or_init_for(
         &self,
         self_type: &'static str,
         init: impl FnOnce() -> Operation,
     ) -> &Operation {
+        let self_type = type_path(self_type);
         let mut init = Some(init);
         let (first_type, first) = self.first.get_or_init(|| match init.take() {
             Some(init) => (self_type, init()),
@@ -57,8 +60,19 @@ impl OperationCell {
         if *first_type == self_type {
             return first;
         }
-        let mut others = self.others.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, operation)) = others.iter().find(|(t, _)| *t == self_type) {
+        let known = |others: &[(&'static str, &'static Operation)]| {
+            others
+                .iter()
+                .find(|(t, _)| *t == self_type)
+                .map(|(_, op)| *op)
+        };
+        let read = self.others.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(operation) = known(&read) {
+            return operation;
+        }
+        drop(read);
+        let mut others = self.others.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(operation) = known(&others) {
             return operation;
         }
         let Some(init) = init else {
@@ -80,10 +94,15 @@ pub fn method_name(self_type: &'static str, method: &'static str) -> &'static st
     let names = NAMES.get_or_init(Default::default);
     let mut names = names.lock().unwrap_or_else(PoisonError::into_inner);
     names.entry((self_type, method)).or_insert_with(|| {
-        let base = self_type.split('<').next().unwrap_or(self_type);
-        let base = base.trim_start_matches('&').trim_start_matches("mut ");
-        Box::leak(format!("{base}::{method}").into_boxed_str())
+        Box::leak(format!("{}::{method}", type_path(self_type)).into_boxed_str())
     })
+}
+
+/// A type's path without generic arguments or a leading reference
+/// (`shop::Payments` for `&mut shop::Payments<Card>`).
+fn type_path(type_name: &str) -> &str {
+    let base = type_name.split('<').next().unwrap_or(type_name);
+    base.trim_start_matches('&').trim_start_matches("mut ")
 }
 
 /// The return types `#[idempotent]` accepts: `Result<T, E>` with a
@@ -182,5 +201,66 @@ mod tests {
             method_name("shop::Svc", "refund"),
             method_name("shop::Svc", "refund")
         ));
+    }
+
+    fn named(name: &'static str) -> impl FnOnce() -> Operation {
+        move || Operation::new(name)
+    }
+
+    #[test]
+    fn one_operation_per_self_type_and_the_instances_of_a_generic_type_share_one() {
+        let cell = OperationCell::new();
+        let a = cell.get_or_init_for("shop::Cards", named("cards"));
+        let b = cell.get_or_init_for("shop::Transfers", named("transfers"));
+        assert_eq!((a.name(), b.name()), ("cards", "transfers"));
+        // Built once per type: later calls do not run `init`.
+        let again = cell.get_or_init_for("shop::Transfers", || unreachable!("built once"));
+        assert_eq!(again.name(), "transfers");
+        let first = cell.get_or_init_for("shop::Cards", || unreachable!("built once"));
+        assert_eq!(first.name(), "cards");
+        // `Svc<A>` and `&Svc<B>` are one operation, like their names.
+        let generic = OperationCell::new();
+        let a = generic.get_or_init_for("shop::Svc<shop::A>", named("svc"));
+        let b = generic.get_or_init_for("&shop::Svc<shop::B>", || unreachable!("shared"));
+        assert!(std::ptr::eq(a, b));
+        // A free function's cell has one operation.
+        let free = OperationCell::new();
+        assert_eq!(free.get_or_init(named("f")).name(), "f");
+        assert_eq!(free.get_or_init(|| unreachable!("built once")).name(), "f");
+    }
+
+    #[test]
+    fn concurrent_first_uses_build_one_operation_per_type() {
+        use std::sync::Arc;
+        let cell: &'static OperationCell = Box::leak(Box::new(OperationCell::new()));
+        let built = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let built = Arc::clone(&built);
+                std::thread::spawn(move || {
+                    let (self_type, name) = if i % 2 == 0 {
+                        ("T0", "t0")
+                    } else {
+                        ("T1", "t1")
+                    };
+                    let op = cell.get_or_init_for(self_type, || {
+                        built.lock().unwrap().push(name);
+                        Operation::new(name)
+                    });
+                    (name, op as *const Operation as usize)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        for (name, op) in &results {
+            let same: Vec<_> = results.iter().filter(|(n, _)| n == name).collect();
+            assert!(
+                same.iter().all(|(_, other)| other == op),
+                "{name}: one operation"
+            );
+        }
+        let mut built = built.lock().unwrap().clone();
+        built.sort_unstable();
+        assert_eq!(built, ["t0", "t1"], "each built once");
     }
 }
