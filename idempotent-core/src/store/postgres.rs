@@ -201,6 +201,11 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The bound on each call.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub(crate) fn next_token(&self) -> LeaseToken {
         self.tokens.next()
     }

@@ -49,6 +49,8 @@ pub enum Begun<'a, T> {
 /// (in progress, or a wait).
 pub struct KeyTransaction<'a> {
     tx: Transaction<'static, Postgres>,
+    /// The store's call bound, for the rollback.
+    timeout: Duration,
     operation: &'a Operation,
     runtime: Cow<'a, Idempotency>,
     key: StorageKey,
@@ -94,7 +96,7 @@ impl KeyTransaction<'_> {
         let encoded = match codec.encode(&value, self.operation, &self.runtime) {
             Ok(encoded) => encoded,
             Err(error) => {
-                end(self.tx).await;
+                end(self.tx, self.timeout).await;
                 return Err(error.into());
             }
         };
@@ -102,7 +104,7 @@ impl KeyTransaction<'_> {
             // An `Err`. Rolled back before answering (not left to `Drop`,
             // which rolls back later, from the pool): a retry that follows at
             // once must find the key free, not still locked.
-            end(self.tx).await;
+            end(self.tx, self.timeout).await;
             return value.map(|value| Executed {
                 value,
                 replayed: false,
@@ -128,7 +130,7 @@ impl KeyTransaction<'_> {
                     );
                 }
             }
-            end(self.tx).await;
+            end(self.tx, self.timeout).await;
             return Err(unavailable(error).into());
         }
         self.tx.commit().await.map_err(unavailable)?;
@@ -234,25 +236,30 @@ impl PostgresStore {
             Ok(Some(row)) => row,
             // No row: a duplicate holds the advisory lock.
             Ok(None) => {
-                end(tx).await;
+                end(tx, self.timeout()).await;
                 return Err(in_progress(operation, &key));
             }
             // lock_not_available: the duplicate outlasted the wait.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-                end(tx).await;
+                end(tx, self.timeout()).await;
                 return Err(in_progress(operation, &key));
             }
             Err(e) => {
-                end(tx).await;
+                end(tx, self.timeout()).await;
                 return Err(unavailable(e));
             }
         };
-        let acquired: bool = row
-            .try_get("acquired")
-            .map_err(|e| store_error(operation, corrupt(&storage_key, e.to_string())))?;
+        let acquired: bool = match row.try_get("acquired") {
+            Ok(acquired) => acquired,
+            Err(e) => {
+                end(tx, self.timeout()).await;
+                return Err(store_error(operation, corrupt(&storage_key, e.to_string())));
+            }
+        };
         if acquired {
             return Ok(Begun::Fresh(KeyTransaction {
                 tx,
+                timeout: self.timeout(),
                 operation,
                 runtime,
                 key: storage_key,
@@ -260,7 +267,7 @@ impl PostgresStore {
         }
         // Not ours: the transaction changed nothing. Rolled back before
         // answering, so that a lock it took is free for the next retry.
-        end(tx).await;
+        end(tx, self.timeout()).await;
         let current = super::postgres::decode(&storage_key, &row)
             .map_err(|error| store_error(operation, error))?;
         match record::decide_claim(Some(&current), fingerprint, 0) {
@@ -355,11 +362,15 @@ const TX_CLAIM: &str = claim_statement!(
           hashtextextended($8::text, 'idempotency_records'::regclass::oid::bigint)))"
 );
 
-/// Rolls back a transaction that changed nothing. If that fails, dropping
-/// it queues the rollback instead.
-async fn end(tx: Transaction<'static, Postgres>) {
-    if let Err(error) = tx.rollback().await {
-        tracing::debug!(%error, "could not roll back an idempotency claim");
+/// Rolls back a transaction (a claim that was not ours, or a body that
+/// failed), so that its locks are free before the caller hears the answer.
+/// If that fails or takes longer than `timeout`, dropping it queues the
+/// rollback instead.
+async fn end(tx: Transaction<'static, Postgres>, timeout: Duration) {
+    match tokio::time::timeout(timeout, tx.rollback()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "could not roll back an idempotency transaction"),
+        Err(_) => tracing::debug!("rolling back an idempotency transaction timed out"),
     }
 }
 

@@ -23,7 +23,9 @@ use idempotent_core::{
     ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, StorageKey, Store, StoreError,
 };
 
-/// The lease of most claims.
+/// The short lease of the cases about expiry and in-flight answers. Cases
+/// that only need a record completed claim it with [`LONG_LEASE`], so that a
+/// loaded machine cannot make the lease lapse before the completion.
 const LEASE: Duration = Duration::from_millis(200);
 /// Longer than [`LEASE`], with a margin: a lease not renewed for this long has run out.
 const PAST_LEASE: Duration = Duration::from_millis(320);
@@ -199,7 +201,7 @@ pub(crate) async fn completion_replays_the_exact_bytes<S: Store + ?Sized>(
     ];
     for (suffix, response) in responses {
         let k = key(case, suffix);
-        let token = acquire(s, &k, FP, LEASE).await;
+        let token = acquire(s, &k, FP, LONG_LEASE).await;
         s.complete(&k, token, response, TTL)
             .await
             .expect("complete");
@@ -234,7 +236,7 @@ pub(crate) async fn a_different_payload_is_a_mismatch_after_completion<S: Store 
 ) {
     let s: &S = store;
     let k = key(case, "k");
-    let token = acquire(s, &k, FP, LEASE).await;
+    let token = acquire(s, &k, FP, LONG_LEASE).await;
     s.complete(&k, token, b"r", TTL).await.expect("complete");
     for _ in 0..2 {
         assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
@@ -467,7 +469,7 @@ pub(crate) async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?
     let id: IdempotencyKey = format!("{case}-k").parse().expect("key");
     let other: IdempotencyKey = format!("{case}-other").parse().expect("key");
     let base = StorageKey::new("ns", "scope", "op", &id);
-    let token = acquire(s, &base, FP, LEASE).await;
+    let token = acquire(s, &base, FP, LONG_LEASE).await;
     s.complete(&base, token, b"base", TTL)
         .await
         .expect("complete");
@@ -480,7 +482,7 @@ pub(crate) async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?
     ];
     for (part, variant) in &variants {
         // Another payload too: a shared record would answer Mismatch.
-        let token = match s.claim(variant, OTHER_FP, LEASE).await.expect("claim") {
+        let token = match s.claim(variant, OTHER_FP, LONG_LEASE).await.expect("claim") {
             ClaimOutcome::Acquired(lease) => lease.token,
             other => panic!("another {part} must be another record, got {other:?}"),
         };
