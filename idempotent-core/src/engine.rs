@@ -63,7 +63,8 @@ impl Operation {
         }
     }
 
-    /// How long a completed record is kept.
+    /// How long a completed record is kept; at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION) (a century).
     #[must_use]
     pub const fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -71,7 +72,8 @@ impl Operation {
     }
 
     /// How long the lease of a running call lasts before renewal; at least
-    /// [`MIN_LEASE`](crate::MIN_LEASE) (50 ms), and at most a century.
+    /// [`MIN_LEASE`](crate::MIN_LEASE) (50 ms), and at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION) (a century).
     #[must_use]
     pub const fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
@@ -527,9 +529,10 @@ where
         .max(crate::MIN_LEASE);
     let wait_until = operation.wait.map(|wait| {
         let now = tokio::time::Instant::now();
-        // A bound too far away to represent (`Duration::MAX`) waits a century.
+        // A bound too far away to represent (`Duration::MAX`) waits as long
+        // as the longest lease or TTL.
         now.checked_add(wait)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+            .unwrap_or_else(|| now + crate::MAX_DURATION)
     });
     // Counted once per call, however many times a waiting call re-checks.
     let mut met_in_flight = false;

@@ -65,13 +65,17 @@ pub mod __private;
 ///   visible ASCII characters.
 /// - `runtime = <expr>`: the [`Idempotency`] to use; else the installed one.
 /// - `scope = <expr>`: a tenant or principal; one key in two scopes is two keys.
-/// - `ttl = "24h"`, `lease = "30s"`: retention, and how long a running call
-///   holds the key (renewed while the body runs).
+/// - `ttl = "24h"`, `lease = "30s"`: retention (at most [`MAX_DURATION`]),
+///   and how long a running call holds the key (renewed while the body
+///   runs; at least [`MIN_LEASE`]).
 /// - `wait = "5s"`: a duplicate in flight waits this long for the result
 ///   instead of failing with [`Error::InProgress`].
 /// - `cache_errors` or `cache_errors = "5m"`: store `Err` results too.
 /// - `skip(a, b)` or `fingerprint = <expr>`: what the payload fingerprint
-///   leaves out, or covers instead of the arguments.
+///   leaves out, or covers instead of the arguments. The payload is every
+///   argument but `self`, the `#[tx]` connection and an argument that
+///   `runtime = ...` or `transaction = ...` names; one that cannot be
+///   serialized at run time makes the call [`Error::InvalidPayload`].
 /// - `name = "..."`: the operation name, part of every storage key.
 /// - `transaction = <PostgresStore>` (feature `postgres`): the body runs in a
 ///   transaction the store opened, with the record; the argument marked
@@ -87,6 +91,7 @@ pub use engine::{Call, Executed, Operation};
 pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, StorageKey};
+pub use record::MAX_DURATION;
 pub use record::{ClaimOutcome, Lease, LeaseToken};
 pub use runtime::{
     DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder, MIN_LEASE,

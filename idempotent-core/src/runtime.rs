@@ -76,7 +76,8 @@ impl IdempotencyBuilder {
         self
     }
 
-    /// How long a completed record is kept (default 24 h).
+    /// How long a completed record is kept (default 24 h; at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION)).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self

@@ -213,7 +213,7 @@ async fn an_in_progress_record_without_expiry_is_an_error_not_a_spin() {
         ":1"
     );
     let runs = AtomicUsize::new(0);
-    let started = Instant::now();
+    // With the 2 s wait, a spin would end in `InProgress`, not this error.
     let error = idem
         .call(&WAITING)
         .key("stuck")
@@ -223,10 +223,6 @@ async fn an_in_progress_record_without_expiry_is_an_error_not_a_spin() {
         .unwrap_err();
     assert!(matches!(error, Error::Codec { .. }), "{error:?}");
     assert!(error.to_string().contains("without an expiry"), "{error}");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "answered at once"
-    );
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
 

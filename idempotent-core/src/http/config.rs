@@ -149,13 +149,15 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// How long a stored response is kept (default: the runtime's TTL).
+    /// How long a stored response is kept (default: the runtime's TTL; at
+    /// most [`MAX_DURATION`](crate::MAX_DURATION)).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
-    /// The lease of a request being processed (default: the runtime's).
+    /// The lease of a request being processed (default: the runtime's; at
+    /// least [`MIN_LEASE`](crate::MIN_LEASE)).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
         self

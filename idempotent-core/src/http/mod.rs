@@ -34,8 +34,11 @@
 //! path and to the [scope](IdempotencyLayerBuilder::scope) of the request, so
 //! a key sent to one endpoint, or by one tenant, never replays another's
 //! response. The path is the one the client sent, also for a layer inside
-//! axum's `Router::nest`, which strips the prefix before the nested routes see
-//! the request (the layer reads axum's `OriginalUri`). Request headers are not
+//! axum 0.8's `Router::nest`, which strips the prefix before the nested routes
+//! see the request (the layer reads axum's `OriginalUri`; other middleware
+//! that rewrites the path should sit inside the layer). The scope function
+//! gets the request as the layer's service does, prefix stripped: read
+//! `OriginalUri` from its extensions for the full path. Request headers are not
 //! part of the request: `Vary` is not consulted, and an answer about a header
 //! (a `401`, or a `415` for a missing `Content-Type`) is stored like any other
 //! 4xx; put authentication outside the layer, or leave such statuses out with
