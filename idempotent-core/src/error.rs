@@ -91,6 +91,11 @@ impl Error {
         matches!(self, Self::KeyReused { .. })
     }
 
+    /// Whether the payload could not be serialized (the body did not run).
+    pub fn is_invalid_payload(&self) -> bool {
+        matches!(self, Self::InvalidPayload { .. })
+    }
+
     /// Whether a call with the same key is in progress.
     pub fn is_in_progress(&self) -> bool {
         matches!(self, Self::InProgress { .. })

@@ -61,9 +61,9 @@ impl Fingerprint {
     /// let by_pair = HashMap::from([((1, 2), "x")]);
     /// assert!(Fingerprint::try_of(&by_pair).is_err()); // JSON keys must be strings
     /// ```
-    pub fn try_of<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+    pub fn try_of<T: Serialize + ?Sized>(value: &T) -> Result<Self, PayloadError> {
         let mut writer = HashWriter(Xxh3::new());
-        serde_json::to_writer(&mut writer, value)?;
+        serde_json::to_writer(&mut writer, value).map_err(PayloadError)?;
         Ok(Self(writer.0.digest128()))
     }
 
@@ -121,6 +121,12 @@ impl fmt::Display for Fingerprint {
         write!(f, "{:032x}", self.0)
     }
 }
+
+/// Why a value cannot be fingerprinted: its serialization failed (see
+/// [`Fingerprint::try_of`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the value cannot be serialized: {0}")]
+pub struct PayloadError(#[source] serde_json::Error);
 
 struct HashWriter(Xxh3);
 

@@ -89,7 +89,7 @@ pub use idempotent_macros::idempotent;
 
 pub use engine::{Call, Executed, Operation};
 pub use error::Error;
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, PayloadError};
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, StorageKey};
 pub use record::MAX_DURATION;
 pub use record::{ClaimOutcome, Lease, LeaseToken};
