@@ -42,6 +42,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Warnings and errors on stderr: a store that cannot be reached, a
+    // corrupt record.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_max_level(tracing::Level::WARN)
+        .init();
     let args = match parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {

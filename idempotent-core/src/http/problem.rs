@@ -139,13 +139,17 @@ pub(crate) fn from_error<B: From<Bytes>>(error: &Error) -> Response<B> {
             ),
             (*retry_after).min(Duration::from_secs(1)),
         ),
-        Error::StoreUnavailable(_) => with_retry_after(
-            problem(
-                STORE_UNAVAILABLE,
-                "the request was not processed because its idempotency could not be guaranteed",
-            ),
-            Duration::from_secs(1),
-        ),
+        Error::StoreUnavailable(error) => {
+            // The request was refused (fail closed): the operator must hear why.
+            tracing::warn!(%error, "idempotency store unavailable; answered 503");
+            with_retry_after(
+                problem(
+                    STORE_UNAVAILABLE,
+                    "the request was not processed because its idempotency could not be guaranteed",
+                ),
+                Duration::from_secs(1),
+            )
+        }
         Error::LeaseLost { .. } => problem(
             INTERNAL,
             "the request ran, but ran longer than its lease and another request took the key \
