@@ -51,6 +51,18 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if parsed.url.is_empty() {
         return Err("--url is required".to_owned());
     }
+    // Checked before anything is journaled: a bad URL would otherwise leave
+    // every intent pending.
+    match reqwest::Url::parse(&parsed.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+        Ok(url) => return Err(format!("--url: `{}` is not an http(s) URL", url.scheme())),
+        Err(error) => {
+            return Err(format!(
+                "--url `{}`: {error} (say http://host:port)",
+                parsed.url
+            ));
+        }
+    }
     Ok(parsed)
 }
 
