@@ -44,16 +44,22 @@ fn answered(name: &str, key: &str, age: Duration, answered: Duration) -> Intent 
 
 /// Writes `intents` straight into the journal file's table.
 fn write_raw(path: &PathBuf, intents: &[Intent]) {
+    let entries: Vec<_> = intents
+        .iter()
+        .map(|intent| (intent.name.as_str(), serde_json::to_vec(intent).unwrap()))
+        .collect();
+    write_entries(path, &entries);
+}
+
+/// Writes entries, readable or not, straight into the journal file's table.
+fn write_entries(path: &PathBuf, entries: &[(&str, Vec<u8>)]) {
     let db = redb::Database::create(path).unwrap();
     let tx = db.begin_write().unwrap();
     {
         let table: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("intents");
         let mut table = tx.open_table(table).unwrap();
-        for intent in intents {
-            let bytes = serde_json::to_vec(intent).unwrap();
-            table
-                .insert(intent.name.as_str(), bytes.as_slice())
-                .unwrap();
+        for (name, bytes) in entries {
+            table.insert(*name, bytes.as_slice()).unwrap();
         }
     }
     tx.commit().unwrap();
@@ -108,13 +114,7 @@ async fn retention_counts_from_the_answer_and_never_forgets_a_pending_intent() {
 #[tokio::test]
 async fn a_damaged_journal_file_is_an_error_not_a_fresh_journal() {
     let path = journal_path("damaged");
-    {
-        let journal = FileJournal::open(&path, DAY).unwrap();
-        journal
-            .begin(intent("order-1", "KEY-1", Duration::ZERO))
-            .await
-            .unwrap();
-    }
+    write_raw(&path, &[intent("order-1", "KEY-1", Duration::ZERO)]);
     let whole = std::fs::read(&path).unwrap();
 
     std::fs::write(&path, &whole[..whole.len() / 2]).unwrap();
@@ -141,26 +141,14 @@ async fn a_damaged_journal_file_is_an_error_not_a_fresh_journal() {
 #[tokio::test]
 async fn an_unreadable_entry_does_not_hide_the_others() {
     let path = journal_path("unreadable");
-    {
-        let journal = FileJournal::open(&path, DAY).unwrap();
-        journal
-            .begin(intent("order-1", "KEY-1", Duration::ZERO))
-            .await
-            .unwrap();
-    }
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let table: redb::TableDefinition<'_, &str, &[u8]> =
-                redb::TableDefinition::new("intents");
-            let mut table = tx.open_table(table).unwrap();
-            table
-                .insert("legacy", &b"{\"name\":\"legacy\"}"[..])
-                .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    let good = serde_json::to_vec(&intent("order-1", "KEY-1", Duration::ZERO)).unwrap();
+    write_entries(
+        &path,
+        &[
+            ("order-1", good),
+            ("legacy", b"{\"name\":\"legacy\"}".to_vec()),
+        ],
+    );
     let journal = FileJournal::open(&path, DAY).unwrap();
     let pending = journal.pending().await.unwrap();
     assert_eq!(pending.len(), 1);

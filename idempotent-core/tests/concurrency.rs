@@ -159,25 +159,34 @@ async fn a_thousand_overlapping_engine_callers_in_wait_mode_all_get_the_one_valu
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// One call of `operation` with the key `order-1` whose body takes `work`
+/// and answers its run number.
+fn timed_call(
+    idem: &Idempotency,
+    operation: &'static Operation,
+    runs: &Arc<AtomicUsize>,
+    work: Duration,
+) -> impl std::future::Future<Output = Result<Executed<usize>, Error>> + Send + 'static {
+    let (idem, runs) = (idem.clone(), Arc::clone(runs));
+    async move {
+        idem.call(operation)
+            .key("order-1")
+            .payload(&1)
+            .run(async move {
+                let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(work).await;
+                Ok::<_, Error>(run)
+            })
+            .await
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_wait_shorter_than_the_body_ends_in_progress() {
     static OP: Operation = Operation::new("concurrency.short_wait").wait(Duration::from_secs(1));
     let idem = Idempotency::new(MemoryStore::new());
     let runs = Arc::new(AtomicUsize::new(0));
-    let call = |work: Duration| {
-        let (idem, runs) = (idem.clone(), Arc::clone(&runs));
-        async move {
-            idem.call(&OP)
-                .key("order-1")
-                .payload(&1)
-                .run(async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(work).await;
-                    Ok::<_, Error>(())
-                })
-                .await
-        }
-    };
+    let call = |work: Duration| timed_call(&idem, &OP, &runs, work);
     let first = tokio::spawn(call(Duration::from_secs(5)));
     tokio::task::yield_now().await;
     let started = tokio::time::Instant::now();
@@ -197,20 +206,7 @@ async fn a_wait_of_duration_max_waits_for_the_value() {
     static OP: Operation = Operation::new("concurrency.endless_wait").wait(Duration::MAX);
     let idem = Idempotency::new(MemoryStore::new());
     let runs = Arc::new(AtomicUsize::new(0));
-    let call = || {
-        let (idem, runs) = (idem.clone(), Arc::clone(&runs));
-        async move {
-            idem.call(&OP)
-                .key("order-1")
-                .payload(&1)
-                .run(async move {
-                    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    Ok::<_, Error>(run)
-                })
-                .await
-        }
-    };
+    let call = || timed_call(&idem, &OP, &runs, Duration::from_secs(5));
     let first = tokio::spawn(call());
     tokio::task::yield_now().await;
     let second = call().await.unwrap();

@@ -132,6 +132,28 @@ async fn run(
         .map(|executed| executed.value)
 }
 
+/// Every 100 ms, `count` times, a duplicate of a call running under
+/// `operation`: each is told it is in progress, to retry within `lease`.
+async fn duplicates_in_progress(
+    idem: &Idempotency,
+    operation: &Operation,
+    runs: &AtomicUsize,
+    count: usize,
+    lease: Duration,
+) {
+    for _ in 0..count {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let error = run(idem, operation, runs, Duration::ZERO)
+            .await
+            .unwrap_err();
+        let retry_after = error.retry_after().expect("in progress");
+        assert!(
+            retry_after <= lease,
+            "retry_after {retry_after:?} is within the lease"
+        );
+    }
+}
+
 /// A zero lease would run out before its first renewal: it is
 /// `MIN_LEASE`, renewed like any other, and a duplicate never runs.
 #[tokio::test(start_paused = true)]
@@ -140,14 +162,7 @@ async fn a_zero_lease_is_the_minimum_lease_and_still_holds_the_key() {
     let idem = Idempotency::new(MemoryStore::new());
     let runs = AtomicUsize::new(0);
     let owner = run(&idem, &OP, &runs, Duration::from_secs(1));
-    let duplicates = async {
-        for _ in 0..9 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let error = run(&idem, &OP, &runs, Duration::ZERO).await.unwrap_err();
-            let retry_after = error.retry_after().expect("in progress");
-            assert!(retry_after <= MIN_LEASE, "{retry_after:?}");
-        }
-    };
+    let duplicates = duplicates_in_progress(&idem, &OP, &runs, 9, MIN_LEASE);
     let (owner, ()) = tokio::join!(owner, duplicates);
     assert_eq!(owner.unwrap(), 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -159,17 +174,7 @@ async fn duplicates_of_a_renewed_call_are_in_progress_and_never_run() {
     let idem = Idempotency::new(MemoryStore::new());
     let runs = AtomicUsize::new(0);
     let owner = run(&idem, &OP, &runs, Duration::from_secs(2));
-    let duplicates = async {
-        for _ in 0..19 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let error = run(&idem, &OP, &runs, Duration::ZERO).await.unwrap_err();
-            let retry_after = error.retry_after().expect("in progress");
-            assert!(
-                retry_after <= Duration::from_millis(300),
-                "retry_after {retry_after:?} is within the lease"
-            );
-        }
-    };
+    let duplicates = duplicates_in_progress(&idem, &OP, &runs, 19, Duration::from_millis(300));
     let (owner, ()) = tokio::join!(owner, duplicates);
     assert_eq!(owner.unwrap(), 1);
     assert_eq!(run(&idem, &OP, &runs, Duration::ZERO).await.unwrap(), 1);
