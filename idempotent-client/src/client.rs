@@ -14,6 +14,10 @@ use crate::retry::{RetryPolicy, is_retryable_status, retry_after};
 /// The header carrying the key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// The header a server following the IETF draft (and `idempotent-core`'s
+/// layer) sets on a replayed answer.
+pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 /// Headers never written to the journal: the standard credentials and the
 /// common API-key headers.
 const CREDENTIALS: [&str; 7] = [
@@ -531,6 +535,6 @@ fn without_userinfo(url: &str) -> String {
 /// (`Idempotent-Replayed: true`).
 fn is_replay(headers: &reqwest::header::HeaderMap) -> bool {
     headers
-        .get("idempotent-replayed")
+        .get(IDEMPOTENT_REPLAYED)
         .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"))
 }

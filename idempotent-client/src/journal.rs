@@ -44,6 +44,12 @@ pub struct Intent {
 }
 
 impl Intent {
+    /// Records its final answer, now.
+    fn mark_answered(&mut self) {
+        self.done = true;
+        self.answered_at_ms = now_ms();
+    }
+
     /// Whether an answered intent is older than `before` (never a pending one).
     fn forgettable(&self, before: u64) -> bool {
         self.done && self.answered_at_ms.max(self.created_at_ms) < before
@@ -111,8 +117,7 @@ impl Journal for MemoryJournal {
     async fn finish(&self, name: &str) -> Result<(), JournalError> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(intent) = map.get_mut(name) {
-            intent.done = true;
-            intent.answered_at_ms = now_ms();
+            intent.mark_answered();
         }
         Ok(())
     }
@@ -342,8 +347,7 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
         Request::Finish(name, sender) => {
             let result = read(table, &name).and_then(|existing| match existing {
                 Some(mut intent) if !intent.done => {
-                    intent.done = true;
-                    intent.answered_at_ms = now_ms();
+                    intent.mark_answered();
                     write(table, &intent)
                 }
                 _ => Ok(()),

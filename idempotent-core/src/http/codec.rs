@@ -155,6 +155,18 @@ impl<'a> Reader<'a> {
 /// Stores a fresh response the policy accepts; anything else releases the key.
 pub(crate) struct HttpCodec<'a>(pub(crate) &'a Config);
 
+impl HttpCodec<'_> {
+    /// The record stored in place of a response over the response limit.
+    fn too_large(&self, operation: &Operation, runtime: &Idempotency) -> (Vec<u8>, Duration) {
+        let problem = super::problem::response_too_large::<Bytes>(self.0.response_limit);
+        let (parts, body) = problem.into_parts();
+        (
+            encode(parts.status, &parts.headers, &body),
+            operation.ttl_on(runtime),
+        )
+    }
+}
+
 impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
     fn encode(
         &self,
@@ -163,28 +175,20 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
         let stored = |status: StatusCode| !status.is_server_error() && (self.0.storable)(status);
-        let too_large = match value {
-            Outcome::Oversized(response) => Some(response.status()),
-            Outcome::OverLimit(status) => Some(*status),
-            _ => None,
-        };
-        Ok(match (value, too_large) {
-            (Outcome::Fresh(parts, body), _) if stored(parts.status) => Some((
-                encode(parts.status, &parts.headers, body),
-                operation.ttl_on(runtime),
-            )),
-            // The handler ran, and its answer is one the layer stores: what
-            // is stored in place of it keeps a retry from running it again.
-            (_, Some(status)) if stored(status) => {
-                let (parts, body) =
-                    super::problem::response_too_large::<Bytes>(self.0.response_limit).into_parts();
-                Some((
-                    encode(parts.status, &parts.headers, &body),
-                    operation.ttl_on(runtime),
-                ))
+        let (status, headers, body) = match value {
+            Outcome::Fresh(parts, body) => (parts.status, &parts.headers, body),
+            // The handler ran, but its answer is too large to keep: if it is
+            // one the layer stores, this is stored in its place, so that a
+            // retry does not run the handler again.
+            Outcome::Oversized(response) if stored(response.status()) => {
+                return Ok(Some(self.too_large(operation, runtime)));
             }
-            _ => None,
-        })
+            Outcome::OverLimit(status) if stored(*status) => {
+                return Ok(Some(self.too_large(operation, runtime)));
+            }
+            _ => return Ok(None),
+        };
+        Ok(stored(status).then(|| (encode(status, headers, body), operation.ttl_on(runtime))))
     }
 
     fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Outcome<E, B>, Error> {
