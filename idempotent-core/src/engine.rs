@@ -549,6 +549,7 @@ where
                     store: Arc::clone(store),
                     key: storage_key,
                     token: acquired.token,
+                    fingerprint,
                     armed: true,
                 };
                 // Boxed: the running state (body, renewal timer, encoding)
@@ -639,7 +640,7 @@ where
             let completed = timed(
                 operation,
                 StoreCall::Complete,
-                store.complete(&storage_key, token, &bytes, ttl),
+                store.complete(&storage_key, token, guard.fingerprint, &bytes, ttl),
             )
             .await;
             guard.disarm();
@@ -766,6 +767,8 @@ struct LeaseGuard {
     store: Arc<dyn Store>,
     key: StorageKey,
     token: LeaseToken,
+    /// The fingerprint the lease was claimed with, for `complete`.
+    fingerprint: Fingerprint,
     armed: bool,
 }
 

@@ -626,6 +626,7 @@ async fn a_corrupt_stored_response_is_a_500_problem_not_a_panic_or_a_rerun() {
         .complete(
             &storage_key,
             lease.token,
+            fingerprint,
             b"Hgarbage",
             Duration::from_secs(60),
         )

@@ -65,10 +65,11 @@ impl Store for LostRenewals {
         &self,
         key: &StorageKey,
         token: LeaseToken,
+        fp: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.0.complete(key, token, response, ttl).await
+        self.0.complete(key, token, fp, response, ttl).await
     }
     async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
         self.0.release(key, token).await

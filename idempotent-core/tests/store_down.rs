@@ -37,6 +37,7 @@ impl Store for FailingStore {
         &self,
         _: &StorageKey,
         _: LeaseToken,
+        _: Fingerprint,
         _: &[u8],
         _: Duration,
     ) -> Result<(), StoreError> {
@@ -133,6 +134,7 @@ impl Store for CompletionFails {
         &self,
         _: &StorageKey,
         _: LeaseToken,
+        _: Fingerprint,
         _: &[u8],
         _: Duration,
     ) -> Result<(), StoreError> {

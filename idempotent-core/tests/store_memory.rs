@@ -67,7 +67,7 @@ async fn a_full_store_evicts_the_completed_record_nearest_expiry() {
             panic!("key {i} acquired")
         };
         store
-            .complete(&key(i), lease.token, b"r", Duration::from_secs(3600))
+            .complete(&key(i), lease.token, FP, b"r", Duration::from_secs(3600))
             .await
             .unwrap();
         tokio::time::advance(Duration::from_millis(10)).await;
@@ -92,7 +92,7 @@ async fn expired_records_are_removed_progressively() {
             panic!("key {i} acquired")
         };
         store
-            .complete(&key(i), lease.token, b"r", Duration::from_secs(60))
+            .complete(&key(i), lease.token, FP, b"r", Duration::from_secs(60))
             .await
             .unwrap();
     }
@@ -134,7 +134,7 @@ async fn the_bound_evicts_completed_records_and_never_one_in_progress() {
     for i in 5..10 {
         let token = acquire(&store, &key(i), LEASE).await;
         store
-            .complete(&key(i), token, b"r", Duration::from_secs(3600))
+            .complete(&key(i), token, FP, b"r", Duration::from_secs(3600))
             .await
             .unwrap();
     }
@@ -175,7 +175,7 @@ async fn the_bound_evicts_a_completed_record_behind_many_running_calls() {
     let done = StorageKey::new("t", "", "op", &"done".parse().unwrap());
     let token = acquire(&store, &done, LEASE).await;
     store
-        .complete(&done, token, b"r", Duration::from_secs(3600))
+        .complete(&done, token, FP, b"r", Duration::from_secs(3600))
         .await
         .unwrap();
     for i in 0..BOUND - 1 {
@@ -195,7 +195,7 @@ async fn expiry_removes_records_once_a_call_touches_their_shard() {
     let store = MemoryStore::builder().shards(1).build();
     let token = acquire(&store, &key(0), LEASE).await;
     store
-        .complete(&key(0), token, b"r", Duration::from_secs(1))
+        .complete(&key(0), token, FP, b"r", Duration::from_secs(1))
         .await
         .unwrap();
     acquire(&store, &key(1), Duration::from_secs(3)).await;
@@ -245,7 +245,7 @@ async fn clones_share_their_records() {
     let clone = store.clone();
     let token = acquire(&store, &key(0), LEASE).await;
     clone
-        .complete(&key(0), token, b"shared", Duration::from_secs(60))
+        .complete(&key(0), token, FP, b"shared", Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(
@@ -266,7 +266,7 @@ async fn responses_of_every_size_replay_exactly_including_after_a_takeover() {
         let k = key(10_000 + i);
         let token = acquire(&store, &k, LEASE).await;
         store
-            .complete(&k, token, &response, Duration::from_secs(1))
+            .complete(&k, token, FP, &response, Duration::from_secs(1))
             .await
             .unwrap();
         let Ok(ClaimOutcome::Completed(stored)) = store.claim(&k, FP, LEASE).await else {
@@ -282,7 +282,7 @@ async fn responses_of_every_size_replay_exactly_including_after_a_takeover() {
         let k = key(10_000 + i);
         let token = acquire(&store, &k, LEASE).await;
         store
-            .complete(&k, token, &response, Duration::from_secs(60))
+            .complete(&k, token, FP, &response, Duration::from_secs(60))
             .await
             .unwrap();
         let Ok(ClaimOutcome::Completed(stored)) = store.claim(&k, FP, LEASE).await else {

@@ -448,6 +448,7 @@ impl Store for MemoryStore {
         &self,
         key: &StorageKey,
         token: LeaseToken,
+        _fingerprint: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {

@@ -52,7 +52,7 @@ pub use postgres_tx::{Begun, KeyTransaction, TxBody};
 /// let ClaimOutcome::Acquired(lease) = store.claim(&key, fp, Duration::from_secs(30)).await? else {
 ///     unreachable!("a fresh key is acquired")
 /// };
-/// store.complete(&key, lease.token, b"receipt", Duration::from_secs(3600)).await?;
+/// store.complete(&key, lease.token, fp, b"receipt", Duration::from_secs(3600)).await?;
 /// assert_eq!(
 ///     store.claim(&key, fp, Duration::from_secs(30)).await?,
 ///     ClaimOutcome::Completed(b"receipt"[..].into())
@@ -70,10 +70,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ClaimOutcome, StoreError>;
 
     /// Stores `response` for `key` and keeps it for `ttl`, if `token` holds the live lease.
+    ///
+    /// `fingerprint` is the one the lease was claimed with: a store may write
+    /// it into the completed record instead of reading it back (the Redis
+    /// store does, and answers [`StoreError::LeaseLost`] to another one).
     async fn complete(
         &self,
         key: &StorageKey,
         token: LeaseToken,
+        fingerprint: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError>;
@@ -175,10 +180,13 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         &self,
         key: &StorageKey,
         token: LeaseToken,
+        fingerprint: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        (**self).complete(key, token, response, ttl).await
+        (**self)
+            .complete(key, token, fingerprint, response, ttl)
+            .await
     }
 
     async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {

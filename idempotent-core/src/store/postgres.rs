@@ -391,6 +391,7 @@ impl Store for PostgresStore {
         &self,
         key: &StorageKey,
         token: LeaseToken,
+        _fingerprint: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {

@@ -202,7 +202,7 @@ pub(crate) async fn completion_replays_the_exact_bytes<S: Store + ?Sized>(
     for (suffix, response) in responses {
         let k = key(case, suffix);
         let token = acquire(s, &k, FP, LONG_LEASE).await;
-        s.complete(&k, token, response, TTL)
+        s.complete(&k, token, FP, response, TTL)
             .await
             .expect("complete");
         for _ in 0..3 {
@@ -222,7 +222,7 @@ pub(crate) async fn a_different_payload_is_a_mismatch_while_in_progress<S: Store
     let token = acquire(s, &k, FP, LONG_LEASE).await;
     assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
     assert_in_flight(&claim(s, &k, FP).await, "the owner keeps the key");
-    s.complete(&k, token, b"r", TTL)
+    s.complete(&k, token, FP, b"r", TTL)
         .await
         .expect("the owner completes after a mismatch");
     assert_eq!(claim(s, &k, FP).await, completed(b"r"));
@@ -237,7 +237,9 @@ pub(crate) async fn a_different_payload_is_a_mismatch_after_completion<S: Store 
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LONG_LEASE).await;
-    s.complete(&k, token, b"r", TTL).await.expect("complete");
+    s.complete(&k, token, FP, b"r", TTL)
+        .await
+        .expect("complete");
     for _ in 0..2 {
         assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
         assert_eq!(claim(s, &k, FP).await, completed(b"r"));
@@ -281,18 +283,18 @@ pub(crate) async fn a_wrong_token_is_fenced_and_changes_nothing<S: Store + ?Size
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LONG_LEASE).await;
     let forged = LeaseToken::from_u128(token.as_u128() ^ 0xFFFF_0000_FFFF);
-    assert_lease_lost(s.complete(&k, forged, b"forged", TTL).await, "complete");
+    assert_lease_lost(s.complete(&k, forged, FP, b"forged", TTL).await, "complete");
     assert_lease_lost(s.release(&k, forged).await, "release");
     assert_lease_lost(s.renew(&k, forged, LONG_LEASE).await, "renew");
     assert_in_flight(&claim(s, &k, FP).await, "the record is unchanged");
-    s.complete(&k, token, b"real", TTL)
+    s.complete(&k, token, FP, b"real", TTL)
         .await
         .expect("the owner still completes");
     assert_eq!(claim(s, &k, FP).await, completed(b"real"));
     // A token on a key that holds no record is refused too.
     let absent = key(case, "absent");
     assert_lease_lost(
-        s.complete(&absent, token, b"x", TTL).await,
+        s.complete(&absent, token, FP, b"x", TTL).await,
         "absent complete",
     );
     assert_lease_lost(s.release(&absent, token).await, "absent release");
@@ -309,10 +311,13 @@ pub(crate) async fn a_completed_record_fences_every_token<S: Store + ?Sized>(
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LONG_LEASE).await;
-    s.complete(&k, token, b"first", TTL)
+    s.complete(&k, token, FP, b"first", TTL)
         .await
         .expect("complete");
-    assert_lease_lost(s.complete(&k, token, b"again", TTL).await, "complete twice");
+    assert_lease_lost(
+        s.complete(&k, token, FP, b"again", TTL).await,
+        "complete twice",
+    );
     assert_lease_lost(s.release(&k, token).await, "release after completion");
     assert_lease_lost(s.renew(&k, token, LEASE).await, "renew after completion");
     assert_eq!(claim(s, &k, FP).await, completed(b"first"));
@@ -330,13 +335,13 @@ pub(crate) async fn release_makes_the_key_claimable_again<S: Store + ?Sized>(
     assert_lease_lost(s.release(&k, first).await, "release twice");
     let second = acquire(s, &k, OTHER_FP, LONG_LEASE).await;
     assert_ne!(first, second);
-    assert_lease_lost(s.complete(&k, first, b"old", TTL).await, "old token");
+    assert_lease_lost(s.complete(&k, first, FP, b"old", TTL).await, "old token");
     assert_eq!(
         claim(s, &k, FP).await,
         ClaimOutcome::Mismatch,
         "the key now belongs to the second payload"
     );
-    s.complete(&k, second, b"second", TTL)
+    s.complete(&k, second, OTHER_FP, b"second", TTL)
         .await
         .expect("complete");
     assert_eq!(claim(s, &k, OTHER_FP).await, completed(b"second"));
@@ -356,16 +361,19 @@ pub(crate) async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced
     tokio::time::sleep(PAST_LEASE).await;
     let fresh = acquire(s, &k, FP, LONG_LEASE).await;
     assert_ne!(stale, fresh, "a takeover gets a new token");
-    assert_lease_lost(s.complete(&k, stale, b"stale", TTL).await, "stale complete");
+    assert_lease_lost(
+        s.complete(&k, stale, FP, b"stale", TTL).await,
+        "stale complete",
+    );
     assert_lease_lost(s.renew(&k, stale, LONG_LEASE).await, "stale renew");
     assert_lease_lost(s.release(&k, stale).await, "stale release");
     assert_in_flight(&claim(s, &k, FP).await, "the stale owner changed nothing");
-    s.complete(&k, fresh, b"fresh", TTL)
+    s.complete(&k, fresh, FP, b"fresh", TTL)
         .await
         .expect("the new owner completes");
     assert_eq!(claim(s, &k, FP).await, completed(b"fresh"));
     assert_lease_lost(
-        s.complete(&k, stale, b"stale", TTL).await,
+        s.complete(&k, stale, FP, b"stale", TTL).await,
         "stale complete after the new owner's",
     );
     assert_eq!(claim(s, &k, FP).await, completed(b"fresh"));
@@ -383,7 +391,7 @@ pub(crate) async fn a_lapsed_lease_cannot_complete_even_without_a_takeover<S: St
     tokio::time::sleep(PAST_LEASE).await;
     assert_lease_lost(s.renew(&k, token, LONG_LEASE).await, "renew after lapse");
     assert_lease_lost(
-        s.complete(&k, token, b"late", TTL).await,
+        s.complete(&k, token, FP, b"late", TTL).await,
         "complete after lapse",
     );
     // Free for anyone, even another payload: nothing was stored.
@@ -421,7 +429,7 @@ pub(crate) async fn completed_records_expire_after_their_ttl<S: Store + ?Sized>(
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LEASE).await;
-    s.complete(&k, token, b"r", Duration::from_millis(150))
+    s.complete(&k, token, FP, b"r", Duration::from_millis(150))
         .await
         .expect("complete");
     assert_eq!(claim(s, &k, FP).await, completed(b"r"));
@@ -440,7 +448,9 @@ pub(crate) async fn a_completed_record_outlives_its_lease<S: Store + ?Sized>(
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LEASE).await;
-    s.complete(&k, token, b"kept", TTL).await.expect("complete");
+    s.complete(&k, token, FP, b"kept", TTL)
+        .await
+        .expect("complete");
     tokio::time::sleep(PAST_LEASE).await;
     assert_eq!(claim(s, &k, FP).await, completed(b"kept"));
     assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
@@ -454,7 +464,7 @@ pub(crate) async fn the_longest_durations_are_held<S: Store + ?Sized>(store: &Ar
     let token = acquire(s, &k, FP, Duration::MAX).await;
     assert_in_flight(&claim(s, &k, FP).await, "held under the longest lease");
     s.renew(&k, token, Duration::MAX).await.expect("renew");
-    s.complete(&k, token, b"kept", Duration::MAX)
+    s.complete(&k, token, FP, b"kept", Duration::MAX)
         .await
         .expect("complete");
     assert_eq!(claim(s, &k, FP).await, completed(b"kept"));
@@ -470,7 +480,7 @@ pub(crate) async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?
     let other: IdempotencyKey = format!("{case}-other").parse().expect("key");
     let base = StorageKey::new("ns", "scope", "op", &id);
     let token = acquire(s, &base, FP, LONG_LEASE).await;
-    s.complete(&base, token, b"base", TTL)
+    s.complete(&base, token, FP, b"base", TTL)
         .await
         .expect("complete");
     let variants = [
@@ -486,7 +496,7 @@ pub(crate) async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?
             ClaimOutcome::Acquired(lease) => lease.token,
             other => panic!("another {part} must be another record, got {other:?}"),
         };
-        s.complete(variant, token, part.as_bytes(), TTL)
+        s.complete(variant, token, OTHER_FP, part.as_bytes(), TTL)
             .await
             .expect("complete");
     }
@@ -527,7 +537,7 @@ pub(crate) async fn wait_returns_when_the_holder_completes<S: Store + ?Sized>(
         let (store, k) = (Arc::clone(store), k.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            store.complete(&k, token, b"done", TTL).await
+            store.complete(&k, token, FP, b"done", TTL).await
         })
     };
     let waited = wait_until_settled(&**store, &k).await;
@@ -665,11 +675,11 @@ pub(crate) async fn concurrent_takeovers_of_an_expired_lease_acquire_exactly_onc
     assert_eq!(tokens.len(), 1, "{outcomes:?}");
     assert_ne!(tokens[0], stale);
     assert_lease_lost(
-        store.complete(&k, stale, b"stale", TTL).await,
+        store.complete(&k, stale, FP, b"stale", TTL).await,
         "stale complete",
     );
     store
-        .complete(&k, tokens[0], b"new owner", TTL)
+        .complete(&k, tokens[0], FP, b"new owner", TTL)
         .await
         .expect("the one new owner completes");
     assert_eq!(claim(&**store, &k, FP).await, completed(b"new owner"));
