@@ -259,7 +259,7 @@ impl<'a> Call<'a> {
         E: From<Error>,
         F: Future<Output = Result<T, E>>,
     {
-        self.run_with(ResultCodec::<false>, body)
+        self.run_mapped(ResultCodec::<false>, body, std::convert::identity)
     }
 
     /// Like [`run`](Call::run), but an `Err` is stored and replayed too, for
@@ -275,13 +275,20 @@ impl<'a> Call<'a> {
         E: From<Error> + Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        self.run_with(ResultCodec::<true>, body)
+        self.run_mapped(ResultCodec::<true>, body, std::convert::identity)
     }
 
     // Not an `async fn`: the set-up runs before the future is built, so the
     // future holds only what it needs (each async layer would otherwise keep
-    // its own copy of the arguments).
-    fn run_with<T, E, F, C>(self, codec: C, body: F) -> impl Future<Output = Result<Executed<T>, E>>
+    // its own copy of the arguments). `finish` maps the result inside the
+    // same future, so a caller that converts it (the macro's runner) adds no
+    // layer of its own: every layer is copied whole when it is moved.
+    pub(crate) fn run_mapped<T, E, F, C, O>(
+        self,
+        codec: C,
+        body: F,
+        finish: impl FnOnce(Result<Executed<T>, E>) -> O,
+    ) -> impl Future<Output = O>
     where
         E: From<Error>,
         F: Future<Output = Result<T, E>>,
@@ -295,7 +302,10 @@ impl<'a> Call<'a> {
                 key,
                 storage_key,
                 fingerprint,
-            } = prepared?;
+            } = match prepared {
+                Ok(prepared) => prepared,
+                Err(error) => return finish(Err(error.into())),
+            };
             let executed = execute(
                 &runtime,
                 operation,
@@ -305,9 +315,11 @@ impl<'a> Call<'a> {
                 &codec,
                 body,
             )
-            .await?;
-            let replayed = executed.replayed;
-            executed.value.map(|value| Executed { value, replayed })
+            .await;
+            finish(executed.map_err(E::from).and_then(|executed| {
+                let replayed = executed.replayed;
+                executed.value.map(|value| Executed { value, replayed })
+            }))
         }
     }
 
@@ -473,23 +485,17 @@ where
         key = %key,
         outcome = tracing::field::Empty,
     );
-    let recorded = span.clone();
-    async move {
-        let result = execute_inner(
-            runtime,
-            operation,
-            key,
-            storage_key,
-            fingerprint,
-            codec,
-            body,
-        )
-        .await;
-        if !recorded.is_disabled() {
-            recorded.record("outcome", outcome(&result));
-        }
-        result
-    }
+    // No async block around it: a layer would be copied whole on each move.
+    execute_inner(
+        runtime,
+        operation,
+        key,
+        storage_key,
+        fingerprint,
+        codec,
+        body,
+        span.clone(),
+    )
     .instrument(span)
 }
 
@@ -509,6 +515,10 @@ fn outcome<V>(result: &Result<Executed<V>, Error>) -> &'static str {
 /// The shortest pause between two claims of a waiting call.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "`execute`'s arguments and its span, for its one call"
+)]
 async fn execute_inner<V, C, F>(
     runtime: &Idempotency,
     operation: &Operation,
@@ -517,6 +527,7 @@ async fn execute_inner<V, C, F>(
     fingerprint: Fingerprint,
     codec: &C,
     body: F,
+    span: tracing::Span,
 ) -> Result<Executed<V>, Error>
 where
     C: Codec<V>,
@@ -536,14 +547,18 @@ where
     });
     // Counted once per call, however many times a waiting call re-checks.
     let mut met_in_flight = false;
-    loop {
+    let result = loop {
         let claim = timed(
             operation,
             StoreCall::Claim,
             store.claim(&storage_key, fingerprint, lease),
         )
         .await;
-        match claim.map_err(|error| store_error(operation, error))? {
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(error) => break Err(store_error(operation, error)),
+        };
+        match claim {
             ClaimOutcome::Acquired(acquired) => {
                 let guard = LeaseGuard {
                     store: Arc::clone(store),
@@ -555,15 +570,14 @@ where
                 // Boxed: the running state (body, renewal timer, encoding)
                 // is large, and keeping it out of line keeps every caller's
                 // future small, so the replay path moves far fewer bytes.
-                return Box::pin(run_owned(
+                break Box::pin(run_owned(
                     runtime, operation, key, codec, guard, lease, body,
                 ))
                 .await;
             }
             ClaimOutcome::Completed(bytes) => {
                 operation.metrics().replayed.increment(1);
-                let value = codec.decode(&bytes, operation)?;
-                return Ok(Executed {
+                break codec.decode(&bytes, operation).map(|value| Executed {
                     value,
                     replayed: true,
                 });
@@ -582,7 +596,7 @@ where
                         Box::pin(wait_for(store.as_ref(), &storage_key, timeout)).await;
                     }
                     _ => {
-                        return Err(Error::InProgress {
+                        break Err(Error::InProgress {
                             key: key.to_string(),
                             retry_after,
                         });
@@ -592,13 +606,17 @@ where
             ClaimOutcome::Mismatch => {
                 operation.metrics().mismatch.increment(1);
                 tracing::warn!("idempotency key reused with a different payload");
-                return Err(Error::KeyReused {
+                break Err(Error::KeyReused {
                     operation: operation.name.to_owned(),
                     key: key.to_string(),
                 });
             }
         }
+    };
+    if !span.is_disabled() {
+        span.record("outcome", outcome(&result));
     }
+    result
 }
 
 /// Waits for a duplicate in flight to finish (or for `timeout`).
@@ -696,7 +714,7 @@ async fn timed<T>(
     call: StoreCall,
     future: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
+    let started = quanta::Instant::now();
     let result = future.await;
     operation
         .metrics()

@@ -10,6 +10,7 @@ use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::engine::ResultCodec;
 pub use crate::engine::{Call, Operation};
 pub use crate::fingerprint::Fingerprint;
 pub use std::time::Duration;
@@ -24,7 +25,8 @@ pub use std::time::Duration;
 /// list read under a read lock.
 #[derive(Debug)]
 pub struct OperationCell {
-    first: OnceLock<(&'static str, Operation)>,
+    /// The first `Self` type's name as given, its path, and its operation.
+    first: OnceLock<(&'static str, &'static str, Operation)>,
     others: RwLock<Vec<(&'static str, &'static Operation)>>,
 }
 
@@ -51,12 +53,17 @@ impl OperationCell {
         self_type: &'static str,
         init: impl FnOnce() -> Operation,
     ) -> &Operation {
-        let self_type = type_path(self_type);
         let mut init = Some(init);
-        let (first_type, first) = self.first.get_or_init(|| match init.take() {
-            Some(init) => (self_type, init()),
+        let (first_name, first_type, first) = self.first.get_or_init(|| match init.take() {
+            Some(init) => (self_type, type_path(self_type), init()),
             None => unreachable!("`get_or_init` runs its closure at most once"),
         });
+        // Every call pays this: the name as given first (the common case,
+        // and no parsing), then its path.
+        if *first_name == self_type {
+            return first;
+        }
+        let self_type = type_path(self_type);
         if *first_type == self_type {
             return first;
         }
@@ -157,28 +164,29 @@ where
     }
 }
 
-/// Runs the body of an annotated function.
-pub async fn run<R, F>(call: Call<'_>, body: F) -> R
+/// Runs the body of an annotated function. Not an `async fn`: the call's
+/// own future converts the result, with no layer around it.
+pub fn run<R, F>(call: Call<'_>, body: F) -> impl Future<Output = R>
 where
     R: IdempotentOutput,
     F: Future<Output = R>,
 {
     let body = async move { body.await.into_result() };
-    R::from_result(call.run(body).await.map(|executed| executed.value))
+    call.run_mapped(ResultCodec::<false>, body, |result| {
+        R::from_result(result.map(|executed| executed.value))
+    })
 }
 
 /// Runs the body of an annotated function with `cache_errors`.
-pub async fn run_caching_errors<R, F>(call: Call<'_>, body: F) -> R
+pub fn run_caching_errors<R, F>(call: Call<'_>, body: F) -> impl Future<Output = R>
 where
     R: IdempotentOutput<Err: Serialize + DeserializeOwned>,
     F: Future<Output = R>,
 {
     let body = async move { body.await.into_result() };
-    R::from_result(
-        call.run_caching_errors(body)
-            .await
-            .map(|executed| executed.value),
-    )
+    call.run_mapped(ResultCodec::<true>, body, |result| {
+        R::from_result(result.map(|executed| executed.value))
+    })
 }
 
 #[path = "private_tx.rs"]

@@ -94,6 +94,9 @@ impl IdempotencyBuilder {
 
     /// Builds the runtime.
     pub fn build(self) -> Idempotency {
+        // The latency histogram's clock calibrates itself on its first read
+        // (about half a millisecond, once per process): here, not in a call.
+        let _ = quanta::Instant::now();
         Idempotency {
             inner: Arc::new(Inner {
                 store: self.store,
