@@ -115,8 +115,16 @@ pub trait Store: Send + Sync + 'static {
     fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(error) = self.release(&key, token).await {
-                    tracing::warn!(%key, %error, "could not release an abandoned lease; it will expire");
+                match self.release(&key, token).await {
+                    Ok(()) => {}
+                    // Nothing to release: a call dropped while its completion
+                    // was on the way (it landed), or a lease that ran out.
+                    Err(StoreError::LeaseLost) => {
+                        tracing::debug!(%key, "an abandoned lease was no longer held");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%key, %error, "could not release an abandoned lease; it will expire");
+                    }
                 }
             });
         }
