@@ -38,7 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ScriptInvocation, Value};
+use redis::{Script, Value};
 use tokio::sync::Notify;
 
 use super::{Store, StoreError};
@@ -410,11 +410,46 @@ impl RedisStore {
         LeaseToken::from_u128(self.inner.token_base | u128::from(n))
     }
 
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    /// `EVALSHA` of `script` on one key, in one buffer: a
+    /// `ScriptInvocation` would copy each argument into a vector of its own,
+    /// then all of them again into its command, on every completion.
+    fn evalsha(&self, script: &Script, key: &StorageKey, args: &[&[u8]]) -> redis::Cmd {
+        let key = key.as_str();
+        let bytes = args.iter().map(|a| a.len()).sum::<usize>() + key.len();
+        let mut command = redis::Cmd::with_capacity(4 + args.len(), bytes + 64);
+        command
+            .arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(1)
+            .arg(RedisKey(&self.inner.key_prefix, key));
+        for arg in args {
+            command.arg(*arg);
+        }
+        command
+    }
+
+    /// Runs an [`evalsha`](Self::evalsha) command, loading its script first
+    /// if Redis does not know it (`NOSCRIPT`: a restarted or flushed server).
+    async fn invoke(&self, script: &Script, command: &redis::Cmd) -> Result<Value, StoreError> {
+        async fn eval(
+            connection: &mut impl redis::aio::ConnectionLike,
+            script: &Script,
+            command: &redis::Cmd,
+        ) -> redis::RedisResult<Value> {
+            match command.query_async(connection).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(connection).await?;
+                    command.query_async(connection).await
+                }
+                answer => answer,
+            }
+        }
         self.bounded(async {
             match &self.inner.connection {
-                Connection::Single(c) => invocation.invoke_async(&mut c.clone()).await,
-                Connection::Cluster(c) => invocation.invoke_async(&mut c.get().await?).await,
+                Connection::Single(c) => eval(&mut c.clone(), script, command).await,
+                Connection::Cluster(c) => eval(&mut c.get().await?, script, command).await,
             }
         })
         .await
@@ -456,24 +491,23 @@ impl RedisStore {
         token: LeaseToken,
         args: &[&[u8]],
     ) -> Result<(), StoreError> {
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.redis_key(key))
-            .arg(&token.as_u128().to_be_bytes()[..]);
-        for arg in args {
-            invocation.arg(*arg);
-        }
-        self.fenced_answer(key, &invocation).await
+        let token = token.as_u128().to_be_bytes();
+        let mut all = Vec::with_capacity(args.len() + 1);
+        all.push(&token[..]);
+        all.extend_from_slice(args);
+        self.fenced_answer(script, key, &all).await
     }
 
     /// Runs a fenced script, which answers 1 if it held the lease, 0 if not.
     async fn fenced_answer(
         &self,
+        script: &Script,
         key: &StorageKey,
-        invocation: &ScriptInvocation<'_>,
+        args: &[&[u8]],
     ) -> Result<(), StoreError> {
+        let command = self.evalsha(script, key, args);
         match self
-            .invoke(invocation)
+            .invoke(script, &command)
             .await
             .map_err(|e| with_key(e, key))?
         {
@@ -481,6 +515,20 @@ impl RedisStore {
             Value::Int(0) => Err(StoreError::LeaseLost),
             other => Err(corrupt(key, format!("unexpected script answer {other:?}"))),
         }
+    }
+}
+
+/// A Redis key, `<key_prefix><storage key>`, written straight into a
+/// command as one argument (no `String` of its own).
+struct RedisKey<'a>(&'a str, &'a str);
+
+impl redis::ToRedisArgs for RedisKey<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        let _ = arg.write_all(self.0.as_bytes());
+        let _ = arg.write_all(self.1.as_bytes());
     }
 }
 
@@ -559,11 +607,12 @@ impl Store for RedisStore {
         lease: Duration,
     ) -> Result<ClaimOutcome, StoreError> {
         let token = self.new_token();
-        let redis_key = self.redis_key(key);
+        let redis_key = RedisKey(&self.inner.key_prefix, key.as_str());
         let value = in_progress(fingerprint.as_u128().to_be_bytes(), token);
         // Sized up front: the command is built on every claim, so on every
         // replay (7 arguments; the lease has at most 20 digits).
-        let mut set = redis::Cmd::with_capacity(7, redis_key.len() + IN_PROGRESS_LEN + 36);
+        let key_len = self.inner.key_prefix.len() + key.as_str().len();
+        let mut set = redis::Cmd::with_capacity(7, key_len + IN_PROGRESS_LEN + 36);
         set.arg("SET")
             .arg(&redis_key)
             .arg(&value[..])
@@ -625,14 +674,15 @@ impl Store for RedisStore {
         completed.push(b'C');
         completed.extend_from_slice(&fingerprint);
         completed.extend_from_slice(response);
-        let mut invocation = self.inner.scripts.complete.prepare_invoke();
-        invocation
-            .key(self.redis_key(key))
-            .arg(&in_progress(fingerprint, token)[..])
-            .arg(completed)
-            .arg(millis_arg(ttl))
-            .arg(self.inner.channel.as_bytes());
-        self.fenced_answer(key, &invocation).await
+        let ttl = millis_arg(ttl);
+        let args: [&[u8]; 4] = [
+            &in_progress(fingerprint, token),
+            &completed,
+            ttl.as_bytes(),
+            self.inner.channel.as_bytes(),
+        ];
+        self.fenced_answer(&self.inner.scripts.complete, key, &args)
+            .await
     }
 
     async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
@@ -661,9 +711,8 @@ impl Store for RedisStore {
         // Listen first, then mark: a completion after the mark is announced
         // and heard; one before it leaves no in-progress record to mark.
         let notified = self.inner.waiters.register(redis_key.as_bytes());
-        let mut mark = self.inner.scripts.mark_waiting.prepare_invoke();
-        mark.key(&redis_key);
-        let result = match self.invoke(&mark).await {
+        let mark = &self.inner.scripts.mark_waiting;
+        let result = match self.invoke(mark, &self.evalsha(mark, key, &[])).await {
             Ok(Value::Int(1)) => {
                 let _ = tokio::time::timeout(timeout.min(self.inner.wait_recheck), notified).await;
                 Ok(())
