@@ -1,9 +1,9 @@
 //! The Redis store against raw redis-rs on the same server, in one run.
 //!
-//! - fresh: the engine's claim + complete (two scripts) against
-//!   `SET key v NX PX` followed by `SET key response PX`;
-//! - replay: the engine's claim of a completed key (one script, decode)
-//!   against `GET`;
+//! - fresh: the engine's claim (`SET ... NX PX ... GET`) and complete (one
+//!   script) against `SET key v NX PX` followed by `SET key response PX`;
+//! - replay: the engine's claim of a completed key (`SET ... NX ... GET`,
+//!   then decoding) against `GET`;
 //!
 //! each with 1, 8 and 64 concurrent tasks on a 2-worker runtime, reported as
 //! time per operation (criterion's throughput shows operations per second).

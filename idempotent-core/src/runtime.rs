@@ -94,8 +94,9 @@ impl IdempotencyBuilder {
 
     /// Builds the runtime.
     pub fn build(self) -> Idempotency {
-        // The latency histogram's clock calibrates itself on its first read
-        // (about half a millisecond, once per process): here, not in a call.
+        // The latency histogram's clock calibrates itself on its first read,
+        // once per process: half a millisecond here, at most 200 ms on a
+        // noisy machine. Here, at start-up, not in the first call.
         let _ = quanta::Instant::now();
         Idempotency {
             inner: Arc::new(Inner {

@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, IdempotencyKey, Operation, RedisStore,
-    StorageKey, Store, StoreError,
-};
+use idempotent_core::{Error, Idempotency, Operation, RedisStore};
 use support::redis_server::{RedisCluster, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,40 +35,6 @@ async fn conformance_on_a_three_master_cluster() {
         .await
         .unwrap();
     conformance::run_all(Arc::new(store)).await;
-}
-
-/// The Redis store writes the completed record whole, fingerprint
-/// included, from what the caller passes: a completion with another
-/// fingerprint than the claim's is refused and changes nothing.
-#[tokio::test]
-async fn a_completion_with_another_fingerprint_is_refused() {
-    let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
-    let key: IdempotencyKey = "k".parse().unwrap();
-    let key = StorageKey::new("idem", "", "charge", &key);
-    let (claimed, other) = (Fingerprint::of(&1), Fingerprint::of(&2));
-    let lease = Duration::from_secs(30);
-    let ClaimOutcome::Acquired(acquired) = store.claim(&key, claimed, lease).await.unwrap() else {
-        panic!("a fresh key is acquired");
-    };
-    let ttl = Duration::from_secs(60);
-    let refused = store.complete(&key, acquired.token, other, b"r", ttl).await;
-    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
-    assert!(
-        matches!(
-            store.claim(&key, claimed, lease).await.unwrap(),
-            ClaimOutcome::InFlight { .. }
-        ),
-        "the record is still in progress"
-    );
-    store
-        .complete(&key, acquired.token, claimed, b"r", ttl)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.claim(&key, claimed, lease).await.unwrap(),
-        ClaimOutcome::Completed(b"r"[..].into())
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -273,10 +273,13 @@ impl MemoryStore {
         f(&mut shard, hash, now)
     }
 
+    /// Applies `apply` if `token` holds the live lease on `key` (and, given a
+    /// fingerprint, if the record was claimed with it).
     fn fenced(
         &self,
         key: &StorageKey,
         token: LeaseToken,
+        fingerprint: Option<Fingerprint>,
         apply: impl FnOnce(Entry<'_, Slot>, &mut Deadlines, Millis),
     ) -> Result<(), StoreError> {
         self.with_shard(key, |shard, hash, now| {
@@ -291,6 +294,9 @@ impl MemoryStore {
                 Entry::Occupied(_) | Entry::Vacant(_) => None,
             };
             record::check_fence(current.as_ref(), token, now).map_err(|_| StoreError::LeaseLost)?;
+            if fingerprint.is_some_and(|f| current.is_some_and(|c| c.fingerprint != f)) {
+                return Err(StoreError::LeaseLost);
+            }
             apply(entry, &mut shard.deadlines, now);
             Ok(())
         })
@@ -448,11 +454,11 @@ impl Store for MemoryStore {
         &self,
         key: &StorageKey,
         token: LeaseToken,
-        _fingerprint: Fingerprint,
+        fingerprint: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        self.fenced(key, token, |entry, deadlines, now| {
+        self.fenced(key, token, Some(fingerprint), |entry, deadlines, now| {
             if let Entry::Occupied(mut o) = entry {
                 let slot = o.get_mut();
                 let expires_at = now.saturating_add(record::millis(ttl));
@@ -486,7 +492,7 @@ impl Store for MemoryStore {
         token: LeaseToken,
         lease: Duration,
     ) -> Result<(), StoreError> {
-        self.fenced(key, token, |entry, deadlines, now| {
+        self.fenced(key, token, None, |entry, deadlines, now| {
             if let Entry::Occupied(mut o) = entry {
                 let slot = o.get_mut();
                 if let SlotState::InProgress { lease_until, .. } = &mut slot.state {
@@ -529,7 +535,7 @@ impl Store for MemoryStore {
 
 impl MemoryStore {
     fn release_now(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
-        self.fenced(key, token, |entry, _, _| {
+        self.fenced(key, token, None, |entry, _, _| {
             if let Entry::Occupied(o) = entry {
                 let (slot, _) = o.remove();
                 if let Some(waiters) = slot.waiters {

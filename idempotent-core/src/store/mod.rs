@@ -73,7 +73,8 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// `fingerprint` is the one the lease was claimed with: a store may write
     /// it into the completed record instead of reading it back (the Redis
-    /// store does, and answers [`StoreError::LeaseLost`] to another one).
+    /// store does). Another fingerprint is refused as
+    /// [`StoreError::LeaseLost`], like another token, and changes nothing.
     async fn complete(
         &self,
         key: &StorageKey,

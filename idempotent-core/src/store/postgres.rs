@@ -391,7 +391,7 @@ impl Store for PostgresStore {
         &self,
         key: &StorageKey,
         token: LeaseToken,
-        _fingerprint: Fingerprint,
+        fingerprint: Fingerprint,
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
@@ -400,12 +400,13 @@ impl Store for PostgresStore {
                 "UPDATE idempotency_records
                  SET token = NULL, response = $6, deadline = now() + $7 * interval '1 millisecond'
                  WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4
-                   AND token = $5 AND deadline > now()",
+                   AND token = $5 AND deadline > now() AND fingerprint = $8",
                 key,
             )
             .bind(token.as_u128().to_be_bytes().to_vec())
             .bind(response.to_vec())
-            .bind(millis(ttl)),
+            .bind(millis(ttl))
+            .bind(fingerprint.as_u128().to_be_bytes().to_vec()),
         )
         .await
     }

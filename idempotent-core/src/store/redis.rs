@@ -710,29 +710,47 @@ impl Store for RedisStore {
         let redis_key = self.redis_key(key);
         // Listen first, then mark: a completion after the mark is announced
         // and heard; one before it leaves no in-progress record to mark.
-        let notified = self.inner.waiters.register(redis_key.as_bytes());
+        // Unregistered when dropped, also when this future is.
+        let (notified, _registered) = self.inner.waiters.register(redis_key.as_bytes());
         let mark = &self.inner.scripts.mark_waiting;
-        let result = match self.invoke(mark, &self.evalsha(mark, key, &[])).await {
+        match self.invoke(mark, &self.evalsha(mark, key, &[])).await {
             Ok(Value::Int(1)) => {
                 let _ = tokio::time::timeout(timeout.min(self.inner.wait_recheck), notified).await;
                 Ok(())
             }
             Ok(_) => Ok(()),
             Err(error) => Err(with_key(error, key)),
-        };
-        self.inner.waiters.unregister(redis_key.as_bytes());
-        result
+        }
+    }
+}
+
+/// A caller registered as waiting on a key, until dropped.
+struct Registered<'a> {
+    waiters: &'a Waiters,
+    key: &'a [u8],
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.waiters.unregister(self.key);
     }
 }
 
 impl Waiters {
-    fn register(&self, key: &[u8]) -> tokio::sync::futures::OwnedNotified {
+    /// Registers a waiter on `key`: the notice that wakes it, and the
+    /// registration, which ends when it is dropped (so a cancelled wait
+    /// leaves nothing behind).
+    fn register<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> (tokio::sync::futures::OwnedNotified, Registered<'a>) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = map
             .entry(key.to_vec())
             .or_insert_with(|| (Arc::new(Notify::new()), 0));
         entry.1 += 1;
-        Arc::clone(&entry.0).notified_owned()
+        let notified = Arc::clone(&entry.0).notified_owned();
+        (notified, Registered { waiters: self, key })
     }
 
     fn unregister(&self, key: &[u8]) {
@@ -783,5 +801,28 @@ async fn notify_waiters(
             Err(error) => tracing::debug!(%error, "completion notices unavailable; waiters poll"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(waiters: &Waiters, key: &[u8]) -> usize {
+        let map = waiters.0.lock().unwrap();
+        map.get(key).map_or(0, |(_, count)| *count)
+    }
+
+    #[test]
+    fn a_waiter_is_unregistered_when_its_registration_drops() {
+        let waiters = Waiters::default();
+        let first = waiters.register(b"k");
+        let second = waiters.register(b"k");
+        assert_eq!(waiting(&waiters, b"k"), 2);
+        drop(first);
+        assert_eq!(waiting(&waiters, b"k"), 1);
+        // A cancelled `wait` drops its registration like this.
+        drop(second);
+        assert!(waiters.0.lock().unwrap().is_empty(), "nothing left behind");
     }
 }

@@ -49,6 +49,7 @@ macro_rules! for_each_case {
             a_different_payload_is_a_mismatch_after_completion,
             a_running_call_answers_in_flight_within_its_lease,
             a_wrong_token_is_fenced_and_changes_nothing,
+            a_completion_with_another_fingerprint_is_refused,
             a_completed_record_fences_every_token,
             release_makes_the_key_claimable_again,
             an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced,
@@ -321,6 +322,27 @@ pub(crate) async fn a_completed_record_fences_every_token<S: Store + ?Sized>(
     assert_lease_lost(s.release(&k, token).await, "release after completion");
     assert_lease_lost(s.renew(&k, token, LEASE).await, "renew after completion");
     assert_eq!(claim(s, &k, FP).await, completed(b"first"));
+}
+
+/// `complete` with the right token but another fingerprint than the
+/// claim's is refused and changes nothing (the Redis store writes the
+/// completed record from the fingerprint it is given).
+pub(crate) async fn a_completion_with_another_fingerprint_is_refused<S: Store + ?Sized>(
+    store: &Arc<S>,
+    case: &str,
+) {
+    let s: &S = store;
+    let k = key(case, "k");
+    let token = acquire(s, &k, FP, LONG_LEASE).await;
+    assert_lease_lost(
+        s.complete(&k, token, OTHER_FP, b"other", TTL).await,
+        "another fingerprint",
+    );
+    assert_in_flight(&claim(s, &k, FP).await, "the record is unchanged");
+    s.complete(&k, token, FP, b"r", TTL)
+        .await
+        .expect("the claim's fingerprint completes");
+    assert_eq!(claim(s, &k, FP).await, completed(b"r"));
 }
 
 /// A released key is free at once, for any payload, and its old token is dead.
