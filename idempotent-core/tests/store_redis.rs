@@ -37,6 +37,32 @@ async fn conformance_on_a_three_master_cluster() {
     conformance::run_all(Arc::new(store)).await;
 }
 
+/// A server that forgot the store's scripts (restarted, or `SCRIPT FLUSH`)
+/// answers `NOSCRIPT`; the store sends the script's source instead, and the
+/// completion lands: the next call with the key is a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_forgot_the_scripts_still_completes() {
+    static OP: Operation = Operation::new("noscript.charge");
+    let server = RedisServer::start();
+    let idem = Idempotency::new(RedisStore::connect(&server.url()).await.unwrap());
+    let charge = |key: &'static str, value: u64| {
+        idem.call(&OP)
+            .key(key)
+            .payload(&1)
+            .run(async move { Ok::<_, Error>(value) })
+    };
+    assert!(!charge("first", 1).await.unwrap().replayed);
+    for round in 0..2 {
+        let reply = server.command(&["SCRIPT", "FLUSH"]).unwrap();
+        assert!(reply.contains("OK"), "SCRIPT FLUSH: {reply}");
+        let key = ["after-flush-0", "after-flush-1"][round];
+        assert!(!charge(key, 2).await.unwrap().replayed, "{key}: runs");
+        let again = charge(key, 3).await.unwrap();
+        assert!(again.replayed, "{key}: its completion landed");
+        assert_eq!(again.value, 2);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_spread_over_every_master_and_each_stays_on_one() {
     static OP: Operation = Operation::new("cluster.charge");

@@ -20,8 +20,9 @@
 //!   [`record::decide_claim`] answers. No script: a claim, and so every
 //!   replay, costs Redis what a plain `SET` does. Only an in-flight answer
 //!   asks a second question, `PTTL`, for its `retry_after`.
-//! - complete, release and renew are Lua scripts (`EVALSHA`, reloaded after
-//!   `NOSCRIPT`) that check the lease token and write in one step.
+//! - complete, release and renew are Lua scripts (`EVALSHA`; after
+//!   `NOSCRIPT`, `EVAL` with the source) that check the lease token and
+//!   write in one step.
 //!
 //! A caller that waits on an in-flight key appends `'w'` to its record (a
 //! small script, on that rare path only); completion and release of a
@@ -167,10 +168,25 @@ impl Drop for Inner {
 }
 
 struct Scripts {
-    complete: Script,
-    release: Script,
-    renew: Script,
-    mark_waiting: Script,
+    complete: Lua,
+    release: Lua,
+    renew: Lua,
+    mark_waiting: Lua,
+}
+
+/// A script: its source, and its SHA1 for `EVALSHA`.
+struct Lua {
+    source: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            script: Script::new(source),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -373,10 +389,10 @@ impl RedisStoreBuilder {
                 waiters,
                 notifier,
                 scripts: Scripts {
-                    complete: Script::new(COMPLETE),
-                    release: Script::new(RELEASE),
-                    renew: Script::new(RENEW),
-                    mark_waiting: Script::new(MARK_WAITING),
+                    complete: Lua::new(COMPLETE),
+                    release: Lua::new(RELEASE),
+                    renew: Lua::new(RENEW),
+                    mark_waiting: Lua::new(MARK_WAITING),
                 },
             }),
         })
@@ -410,46 +426,61 @@ impl RedisStore {
         LeaseToken::from_u128(self.inner.token_base | u128::from(n))
     }
 
-    /// `EVALSHA` of `script` on one key, in one buffer: a
-    /// `ScriptInvocation` would copy each argument into a vector of its own,
-    /// then all of them again into its command, on every completion.
-    fn evalsha(&self, script: &Script, key: &StorageKey, args: &[&[u8]]) -> redis::Cmd {
+    /// `EVALSHA` (or, with `by_hash` false, `EVAL`) of `lua` on one key, in
+    /// one buffer: a `ScriptInvocation` would copy each argument into a
+    /// vector of its own, then all of them again into its command, on every
+    /// completion.
+    fn script_command(
+        &self,
+        lua: &Lua,
+        by_hash: bool,
+        key: &StorageKey,
+        args: &[&[u8]],
+    ) -> redis::Cmd {
         let key = key.as_str();
         let bytes = args.iter().map(|a| a.len()).sum::<usize>() + key.len();
         let mut command = redis::Cmd::with_capacity(4 + args.len(), bytes + 64);
-        command
-            .arg("EVALSHA")
-            .arg(script.get_hash())
-            .arg(1)
-            .arg(RedisKey(&self.inner.key_prefix, key));
+        if by_hash {
+            command.arg("EVALSHA").arg(lua.script.get_hash());
+        } else {
+            command.arg("EVAL").arg(lua.source);
+        }
+        command.arg(1).arg(RedisKey(&self.inner.key_prefix, key));
         for arg in args {
             command.arg(*arg);
         }
         command
     }
 
-    /// Runs an [`evalsha`](Self::evalsha) command, loading its script first
-    /// if Redis does not know it (`NOSCRIPT`: a restarted or flushed server).
-    async fn invoke(&self, script: &Script, command: &redis::Cmd) -> Result<Value, StoreError> {
-        async fn eval(
+    /// Runs `lua` on one key by its hash. A server that does not know the
+    /// script (`NOSCRIPT`: restarted or flushed) gets `EVAL` with the source,
+    /// which runs it and caches it there. `EVAL` goes to the key's node like
+    /// any keyed command, so on a cluster no other node needs to answer (a
+    /// `SCRIPT LOAD` would go to every node).
+    async fn invoke(
+        &self,
+        lua: &Lua,
+        key: &StorageKey,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        async fn run(
             connection: &mut impl redis::aio::ConnectionLike,
-            script: &Script,
-            command: &redis::Cmd,
+            command: impl Fn(bool) -> redis::Cmd,
         ) -> redis::RedisResult<Value> {
-            match command.query_async(connection).await {
+            match command(true).query_async(connection).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
-                    script.load_async(connection).await?;
-                    command.query_async(connection).await
+                    command(false).query_async(connection).await
                 }
                 answer => answer,
             }
         }
+        let command = |by_hash| self.script_command(lua, by_hash, key, args);
         self.bounded(async {
             match &self.inner.connection {
-                Connection::Single(c) => eval(&mut c.clone(), script, command).await,
-                Connection::Cluster(c) => eval(&mut c.get().await?, script, command).await,
+                Connection::Single(c) => run(&mut c.clone(), command).await,
+                Connection::Cluster(c) => run(&mut c.get().await?, command).await,
             }
         })
         .await
@@ -486,7 +517,7 @@ impl RedisStore {
 
     async fn fenced(
         &self,
-        script: &Script,
+        lua: &Lua,
         key: &StorageKey,
         token: LeaseToken,
         args: &[&[u8]],
@@ -495,19 +526,18 @@ impl RedisStore {
         let mut all = Vec::with_capacity(args.len() + 1);
         all.push(&token[..]);
         all.extend_from_slice(args);
-        self.fenced_answer(script, key, &all).await
+        self.fenced_answer(lua, key, &all).await
     }
 
     /// Runs a fenced script, which answers 1 if it held the lease, 0 if not.
     async fn fenced_answer(
         &self,
-        script: &Script,
+        lua: &Lua,
         key: &StorageKey,
         args: &[&[u8]],
     ) -> Result<(), StoreError> {
-        let command = self.evalsha(script, key, args);
         match self
-            .invoke(script, &command)
+            .invoke(lua, key, args)
             .await
             .map_err(|e| with_key(e, key))?
         {
@@ -712,8 +742,10 @@ impl Store for RedisStore {
         // and heard; one before it leaves no in-progress record to mark.
         // Unregistered when dropped, also when this future is.
         let (notified, _registered) = self.inner.waiters.register(redis_key.as_bytes());
-        let mark = &self.inner.scripts.mark_waiting;
-        match self.invoke(mark, &self.evalsha(mark, key, &[])).await {
+        match self
+            .invoke(&self.inner.scripts.mark_waiting, key, &[])
+            .await
+        {
             Ok(Value::Int(1)) => {
                 let _ = tokio::time::timeout(timeout.min(self.inner.wait_recheck), notified).await;
                 Ok(())
