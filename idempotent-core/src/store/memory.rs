@@ -69,6 +69,8 @@ struct Inner {
 struct Shard {
     table: HashTable<Slot>,
     deadlines: Deadlines,
+    /// The next record's [`Slot::id`].
+    next_id: u64,
 }
 
 /// The deadlines of one shard, as two min-heaps: leases of records in
@@ -86,6 +88,8 @@ struct Deadlines {
 /// comparison and the response, instead of two.
 struct Slot {
     hash: u64,
+    /// Unique in its shard: how deadline-heap entries name the record.
+    id: u64,
     /// The storage key, then (completed, at most [`INLINE_RESPONSE`] bytes)
     /// the response.
     data: Arc<[u8]>,
@@ -147,18 +151,13 @@ impl Slot {
 }
 
 /// A heap entry. It may be stale (the record changed since): it is checked
-/// against the record when popped.
+/// against the record when popped. It names the record by hash and id, not
+/// by key, so that the many stale entries (every completed call leaves its
+/// lease's entry until the lease would have ended) keep no allocation alive.
 struct Deadline {
     at: Millis,
     hash: u64,
-    data: Arc<[u8]>,
-    key_len: usize,
-}
-
-impl Deadline {
-    fn key(&self) -> &[u8] {
-        &self.data[..self.key_len]
-    }
+    id: u64,
 }
 
 impl PartialEq for Deadline {
@@ -312,7 +311,7 @@ impl Shard {
             let Some(d) = self.deadlines.pop_due(now) else {
                 return;
             };
-            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.key() == d.key()) {
+            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.id == d.id) {
                 if !slot.get().is_live(now) {
                     let (slot, _) = slot.remove();
                     if let Some(waiters) = slot.waiters {
@@ -336,7 +335,7 @@ impl Shard {
         // Every entry popped here is either evicted or stale, so the work is
         // paid for by the pushes that created the entries.
         while let Some(Reverse(d)) = self.deadlines.expiries.pop() {
-            let Ok(slot) = self.table.find_entry(d.hash, |s| s.key() == d.key()) else {
+            let Ok(slot) = self.table.find_entry(d.hash, |s| s.id == d.id) else {
                 continue;
             };
             let found = slot.get();
@@ -358,8 +357,7 @@ impl Deadlines {
         heap.push(Reverse(Deadline {
             at: slot.deadline(),
             hash: slot.hash,
-            data: Arc::clone(&slot.data),
-            key_len: slot.key_len,
+            id: slot.id,
         }));
     }
 
@@ -419,7 +417,11 @@ impl Store for MemoryStore {
                     }
                 }
             }
-            let Shard { table, deadlines } = shard;
+            let Shard {
+                table,
+                deadlines,
+                next_id,
+            } = shard;
             let slot = match table.entry(hash, |s| s.key() == key.as_str().as_bytes(), |s| s.hash) {
                 Entry::Occupied(mut o) => {
                     // A dead record taken over: wake anyone waiting on it.
@@ -434,6 +436,7 @@ impl Store for MemoryStore {
                 Entry::Vacant(v) => v
                     .insert(Slot {
                         hash,
+                        id: std::mem::replace(next_id, *next_id + 1),
                         data: key.to_bytes(),
                         key_len: key.as_str().len(),
                         fingerprint,
