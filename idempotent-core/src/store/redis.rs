@@ -456,7 +456,9 @@ impl RedisStore {
     /// script (`NOSCRIPT`: restarted or flushed) gets `EVAL` with the source,
     /// which runs it and caches it there. `EVAL` goes to the key's node like
     /// any keyed command, so on a cluster no other node needs to answer (a
-    /// `SCRIPT LOAD` would go to every node).
+    /// `SCRIPT LOAD` would go to every node). Redis 7.4 and later may evict
+    /// scripts cached by `EVAL` when many others are (least recently used
+    /// first): a call then pays this fallback again, and stays correct.
     async fn invoke(
         &self,
         lua: &Lua,
