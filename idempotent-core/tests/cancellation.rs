@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, MemoryStore, Operation};
+use idempotent_core::{Idempotency, MemoryStore, Operation};
 use support::bank::Bank;
+use support::timed_call;
 
 #[tokio::test]
 async fn a_panicking_body_releases_the_key() {
@@ -48,20 +49,7 @@ async fn an_aborted_owner_hands_the_key_to_a_waiting_duplicate_at_once() {
     static OP: Operation = Operation::new("cancel.abort").wait(Duration::from_secs(60));
     let idem = Idempotency::new(MemoryStore::new());
     let runs = Arc::new(AtomicUsize::new(0));
-    let call = |work: Duration| {
-        let (idem, runs) = (idem.clone(), Arc::clone(&runs));
-        tokio::spawn(async move {
-            idem.call(&OP)
-                .key("order-1")
-                .payload(&1)
-                .run(async move {
-                    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(work).await;
-                    Ok::<_, Error>(run)
-                })
-                .await
-        })
-    };
+    let call = |work: Duration| tokio::spawn(timed_call(&idem, &OP, &runs, work));
     let owner = call(Duration::from_secs(3600));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let duplicate = call(Duration::ZERO);
@@ -85,20 +73,7 @@ async fn a_future_dropped_after_its_lease_was_renewed_releases_the_key() {
     static OP: Operation = Operation::new("cancel.renewed").lease(Duration::from_millis(300));
     let idem = Idempotency::new(MemoryStore::new());
     let runs = Arc::new(AtomicUsize::new(0));
-    let call = |work: Duration| {
-        let (idem, runs) = (idem.clone(), Arc::clone(&runs));
-        async move {
-            idem.call(&OP)
-                .key("order-1")
-                .payload(&1)
-                .run(async move {
-                    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(work).await;
-                    Ok::<_, Error>(run)
-                })
-                .await
-        }
-    };
+    let call = |work: Duration| timed_call(&idem, &OP, &runs, work);
     let owner = call(Duration::from_secs(60));
     let duplicate_meanwhile = async {
         // 2 s in, far past the 300 ms lease, renewal still holds the key...

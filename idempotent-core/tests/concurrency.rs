@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use idempotent_core::{DEFAULT_LEASE, Error, Executed, Idempotency, MemoryStore, Operation};
 use support::bank::Bank;
+use support::timed_call;
 use tokio::sync::{Notify, mpsc};
 
 async fn callers(
@@ -157,28 +158,6 @@ async fn a_thousand_overlapping_engine_callers_in_wait_mode_all_get_the_one_valu
     }
     assert_eq!(replayed, CALLERS - 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-}
-
-/// One call of `operation` with the key `order-1` whose body takes `work`
-/// and answers its run number.
-fn timed_call(
-    idem: &Idempotency,
-    operation: &'static Operation,
-    runs: &Arc<AtomicUsize>,
-    work: Duration,
-) -> impl std::future::Future<Output = Result<Executed<usize>, Error>> + Send + 'static {
-    let (idem, runs) = (idem.clone(), Arc::clone(runs));
-    async move {
-        idem.call(operation)
-            .key("order-1")
-            .payload(&1)
-            .run(async move {
-                let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                tokio::time::sleep(work).await;
-                Ok::<_, Error>(run)
-            })
-            .await
-    }
 }
 
 #[tokio::test(start_paused = true)]
