@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use idempotent_core::{
+    ClaimOutcome, Error, Fingerprint, Idempotency, IdempotencyKey, Operation, RedisStore,
+    StorageKey, Store, StoreError,
+};
 use support::redis_server::{RedisCluster, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,6 +38,58 @@ async fn conformance_on_a_three_master_cluster() {
         .await
         .unwrap();
     conformance::run_all(Arc::new(store)).await;
+}
+
+/// redis-rs's cluster client sends a command again when its connection
+/// drops before the answer (a failover, a reset): the completion that runs
+/// twice succeeds twice, while any other completion is still refused, and
+/// the record keeps the first response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_sent_twice_succeeds_twice() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let key = StorageKey::new("ns", "", "op", &IdempotencyKey::parse("twice").unwrap());
+    let fingerprint = Fingerprint::from_u128(1);
+    let lease = Duration::from_secs(30);
+    let ClaimOutcome::Acquired(acquired) = store.claim(&key, fingerprint, lease).await.unwrap()
+    else {
+        panic!("the first claim acquires");
+    };
+    let ttl = Duration::from_secs(60);
+    let complete =
+        |response: &'static [u8]| store.complete(&key, acquired.token, fingerprint, response, ttl);
+    complete(b"first").await.expect("completes");
+    complete(b"first")
+        .await
+        .expect("the same completion again: it already landed");
+    assert!(
+        matches!(complete(b"other").await, Err(StoreError::LeaseLost)),
+        "another response is refused"
+    );
+    match store.claim(&key, fingerprint, lease).await.unwrap() {
+        ClaimOutcome::Completed(response) => assert_eq!(&*response, b"first"),
+        other => panic!("expected the first response, got {other:?}"),
+    }
+}
+
+/// A claim that meets a record in progress reports, as its `retry_after`,
+/// what is left of that record's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_flight_answer_reports_the_lease_left() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let key = StorageKey::new("ns", "", "op", &IdempotencyKey::parse("in-flight").unwrap());
+    let fingerprint = Fingerprint::from_u128(1);
+    let lease = Duration::from_secs(20);
+    let first = store.claim(&key, fingerprint, lease).await.unwrap();
+    assert!(matches!(first, ClaimOutcome::Acquired(_)), "{first:?}");
+    match store.claim(&key, fingerprint, lease).await.unwrap() {
+        ClaimOutcome::InFlight { retry_after } => assert!(
+            retry_after <= lease && retry_after > lease - Duration::from_secs(5),
+            "{retry_after:?}"
+        ),
+        other => panic!("expected InFlight, got {other:?}"),
+    }
 }
 
 /// A server that forgot the store's scripts (restarted, or `SCRIPT FLUSH`)

@@ -19,7 +19,8 @@
 //!   gone), and otherwise returns the record that is there, which
 //!   [`record::decide_claim`] answers. No script: a claim, and so every
 //!   replay, costs Redis what a plain `SET` does. Only an in-flight answer
-//!   asks a second question, `PTTL`, for its `retry_after`.
+//!   asks a second question (the record and its `PTTL`, read together by a
+//!   script), for its `retry_after`.
 //! - complete, release and renew are Lua scripts (`EVALSHA`; after
 //!   `NOSCRIPT`, `EVAL` with the source) that check the lease token and
 //!   write in one step.
@@ -82,9 +83,16 @@ end
 /// fingerprint, response). Comparing and writing whole values spares Redis
 /// the substrings and the concatenation of `fenced!`: 3.5 µs of Redis CPU
 /// per completion with a 200-byte response, against 4.0 µs.
+///
+/// A record that already holds exactly ARGV[2] answers 1 too: redis-rs's
+/// cluster client sends a command again when its connection drops before
+/// the answer arrives, and the first sending may have completed the record.
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] and v ~= ARGV[1] .. 'w' then
+  if v == ARGV[2] then
+    return 1
+  end
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -112,6 +120,13 @@ if string.len(v) == 33 then
   redis.call('SETRANGE', KEYS[1], 33, 'w')
 end
 return 1
+";
+
+/// The record and its remaining time to live, read together: the in-flight
+/// answer's `retry_after` must be the lease of the record it saw, not the
+/// retention of one completed in between.
+const LOOK: &str = r"
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 ";
 
 const RENEW: &str = fenced!(
@@ -172,6 +187,7 @@ struct Scripts {
     release: Lua,
     renew: Lua,
     mark_waiting: Lua,
+    look: Lua,
 }
 
 /// A script: its source, and its SHA1 for `EVALSHA`.
@@ -363,7 +379,7 @@ impl RedisStoreBuilder {
             // The first connection reads the layout and reaches every
             // master: it gets three times one call's bound, as it did when
             // `build` made it.
-            let lazy = LazyCluster::new(client, timeout * 3);
+            let lazy = LazyCluster::new(client, timeout.saturating_mul(3));
             // Cluster pub/sub reaches every node: any seed that answers
             // will do, tried in turn.
             let seeds = self.cluster.iter().map(|seed| self.client(seed));
@@ -393,6 +409,7 @@ impl RedisStoreBuilder {
                     release: Lua::new(RELEASE),
                     renew: Lua::new(RENEW),
                     mark_waiting: Lua::new(MARK_WAITING),
+                    look: Lua::new(LOOK),
                 },
             }),
         })
@@ -486,6 +503,52 @@ impl RedisStore {
             }
         })
         .await
+    }
+
+    /// The answer to a claim that met a record in progress: how long its
+    /// lease has left, read together with the record. The record may have
+    /// changed since the claim: completed (answered as such), or gone (the
+    /// caller may retry now).
+    async fn in_flight(
+        &self,
+        key: &StorageKey,
+        fingerprint: Fingerprint,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let look = self.invoke(&self.inner.scripts.look, key, &[]);
+        let (value, ttl) = match look.await.map_err(|e| with_key(e, key))? {
+            Value::Array(answer) => match <[Value; 2]>::try_from(answer) {
+                Ok([value, Value::Int(ttl)]) => (value, ttl),
+                Ok(other) => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
+                Err(other) => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
+            },
+            other => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
+        };
+        let current = match value {
+            Value::Nil => {
+                return Ok(ClaimOutcome::InFlight {
+                    retry_after: Duration::ZERO,
+                });
+            }
+            Value::BulkString(bytes) => decode(key, bytes)?,
+            other => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
+        };
+        match record::decide_claim(Some(&current), fingerprint, 0) {
+            // -1: no expiry. This store always sets one, so the record was
+            // written or `PERSIST`ed by something else, and would hold the
+            // key forever.
+            ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) if ttl == -1 => Err(corrupt(
+                key,
+                "a record in progress without an expiry (it would hold the key forever); \
+                 delete the key",
+            )),
+            ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) => Ok(ClaimOutcome::InFlight {
+                retry_after: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
+            }),
+            ClaimDecision::Answer(answer) => Ok(answer),
+            ClaimDecision::Acquire => Ok(ClaimOutcome::InFlight {
+                retry_after: Duration::ZERO,
+            }),
+        }
     }
 
     async fn query(&self, command: &redis::Cmd) -> Result<Value, StoreError> {
@@ -595,6 +658,14 @@ fn in_progress(fingerprint: [u8; 16], token: LeaseToken) -> [u8; IN_PROGRESS_LEN
     value
 }
 
+/// Whether a stored value is the in-progress value this claim wrote (with
+/// or without a waiter's mark).
+fn is_own_claim(stored: &[u8], ours: &[u8; IN_PROGRESS_LEN]) -> bool {
+    stored
+        .strip_prefix(&ours[..])
+        .is_some_and(|rest| rest.is_empty() || rest == b"w")
+}
+
 /// Decodes a stored value into a [`Record`] whose deadline is "alive" (Redis
 /// keeps the expiry itself and only hands out live keys).
 fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreError> {
@@ -659,31 +730,22 @@ impl Store for RedisStore {
                     duration: lease,
                 }));
             }
+            // This claim's own record: redis-rs's cluster client sends a
+            // command again when its connection drops before the answer
+            // arrives, and the first sending may have written it.
+            Value::BulkString(bytes) if is_own_claim(&bytes, &value) => {
+                return Ok(ClaimOutcome::Acquired(Lease {
+                    token,
+                    duration: lease,
+                }));
+            }
             Value::BulkString(bytes) => decode(key, bytes)?,
             other => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
         };
         // Redis only returns live keys: the record's deadline is "later".
         match record::decide_claim(Some(&current), fingerprint, 0) {
             ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) => {
-                let ttl = match self.query(redis::cmd("PTTL").arg(&redis_key)).await {
-                    // -1: no expiry. This store always sets one, so the record
-                    // was written or `PERSIST`ed by something else, and would
-                    // hold the key forever.
-                    Ok(Value::Int(-1)) => {
-                        return Err(corrupt(
-                            key,
-                            "a record in progress without an expiry (it would hold the key \
-                             forever); delete the key",
-                        ));
-                    }
-                    // -2: it expired since the claim; the caller may retry now.
-                    Ok(Value::Int(ttl)) => u64::try_from(ttl).unwrap_or(0),
-                    Ok(_) => 0,
-                    Err(error) => return Err(with_key(error, key)),
-                };
-                Ok(ClaimOutcome::InFlight {
-                    retry_after: Duration::from_millis(ttl),
-                })
+                self.in_flight(key, fingerprint).await
             }
             ClaimDecision::Answer(answer) => Ok(answer),
             // Not reachable for a live record; answered conservatively.
@@ -845,6 +907,25 @@ mod tests {
     fn waiting(waiters: &Waiters, key: &[u8]) -> usize {
         let map = waiters.0.lock().unwrap();
         map.get(key).map_or(0, |(_, count)| *count)
+    }
+
+    #[test]
+    fn a_claim_knows_its_own_record_and_only_it() {
+        let ours = in_progress([7; 16], LeaseToken::from_u128(42));
+        assert!(is_own_claim(&ours, &ours));
+        assert!(
+            is_own_claim(&[&ours[..], b"w"].concat(), &ours),
+            "marked by a waiter"
+        );
+        let other_token = in_progress([7; 16], LeaseToken::from_u128(43));
+        assert!(!is_own_claim(&other_token, &ours));
+        let other_payload = in_progress([8; 16], LeaseToken::from_u128(42));
+        assert!(!is_own_claim(&other_payload, &ours));
+        assert!(!is_own_claim(&ours[..32], &ours), "truncated");
+        assert!(!is_own_claim(&[&ours[..], b"ww"].concat(), &ours));
+        let mut completed = ours.to_vec();
+        completed[0] = b'C';
+        assert!(!is_own_claim(&completed, &ours));
     }
 
     #[test]
