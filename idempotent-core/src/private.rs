@@ -47,7 +47,7 @@ impl OperationCell {
 
     /// The operation of the method's `Self` type (`type_name::<Self>()`),
     /// built by `init` on the first use of that type (generic arguments
-    /// aside, as in [`method_name`]).
+    /// aside, as in [`operation_name`]).
     pub fn get_or_init_for(
         &self,
         self_type: &'static str,
@@ -92,16 +92,57 @@ impl OperationCell {
     }
 }
 
-/// The operation name of a method: its `Self` type's path without generic
-/// arguments, then the method name (`shop::Payments::charge`). Built once
-/// per name and kept for the life of the process.
-pub fn method_name(self_type: &'static str, method: &'static str) -> &'static str {
-    static NAMES: OnceLock<Mutex<HashMap<(&'static str, &'static str), &'static str>>> =
-        OnceLock::new();
+/// The default operation name of an annotated function, from where it is
+/// defined: `site` is `type_name_of_val` of an item the macro declares in
+/// the function's body (`shop::Payments::charge::__idempotent_site`), and
+/// `self_type` is `type_name::<Self>()` for a method.
+///
+/// The definition's own path tells apart every two functions: an inherent
+/// method (`shop::Payments::charge`) from a trait's
+/// (`<shop::Payments as shop::Charge>::charge`), associated functions of
+/// two types in one module (`shop::A::create`, `shop::B::create`), and
+/// the impls of a trait for `Svc<Cards>` and for `Svc<Transfers>`. Generic
+/// arguments that are only placeholders are left out (`shop::Svc<_>` is
+/// `shop::Svc`): the instances of one generic impl are one function, and
+/// share records. A method whose path does not name its `Self` type (a
+/// trait's default method, a blanket impl) is one function for several
+/// types, so the type is added (`shop::Charge::charge for shop::Payments`).
+///
+/// Built once per name and kept for the life of the process.
+pub fn operation_name(site: &'static str, self_type: Option<&'static str>) -> &'static str {
+    type Names = HashMap<(&'static str, Option<&'static str>), &'static str>;
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
     let names = NAMES.get_or_init(Default::default);
     let mut names = names.lock().unwrap_or_else(PoisonError::into_inner);
-    names.entry((self_type, method)).or_insert_with(|| {
-        Box::leak(format!("{}::{method}", type_path(self_type)).into_boxed_str())
+    names.entry((site, self_type)).or_insert_with(|| {
+        let path = definition_path(site);
+        let name = match self_type.map(type_path) {
+            Some(ty) if !names_path(&path, ty) => format!("{path} for {ty}"),
+            _ => path,
+        };
+        Box::leak(name.into_boxed_str())
+    })
+}
+
+/// The path of the function holding `site`: without the site's own name,
+/// the `{{closure}}` segments of an `async` body, and generic argument
+/// lists that hold only placeholders (`<_>`, `<'_>`, `<_, '_>`).
+fn definition_path(site: &str) -> String {
+    let site = site.strip_suffix("::__idempotent_site").unwrap_or(site);
+    let mut path = site.replace("::{{closure}}", "");
+    for placeholders in ["<_>", "<'_>", "<_, _>", "<'_, _>", "<_, '_>", "<'_, '_>"] {
+        path = path.replace(placeholders, "");
+    }
+    path
+}
+
+/// Whether `path` holds `ty` as a whole path (not as part of a longer name).
+fn names_path(path: &str, ty: &str) -> bool {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    path.match_indices(ty).any(|(at, _)| {
+        let before = path[..at].chars().next_back();
+        let after = path[at + ty.len()..].chars().next();
+        !before.is_some_and(|c| ident(c) || c == ':') && !after.is_some_and(ident)
     })
 }
 
@@ -198,16 +239,78 @@ mod tests {
     use super::*;
 
     #[test]
-    fn method_names_drop_generics_and_references() {
+    fn default_names_follow_the_definition() {
+        let name = |site: &'static str, self_type| operation_name(site, self_type);
+        // A free function (an `async fn` body is a closure in the path).
         assert_eq!(
-            method_name("shop::Svc<shop::Db>", "charge"),
+            name("shop::charge::{{closure}}::__idempotent_site", None),
+            "shop::charge"
+        );
+        // Associated functions of two types in one module.
+        assert_eq!(
+            name("shop::A::create::__idempotent_site", None),
+            "shop::A::create"
+        );
+        assert_eq!(
+            name("shop::B::create::__idempotent_site", None),
+            "shop::B::create"
+        );
+        // An inherent method, and a trait's method of the same name.
+        let svc = Some("shop::Svc");
+        assert_eq!(
+            name("shop::Svc::charge::__idempotent_site", svc),
             "shop::Svc::charge"
         );
-        assert_eq!(method_name("&shop::Svc", "charge"), "shop::Svc::charge");
-        assert_eq!(method_name("shop::Svc", "refund"), "shop::Svc::refund");
+        assert_eq!(
+            name(
+                "<shop::Svc as shop::Charge>::charge::__idempotent_site",
+                svc
+            ),
+            "<shop::Svc as shop::Charge>::charge"
+        );
+        // Two impls for two instances of a generic type.
+        assert_eq!(
+            name(
+                "<shop::Svc<shop::Cards> as shop::Handle>::go::__idempotent_site",
+                Some("shop::Svc<shop::Cards>")
+            ),
+            "<shop::Svc<shop::Cards> as shop::Handle>::go"
+        );
+        // One generic impl: its instances (and references to them) share.
+        let generic = "shop::Svc<_>::refund::{{closure}}::__idempotent_site";
+        assert_eq!(
+            name(generic, Some("shop::Svc<shop::Db>")),
+            "shop::Svc::refund"
+        );
+        assert_eq!(
+            name(generic, Some("&shop::Svc<shop::Mock>")),
+            "shop::Svc::refund"
+        );
+        assert_eq!(
+            name(
+                "shop::Ledger<'_>::post::__idempotent_site",
+                Some("shop::Ledger")
+            ),
+            "shop::Ledger::post"
+        );
+        // A default method: one function for each implementor.
+        let default = "shop::Charge::charge::__idempotent_site";
+        assert_eq!(
+            name(default, Some("shop::A")),
+            "shop::Charge::charge for shop::A"
+        );
+        assert_eq!(
+            name(default, Some("shop::B")),
+            "shop::Charge::charge for shop::B"
+        );
+        // `shop::Charge` is not `shop::Char`.
+        assert_eq!(
+            name(default, Some("shop::Char")),
+            "shop::Charge::charge for shop::Char"
+        );
         assert!(std::ptr::eq(
-            method_name("shop::Svc", "refund"),
-            method_name("shop::Svc", "refund")
+            name(default, Some("shop::A")),
+            name(default, Some("shop::A"))
         ));
     }
 

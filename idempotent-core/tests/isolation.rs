@@ -245,3 +245,91 @@ async fn arguments_named_like_the_expansions_locals_are_the_callers() {
         "key 7, another payload"
     );
 }
+
+/// Functions are told apart by where they are defined, not only by their
+/// names: associated functions of two types in one module, an inherent and
+/// a trait method of one name on one type, and the impls of one trait for
+/// two instances of a generic type each keep records of their own.
+struct Orders;
+struct Refunds;
+
+impl Orders {
+    #[idempotent(key = id, runtime = rt)]
+    async fn create(rt: &Idempotency, id: &str) -> Result<String, Error> {
+        Ok("order".to_owned())
+    }
+}
+
+impl Refunds {
+    #[idempotent(key = id, runtime = rt)]
+    async fn create(rt: &Idempotency, id: &str) -> Result<String, Error> {
+        Ok("refund".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn associated_functions_of_two_types_are_two_operations() {
+    let idem = Idempotency::new(MemoryStore::new());
+    for _ in 0..2 {
+        assert_eq!(Orders::create(&idem, "k").await.unwrap(), "order");
+        assert_eq!(Refunds::create(&idem, "k").await.unwrap(), "refund");
+    }
+}
+
+trait Settle {
+    async fn settle(&self, id: &str) -> Result<String, Error>;
+}
+
+struct Ledger(Idempotency);
+
+impl Ledger {
+    #[idempotent(key = id, runtime = self.0)]
+    async fn settle(&self, id: &str) -> Result<String, Error> {
+        Ok("inherent".to_owned())
+    }
+}
+
+impl Settle for Ledger {
+    #[idempotent(key = id, runtime = self.0)]
+    async fn settle(&self, id: &str) -> Result<String, Error> {
+        Ok("trait".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn an_inherent_and_a_trait_method_of_one_name_are_two_operations() {
+    let ledger = Ledger(Idempotency::new(MemoryStore::new()));
+    for _ in 0..2 {
+        assert_eq!(Ledger::settle(&ledger, "k").await.unwrap(), "inherent");
+        assert_eq!(Settle::settle(&ledger, "k").await.unwrap(), "trait");
+    }
+}
+
+struct Desk<Kind>(Idempotency, std::marker::PhantomData<Kind>);
+struct CardDesk;
+struct TransferDesk;
+
+impl Settle for Desk<CardDesk> {
+    #[idempotent(key = id, runtime = self.0)]
+    async fn settle(&self, id: &str) -> Result<String, Error> {
+        Ok("cards".to_owned())
+    }
+}
+
+impl Settle for Desk<TransferDesk> {
+    #[idempotent(key = id, runtime = self.0)]
+    async fn settle(&self, id: &str) -> Result<String, Error> {
+        Ok("transfers".to_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_impls_for_two_instances_of_a_generic_type_are_two_operations() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let cards = Desk::<CardDesk>(idem.clone(), std::marker::PhantomData);
+    let transfers = Desk::<TransferDesk>(idem, std::marker::PhantomData);
+    for _ in 0..2 {
+        assert_eq!(cards.settle("k").await.unwrap(), "cards");
+        assert_eq!(transfers.settle("k").await.unwrap(), "transfers");
+    }
+}

@@ -127,7 +127,14 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     } else {
         quote!(get_or_init(#init))
     };
+    // Named by its path, which is the function's own (see `operation_name`).
+    let site = args.name.is_none().then(|| {
+        quote!(
+            fn __idempotent_site() {}
+        )
+    });
     let operation = quote! {
+        #site
         static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
         let #operation_var = __IDEMPOTENT_OPERATION.#get;
     };
@@ -286,18 +293,24 @@ fn connection_argument(args: &Args, func: &ItemFn) -> syn::Result<Option<(usize,
     }
 }
 
-/// The operation name: `name = "..."`, else the method's `Self` type and
-/// name, else the function's module path and name.
+/// The operation name: `name = "..."`, else the path where the function is
+/// defined (and, for a method that path does not tie to its `Self` type,
+/// that type): see `__private::operation_name`.
 fn operation_name(args: &Args, func: &ItemFn, private: &TokenStream) -> TokenStream {
     if let Some(name) = &args.name {
         return name.to_token_stream();
     }
-    let ident = func.sig.ident.to_string();
-    if func.sig.receiver().is_some() {
-        quote!(#private::method_name(::core::any::type_name::<Self>(), #ident))
+    let self_type = if func.sig.receiver().is_some() {
+        quote!(::core::option::Option::Some(
+            ::core::any::type_name::<Self>()
+        ))
     } else {
-        quote!(::core::concat!(::core::module_path!(), "::", #ident))
-    }
+        quote!(::core::option::Option::None)
+    };
+    quote!(#private::operation_name(
+        ::core::any::type_name_of_val(&__idempotent_site),
+        #self_type,
+    ))
 }
 
 fn duration_options(args: &Args, private: &TokenStream) -> TokenStream {
