@@ -501,7 +501,18 @@ impl RequestBuilder {
     ) -> Result<Sent, ClientError> {
         let response = result.map_err(|source| ClientError::Http { attempts, source })?;
         if let Some(name) = &self.intent {
-            self.client.inner.journal.finish(name).await?;
+            // The server has answered: the answer is the caller's, whatever
+            // the journal says. An intent not marked answered stays
+            // pending, so sending it again reuses its key and gets the
+            // server's stored answer, never a second execution.
+            if let Err(error) = self.client.inner.journal.finish(name).await {
+                tracing::warn!(
+                    intent = name.as_str(),
+                    %error,
+                    "the final answer could not be recorded in the journal; the intent stays \
+                     pending, and sending it again reuses its key"
+                );
+            }
         }
         if let (StatusCode::UNPROCESSABLE_ENTITY, Some(key)) = (response.status(), &key) {
             return Err(ClientError::KeyReused {

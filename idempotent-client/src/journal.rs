@@ -62,7 +62,13 @@ impl Intent {
 pub struct JournalError(String);
 
 impl JournalError {
-    fn new(error: impl std::fmt::Display) -> Self {
+    /// An error of a [`Journal`] of your own, from what went wrong.
+    ///
+    /// ```
+    /// let error = idempotent_client::JournalError::new("disk full");
+    /// assert_eq!(error.to_string(), "idempotency journal: disk full");
+    /// ```
+    pub fn new(error: impl std::fmt::Display) -> Self {
         Self(error.to_string())
     }
 }

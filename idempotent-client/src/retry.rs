@@ -137,7 +137,9 @@ impl RetryPolicy {
     /// retries, fewer if [`max_elapsed`](Self::max_elapsed) runs out first.
     pub fn retries(&self) -> Retries {
         let ceilings = ExponentialBuilder::new()
-            .with_min_delay(self.initial_interval)
+            // backon caps every delay at `max_delay` but the first, which is
+            // `min_delay` as given: capped here, as the policy promises.
+            .with_min_delay(self.initial_interval.min(self.max_interval))
             .with_factor(self.multiplier)
             .with_max_delay(self.max_interval)
             .with_max_times(self.max_attempts.saturating_sub(1) as usize)
@@ -278,6 +280,15 @@ mod tests {
             [100, 200, 400],
             "a fourth retry would start after 1.5 s"
         );
+    }
+
+    #[test]
+    fn the_first_delay_is_capped_too() {
+        let capped = policy()
+            .initial_interval(Duration::from_secs(5))
+            .max_interval(Duration::from_secs(1))
+            .full_jitter(false);
+        assert!(capped.retries().all(|d| d == Duration::from_secs(1)));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use idempotent_client::{ClientError, IdempotentClient, MemoryJournal, RetryPolicy};
+use idempotent_client::{
+    ClientError, IdempotentClient, Intent, Journal, JournalError, MemoryJournal, RetryPolicy,
+};
 use idempotent_core::http::IdempotencyLayer;
 use idempotent_core::{Idempotency, MemoryStore};
 
@@ -379,4 +381,53 @@ async fn a_replayed_answer_is_final_even_with_a_retryable_status() {
     assert_eq!(sent.response.headers()["idempotent-replayed"], "true");
     assert_eq!(sent.attempts, 2, "the first answer, then its replay");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A journal that records intents but cannot record their answers (a full
+/// disk, say).
+#[derive(Clone, Default)]
+struct AnswersFail(MemoryJournal);
+
+#[async_trait::async_trait]
+impl Journal for AnswersFail {
+    async fn begin(&self, intent: Intent) -> Result<Intent, JournalError> {
+        self.0.begin(intent).await
+    }
+    async fn finish(&self, _name: &str) -> Result<(), JournalError> {
+        Err(JournalError::new("disk full"))
+    }
+    async fn pending(&self) -> Result<Vec<Intent>, JournalError> {
+        self.0.pending().await
+    }
+    async fn prune(&self, before: std::time::SystemTime) -> Result<usize, JournalError> {
+        self.0.prune(before).await
+    }
+}
+
+/// The server ran the request: its answer reaches the caller even when
+/// the journal cannot record it. The intent stays pending, and sending it
+/// again reuses its key, so the server replays instead of charging again.
+#[tokio::test]
+async fn an_answer_the_journal_cannot_record_is_still_returned() {
+    let (url, counters) = server().await;
+    let journal = AnswersFail::default();
+    let client = IdempotentClient::builder()
+        .journal(journal.clone())
+        .retry(fast())
+        .build()
+        .unwrap();
+    let send = || client.post(&url).body("order-9").intent("order-9").send();
+    let first = send()
+        .await
+        .expect("the server's answer, not a journal error");
+    assert_eq!(first.response.status(), 201);
+    assert_eq!(journal.pending().await.unwrap().len(), 1, "still pending");
+    let again = send().await.unwrap();
+    assert_eq!(again.key, first.key, "the pending intent's key");
+    assert_eq!(
+        again.response.headers()["idempotent-replayed"],
+        "true",
+        "the server replays its stored answer"
+    );
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
 }
