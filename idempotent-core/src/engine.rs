@@ -381,6 +381,34 @@ pub(crate) struct ResultCodec<const CACHE_ERRORS: bool>;
 
 const OK_TAG: u8 = b'O';
 const ERR_TAG: u8 = b'E';
+/// A record stored in place of a value that could not be encoded, followed
+/// by the encoding error. Every codec answers it with [`Error::Codec`].
+pub(crate) const UNSTORED_TAG: u8 = b'X';
+
+/// The record stored in place of a value that could not be encoded.
+fn unstored(error: &Error) -> Vec<u8> {
+    let detail = match error {
+        Error::Codec { detail, .. } => detail.as_str(),
+        _ => "",
+    };
+    [&[UNSTORED_TAG], detail.as_bytes()].concat()
+}
+
+/// What a replay of an [`unstored`] record gets, or `None` for any other.
+pub(crate) fn replay_unstored(bytes: &[u8], operation: &Operation) -> Option<Error> {
+    let (&UNSTORED_TAG, detail) = bytes.split_first()? else {
+        return None;
+    };
+    Some(codec_error(
+        "decode",
+        operation,
+        format_args!(
+            "the first call with this key ran, but its result could not be stored ({}); \
+             the body is not run again",
+            String::from_utf8_lossy(detail)
+        ),
+    ))
+}
 
 fn encode_json<T: Serialize>(tag: u8, value: &T, operation: &Operation) -> Result<Vec<u8>, Error> {
     let mut bytes = Vec::with_capacity(128);
@@ -428,7 +456,8 @@ where
                 operation,
                 "the record holds a cached error, but this call does not cache errors",
             )),
-            _ => Err(codec_error("decode", operation, "unknown record tag")),
+            _ => Err(replay_unstored(bytes, operation)
+                .unwrap_or_else(|| codec_error("decode", operation, "unknown record tag"))),
         }
     }
 }
@@ -458,7 +487,8 @@ where
         match bytes.split_first() {
             Some((&OK_TAG, json)) => decode_json(json, operation).map(Ok),
             Some((&ERR_TAG, json)) => decode_json(json, operation).map(Err),
-            _ => Err(codec_error("decode", operation, "unknown record tag")),
+            _ => Err(replay_unstored(bytes, operation)
+                .unwrap_or_else(|| codec_error("decode", operation, "unknown record tag"))),
         }
     }
 }
@@ -653,37 +683,41 @@ where
             replayed: false,
         })
     };
-    match codec.encode(&value, operation, runtime) {
-        Ok(Some((bytes, ttl))) => {
-            let completed = timed(
-                operation,
-                StoreCall::Complete,
-                store.complete(&storage_key, token, guard.fingerprint, &bytes, ttl),
-            )
-            .await;
-            guard.disarm();
-            match completed {
-                Ok(()) => fresh(value),
-                Err(StoreError::LeaseLost) => Err(Error::LeaseLost {
-                    key: key.to_string(),
-                }),
-                Err(error) => {
-                    // The body ran: its value is real, so the caller gets it.
-                    // The record stays in progress until its lease runs out.
-                    tracing::error!(%error, "the body ran but its result could not be stored");
-                    fresh(value)
-                }
-            }
-        }
+    let (bytes, ttl) = match codec.encode(&value, operation, runtime) {
+        Ok(Some(stored)) => stored,
         Ok(None) => {
             guard.disarm();
             release(store.as_ref(), operation, &storage_key, token).await;
-            fresh(value)
+            return fresh(value);
         }
+        // The body ran, so its effects did: a retry must not run it again.
+        // Stored in the value's place, this answers every retry with the
+        // error (see `unstored`).
         Err(error) => {
-            guard.disarm();
-            tracing::error!(%error, "the body ran but its result could not be encoded; releasing the key");
-            release(store.as_ref(), operation, &storage_key, token).await;
+            tracing::error!(
+                %error,
+                "the body ran but its result could not be encoded; retries get this error \
+                 and do not run the body again"
+            );
+            (unstored(&error), operation.ttl.unwrap_or(runtime.ttl()))
+        }
+    };
+    let completed = timed(
+        operation,
+        StoreCall::Complete,
+        store.complete(&storage_key, token, guard.fingerprint, &bytes, ttl),
+    )
+    .await;
+    guard.disarm();
+    match completed {
+        Ok(()) => fresh(value),
+        Err(StoreError::LeaseLost) => Err(Error::LeaseLost {
+            key: key.to_string(),
+        }),
+        Err(error) => {
+            // The body ran: its value is real, so the caller gets it.
+            // The record stays in progress until its lease runs out.
+            tracing::error!(%error, "the body ran but its result could not be stored");
             fresh(value)
         }
     }

@@ -66,7 +66,8 @@ pub enum Error {
     },
     /// A stored value could not be decoded (`action` is `decode`). A fresh
     /// value that cannot be encoded is not an error for its caller: the body
-    /// ran, so the value is returned, and the key is released (logged);
+    /// ran, so the value is returned, and what is stored in its place
+    /// answers every retry with this error (the body does not run again);
     /// except in PostgreSQL's same-transaction mode, where it is this error
     /// (`encode`) and the transaction, writes included, rolls back.
     #[error("could not {action} the stored response of `{operation}`: {detail}")]

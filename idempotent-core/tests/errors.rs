@@ -172,31 +172,37 @@ async fn a_cached_error_is_never_re_executed_by_a_call_that_does_not_cache_error
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// The body ran, so its effects did: its value is returned even though it
+/// cannot be stored, and every retry gets a codec error instead of running
+/// the body again.
 #[tokio::test]
-async fn a_value_that_cannot_be_stored_is_returned_and_the_key_released() {
+async fn a_value_that_cannot_be_stored_is_returned_once_and_never_run_again() {
     static OP: Operation = Operation::new("errors.unencodable");
     let idem = Idempotency::new(MemoryStore::new());
     let runs = AtomicUsize::new(0);
-    for run in 1..=2 {
-        // JSON maps need string keys: this value cannot be encoded.
-        let executed = idem
-            .call(&OP)
-            .key("order-1")
-            .payload(&1)
-            .run(async {
-                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-                Ok::<_, Error>(HashMap::from([((n, n), n)]))
-            })
-            .await
-            .unwrap();
-        assert_eq!(executed.value, HashMap::from([((run, run), run)]));
-        assert!(!executed.replayed);
+    let call = || {
+        idem.call(&OP).key("order-1").payload(&1).run(async {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            // JSON maps need string keys: this value cannot be encoded.
+            Ok::<_, Error>(HashMap::from([((n, n), n)]))
+        })
+    };
+    let first = call().await.unwrap();
+    assert_eq!(first.value, HashMap::from([((1, 1), 1)]));
+    assert!(!first.replayed);
+    for _ in 0..2 {
+        let error = call().await.unwrap_err();
+        assert!(
+            matches!(&error, Error::Codec { action: "decode", detail, .. }
+                if detail.contains("could not be stored") && detail.contains("key must be a string")),
+            "{error:?}"
+        );
     }
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        2,
-        "nothing stored, so it ran again"
-    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran once");
+    // Another key is not affected.
+    let other = idem.call(&OP).key("order-2").payload(&1);
+    let value = other.run(async { Ok::<_, Error>(7) }).await.unwrap();
+    assert_eq!(value.value, 7);
 }
 
 #[tokio::test]
