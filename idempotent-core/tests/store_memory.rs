@@ -36,6 +36,27 @@ fn key(i: usize) -> StorageKey {
 const FP: Fingerprint = Fingerprint::from_u128(1);
 const LEASE: Duration = Duration::from_secs(30);
 
+/// A small bound is the store's, not each of 64 shards': ten calls in
+/// flight fit in `max_entries(10)` whatever shards their keys hash to.
+#[tokio::test(start_paused = true)]
+async fn a_small_bound_holds_as_many_calls_as_it_says() {
+    for round in 0..20 {
+        let store = MemoryStore::builder().max_entries(10).build();
+        for i in 0..10 {
+            let claimed = store.claim(&key(round * 10 + i), FP, LEASE).await;
+            assert!(
+                matches!(claimed, Ok(ClaimOutcome::Acquired(_))),
+                "{claimed:?}"
+            );
+        }
+        let refused = store.claim(&key(1_000), FP, LEASE).await;
+        assert!(
+            matches!(refused, Err(StoreError::CapacityExceeded { limit: 10 })),
+            "{refused:?}"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_store_of_running_calls_refuses_new_claims() {
     let store = MemoryStore::builder().shards(1).max_entries(10).build();

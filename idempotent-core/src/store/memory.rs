@@ -177,6 +177,9 @@ impl Ord for Deadline {
     }
 }
 
+/// With a bound on entries, the fewest records a shard is made to hold.
+const MIN_PER_SHARD: usize = 256;
+
 /// Builds a [`MemoryStore`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -194,7 +197,12 @@ impl MemoryStoreBuilder {
 
     /// Bounds the number of records kept (default: unbounded).
     ///
-    /// The bound is applied per shard (`max_entries / shards`, at least 1).
+    /// The bound is applied per shard (`max_entries / shards`, rounded up),
+    /// so a shard can be full a little before the store is. A small bound
+    /// uses fewer shards, so that each holds at least
+    /// 256 records (`max_entries(10)` is one shard of 10): with one or two
+    /// records per shard, two calls that hash to one shard would be refused
+    /// in an almost empty store.
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = Some(max_entries.max(1));
         self
@@ -202,7 +210,12 @@ impl MemoryStoreBuilder {
 
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
-        let shards = self.shards.next_power_of_two();
+        let mut shards = self.shards.next_power_of_two();
+        if let Some(max) = self.max_entries {
+            // The largest power of two with at least MIN_PER_SHARD records each.
+            let room = (max / MIN_PER_SHARD).max(1);
+            shards = shards.min(1 << room.ilog2());
+        }
         MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..shards).map(|_| Mutex::default()).collect(),
