@@ -434,6 +434,99 @@ async fn a_body_over_the_limit_is_413_whether_declared_or_not() {
 }
 
 /// A request with key `k` whose handler takes `ms` milliseconds.
+/// One chunk, then an error: a response body that fails half-way.
+struct Broken(bool);
+
+impl http_body::Body for Broken {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let sent = std::mem::replace(&mut self.0, true);
+        std::task::Poll::Ready(Some(if sent {
+            Err(std::io::Error::other("the upstream went away"))
+        } else {
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"{\"id\":",
+            )))
+        }))
+    }
+}
+
+/// The handler ran, so a retry must not run it again, even when its
+/// response body failed half-way: a 502 problem is stored in its place and
+/// replayed. A 503 whose body fails is not stored (the key is released).
+#[tokio::test]
+async fn a_response_body_that_fails_half_way_is_never_run_twice() {
+    let calls = Calls::default();
+    let broken = |State(calls): State<Calls>, headers: HeaderMap| async move {
+        calls.0.fetch_add(1, Ordering::SeqCst);
+        let status = headers
+            .get("x-status")
+            .map_or("201", |s| s.to_str().unwrap());
+        Response::builder()
+            .status(status.parse::<u16>().unwrap())
+            .body(Body::new(Broken(false)))
+            .unwrap()
+    };
+    let app = Router::new()
+        .route("/payments", post(broken))
+        .with_state(calls.clone())
+        .layer(memory().build());
+    for replayed in [false, true, true] {
+        let (status, headers, body) = send(&app, request(Some("broken"), "{}")).await;
+        let detail = problem(status, &headers, &body, StatusCode::BAD_GATEWAY);
+        assert!(detail.contains("the upstream went away"), "{detail}");
+        assert_eq!(headers.get("idempotent-replayed").is_some(), replayed);
+    }
+    assert_eq!(calls.get(), 1);
+    let unavailable = || {
+        post_with(Some("broken-503"))
+            .header("x-status", "503")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let (status, headers, body) = send(&app, unavailable()).await;
+        problem(status, &headers, &body, StatusCode::BAD_GATEWAY);
+        assert!(headers.get("idempotent-replayed").is_none());
+    }
+    assert_eq!(calls.get(), 3, "a 503 is never stored: each retry runs");
+}
+
+/// A client that disconnects while its request runs (a timeout, a dropped
+/// connection) does not cancel the handler: it runs to its end on a real
+/// server, its answer is stored, and the client's retry is a replay, not a
+/// second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_does_not_cancel_the_handler() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (app, calls) = app(memory());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let raw = "POST /payments HTTP/1.1\r\nhost: test\r\nidempotency-key: gone-1\r\n\
+               content-type: application/json\r\nx-sleep-ms: 300\r\ncontent-length: 2\r\n\r\n{}";
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(raw.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(calls.get(), 1, "the handler started");
+    drop(client); // the client gives up
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut retry = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = raw.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nconnection: close\r\n");
+    retry.write_all(raw.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    retry.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains("idempotent-replayed: true"), "{answer}");
+    assert_eq!(calls.get(), 1, "the handler ran once");
+}
+
 fn slow(ms: u64) -> Request<Body> {
     post_with(Some("k"))
         .header("x-sleep-ms", ms.to_string())

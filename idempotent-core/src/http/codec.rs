@@ -34,8 +34,9 @@ pub(crate) enum Outcome<E, B> {
     Replayed(Stored),
     /// The inner service failed (not stored: the key is released).
     Failed(E),
-    /// The handler's response body failed half-way (not stored).
-    BodyFailed(String),
+    /// The handler's response body, with this status, failed half-way: a
+    /// problem, stored if the status is one the layer stores.
+    BodyFailed(StatusCode, String),
 }
 
 /// A decoded stored response.
@@ -159,6 +160,16 @@ impl HttpCodec<'_> {
     /// The record stored in place of a response over the response limit.
     fn too_large(&self, operation: &Operation, runtime: &Idempotency) -> (Vec<u8>, Duration) {
         let problem = super::problem::response_too_large::<Bytes>(self.0.response_limit);
+        self.in_place(problem, operation, runtime)
+    }
+
+    /// The record of `problem`, stored in place of a response that cannot be.
+    fn in_place(
+        &self,
+        problem: http::Response<Bytes>,
+        operation: &Operation,
+        runtime: &Idempotency,
+    ) -> (Vec<u8>, Duration) {
         let (parts, body) = problem.into_parts();
         (
             encode(parts.status, &parts.headers, &body),
@@ -185,6 +196,10 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
             }
             Outcome::OverLimit(status) if stored(*status) => {
                 return Ok(Some(self.too_large(operation, runtime)));
+            }
+            Outcome::BodyFailed(status, detail) if stored(*status) => {
+                let problem = super::problem::response_failed::<Bytes>(detail);
+                return Ok(Some(self.in_place(problem, operation, runtime)));
             }
             _ => return Ok(None),
         };

@@ -51,7 +51,7 @@ const STORE_UNAVAILABLE: Kind = Kind {
     slug: "store-unavailable",
     title: "Idempotency store unavailable",
 };
-pub(crate) const RESPONSE_FAILED: Kind = Kind {
+const RESPONSE_FAILED: Kind = Kind {
     status: StatusCode::BAD_GATEWAY,
     slug: "response-failed",
     title: "The handler's response could not be read",
@@ -101,6 +101,28 @@ pub(crate) fn response_too_large<B: From<Bytes>>(limit: usize) -> Response<B> {
             "the request was processed, but its response is over the {limit}-byte limit of what \
              this idempotency layer stores, so it cannot be replayed; it is not run again"
         ),
+    )
+}
+
+/// The answer, first and replayed, for a handler whose response body failed
+/// half-way: it ran, so this is stored in its place (when its status is one
+/// the layer stores) and a retry never runs it again.
+pub(crate) fn response_failed<B: From<Bytes>>(detail: &str) -> Response<B> {
+    problem(
+        RESPONSE_FAILED,
+        &format!(
+            "the request was processed, but its response failed while it was read ({detail}); \
+             it is not run again"
+        ),
+    )
+}
+
+/// The runtime shut down while the handler ran (its task was cancelled).
+pub(crate) fn shutting_down<B: From<Bytes>>() -> Response<B> {
+    problem(
+        INTERNAL,
+        "the server is shutting down: the request may or may not have been processed; \
+         retry it with the same key",
     )
 }
 

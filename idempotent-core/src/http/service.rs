@@ -72,10 +72,12 @@ async fn handle<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<ResBody>, S::Error>
 where
-    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ReqBody: Body<Data = Bytes> + From<Bytes>,
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + From<Bytes>,
+    ResBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     if !config.methods.contains(request.method()) {
@@ -160,23 +162,38 @@ where
                     Err(error) if error.is::<LengthLimitError>() => {
                         Outcome::OverLimit(parts.status)
                     }
-                    Err(error) => Outcome::BodyFailed(error.to_string()),
+                    Err(error) => Outcome::BodyFailed(parts.status, error.to_string()),
                 }
             }
             Err(error) => Outcome::Failed(error),
         }
     };
-    let codec = HttpCodec(&config);
-    let executed = execute(
-        &config.runtime,
-        &config.operation,
-        &key,
-        storage_key,
-        fingerprint,
-        &codec,
-        run,
-    )
-    .await;
+    // In a task of its own: a client that disconnects drops this future,
+    // and the handler must not be dropped with it (which would release the
+    // key half-way through, so that the client's retry ran it again). The
+    // task runs the handler to its end and stores its answer for the retry.
+    let task_config = Arc::clone(&config);
+    let task = tokio::spawn(async move {
+        let config = task_config;
+        let codec = HttpCodec(&config);
+        execute(
+            &config.runtime,
+            &config.operation,
+            &key,
+            storage_key,
+            fingerprint,
+            &codec,
+            run,
+        )
+        .await
+    });
+    let executed = match task.await {
+        Ok(executed) => executed,
+        // The handler panicked (its key was released): passed on as if it
+        // had panicked here.
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => return Ok(problem::shutting_down()),
+    };
     Ok(match executed {
         Ok(Executed { value, .. }) => match value {
             Outcome::Fresh(mut parts, body) => {
@@ -194,7 +211,7 @@ where
                 response
             }
             Outcome::Failed(error) => return Err(error),
-            Outcome::BodyFailed(detail) => problem(problem::RESPONSE_FAILED, &detail),
+            Outcome::BodyFailed(_, detail) => problem::response_failed(&detail),
             Outcome::Oversized(mut response) => {
                 response.headers_mut().remove(IDEMPOTENT_REPLAYED);
                 tracing::warn!(
