@@ -11,8 +11,9 @@
 //!   what a crash interrupted.
 //! - [`RetryPolicy`]: exponential backoff with full jitter, bounded by
 //!   attempts and an overall deadline, built on the `backon` crate;
-//!   [`is_retryable_status`] says which answers are retried (never one
-//!   marked `Idempotent-Replayed: true`: the server's stored answer), and
+//!   [`is_retryable_status`] says which statuses are retried (the client
+//!   itself never retries an answer marked `Idempotent-Replayed: true`: the
+//!   server's stored answer, final whatever its status), and
 //!   [`retry_after`] honours the server's `Retry-After`.
 //! - [`RetryBudget`]: a client-wide token bucket, so an outage does not
 //!   become a retry storm.
