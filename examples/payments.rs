@@ -142,9 +142,9 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
         StoreChoice::Postgres(url) => postgres::routes(url, config.work, config.protected).await?,
         _ if !config.protected => payments,
         StoreChoice::Memory => {
-            payments.layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())))
+            payments.route_layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())))
         }
-        StoreChoice::Redis(url) => payments.layer(IdempotencyLayer::new(Idempotency::new(
+        StoreChoice::Redis(url) => payments.route_layer(IdempotencyLayer::new(Idempotency::new(
             RedisStore::builder().url(url.clone()).build().await?,
         ))),
     };

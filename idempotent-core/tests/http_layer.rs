@@ -527,6 +527,29 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
     assert_eq!(calls.get(), 1, "the handler ran once");
 }
 
+/// Under `route_layer` (what the README shows), a request to a path no
+/// route matches gets axum's own 404, with or without a key, and nothing is
+/// stored for it.
+#[tokio::test]
+async fn under_route_layer_unknown_paths_pass_through_and_store_nothing() {
+    let store = MemoryStore::new(); // clones share their records
+    let layer = IdempotencyLayer::new(Idempotency::new(store.clone()));
+    let app: Router = Router::new()
+        .route(
+            "/payments",
+            axum::routing::get(|| async { "ledger" }).post(|| async { "paid" }),
+        )
+        .route_layer(layer);
+    for key in [None, Some("junk-1")] {
+        let unknown = post_with(key).uri("/nope").body(Body::empty()).unwrap();
+        assert_eq!(send(&app, unknown).await.0, StatusCode::NOT_FOUND);
+    }
+    assert!(store.is_empty(), "nothing stored for unknown paths");
+    let (status, _, body) = send(&app, request(Some("k"), "{}")).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"paid"[..]));
+    assert_eq!(store.len(), 1);
+}
+
 fn slow(ms: u64) -> Request<Body> {
     post_with(Some("k"))
         .header("x-sleep-ms", ms.to_string())
