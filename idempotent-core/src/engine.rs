@@ -112,7 +112,6 @@ impl Operation {
     }
 
     /// The retention of a stored response: the operation's, else the runtime's.
-    #[cfg(any(feature = "http", feature = "postgres"))]
     pub(crate) fn ttl_on(&self, runtime: &Idempotency) -> Duration {
         self.ttl.unwrap_or(runtime.ttl())
     }
@@ -374,6 +373,11 @@ pub(crate) trait Codec<V> {
     ) -> Result<Option<(Vec<u8>, Duration)>, Error>;
     /// Decodes stored bytes.
     fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<V, Error>;
+    /// How long what is stored for `value` is kept (also when it cannot be
+    /// encoded, and a record saying so is stored in its place).
+    fn ttl(&self, _value: &V, operation: &Operation, runtime: &Idempotency) -> Duration {
+        operation.ttl_on(runtime)
+    }
 }
 
 /// Stores `Ok` as `b'O'` + JSON and, when `CACHE_ERRORS`, `Err` as `b'E'` + JSON.
@@ -473,14 +477,19 @@ where
         operation: &Operation,
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
-        let ttl = operation.ttl.unwrap_or(runtime.ttl());
+        let ttl = self.ttl(value, operation, runtime);
         Ok(Some(match value {
             Ok(value) => (encode_json(OK_TAG, value, operation)?, ttl),
-            Err(error) => (
-                encode_json(ERR_TAG, error, operation)?,
-                operation.error_ttl.unwrap_or(ttl),
-            ),
+            Err(error) => (encode_json(ERR_TAG, error, operation)?, ttl),
         }))
+    }
+
+    fn ttl(&self, value: &Result<T, E>, operation: &Operation, runtime: &Idempotency) -> Duration {
+        let ttl = operation.ttl_on(runtime);
+        match value {
+            Ok(_) => ttl,
+            Err(_) => operation.error_ttl.unwrap_or(ttl),
+        }
     }
 
     fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Result<T, E>, Error> {
@@ -699,7 +708,7 @@ where
                 "the body ran but its result could not be encoded; retries get this error \
                  and do not run the body again"
             );
-            (unstored(&error), operation.ttl.unwrap_or(runtime.ttl()))
+            (unstored(&error), codec.ttl(&value, operation, runtime))
         }
     };
     let completed = timed(

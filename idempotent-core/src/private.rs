@@ -17,16 +17,15 @@ pub use std::time::Duration;
 
 /// The lazily built [`Operation`] of one annotated function.
 ///
-/// A method's default name holds its `Self` type without generic arguments,
-/// and one function can have several: a trait's default method is one
-/// function (so one `static`) for every implementor. The cell keeps one
-/// operation per such type: the first in a `OnceLock` (the only one, outside
-/// default methods: the instances of a generic impl share it), others in a
-/// list read under a read lock.
+/// One function can have several `Self` types, each with an operation of
+/// its own: a trait's default method is one function (so one `static`) for
+/// every implementor, and a generic impl's method one for every instance.
+/// The cell keeps the first in a `OnceLock`, the others in a list read
+/// under a read lock.
 #[derive(Debug)]
 pub struct OperationCell {
-    /// The first `Self` type's name as given, its path, and its operation.
-    first: OnceLock<(&'static str, &'static str, Operation)>,
+    /// The first `Self` type's name and its operation.
+    first: OnceLock<(&'static str, Operation)>,
     others: RwLock<Vec<(&'static str, &'static Operation)>>,
 }
 
@@ -46,24 +45,18 @@ impl OperationCell {
     }
 
     /// The operation of the method's `Self` type (`type_name::<Self>()`),
-    /// built by `init` on the first use of that type (generic arguments
-    /// aside, as in [`operation_name`]).
+    /// built by `init` on the first use of that type.
     pub fn get_or_init_for(
         &self,
         self_type: &'static str,
         init: impl FnOnce() -> Operation,
     ) -> &Operation {
         let mut init = Some(init);
-        let (first_name, first_type, first) = self.first.get_or_init(|| match init.take() {
-            Some(init) => (self_type, type_path(self_type), init()),
+        let (first_type, first) = self.first.get_or_init(|| match init.take() {
+            Some(init) => (self_type, init()),
             None => unreachable!("`get_or_init` runs its closure at most once"),
         });
-        // Every call pays this: the name as given first (the common case,
-        // and no parsing), then its path.
-        if *first_name == self_type {
-            return first;
-        }
-        let self_type = type_path(self_type);
+        // Every call pays this comparison: the common case ends here.
         if *first_type == self_type {
             return first;
         }
@@ -106,7 +99,8 @@ impl OperationCell {
 /// `shop::Svc`): the instances of one generic impl are one function, and
 /// share records. A method whose path does not name its `Self` type (a
 /// trait's default method, a blanket impl) is one function for several
-/// types, so the type is added (`shop::Charge::charge for shop::Payments`).
+/// types, so the type is added, whole (`shop::Charge::charge for
+/// shop::Desk<shop::Cards>`).
 ///
 /// Built once per name and kept for the life of the process.
 pub fn operation_name(site: &'static str, self_type: Option<&'static str>) -> &'static str {
@@ -116,8 +110,8 @@ pub fn operation_name(site: &'static str, self_type: Option<&'static str>) -> &'
     let mut names = names.lock().unwrap_or_else(PoisonError::into_inner);
     names.entry((site, self_type)).or_insert_with(|| {
         let path = definition_path(site);
-        let name = match self_type.map(type_path) {
-            Some(ty) if !names_path(&path, ty) => format!("{path} for {ty}"),
+        let name = match self_type {
+            Some(ty) if !names_path(&path, type_path(ty)) => format!("{path} for {ty}"),
             _ => path,
         };
         Box::leak(name.into_boxed_str())
@@ -126,13 +120,24 @@ pub fn operation_name(site: &'static str, self_type: Option<&'static str>) -> &'
 
 /// The path of the function holding `site`: without the site's own name,
 /// the `{{closure}}` segments of an `async` body, and generic argument
-/// lists that hold only placeholders (`<_>`, `<'_>`, `<_, '_>`).
+/// lists that hold only placeholders (`<_>`, `<'_>`, `<_, '_, _>`).
 fn definition_path(site: &str) -> String {
     let site = site.strip_suffix("::__idempotent_site").unwrap_or(site);
-    let mut path = site.replace("::{{closure}}", "");
-    for placeholders in ["<_>", "<'_>", "<_, _>", "<'_, _>", "<_, '_>", "<'_, '_>"] {
-        path = path.replace(placeholders, "");
+    let site = site.replace("::{{closure}}", "");
+    let mut path = String::with_capacity(site.len());
+    let mut rest = site.as_str();
+    while let Some(open) = rest.find('<') {
+        path.push_str(&rest[..open]);
+        let inside = &rest[open + 1..];
+        match inside.find(|c: char| !matches!(c, '_' | '\'' | ',' | ' ')) {
+            Some(end) if end > 0 && inside[end..].starts_with('>') => rest = &inside[end + 1..],
+            _ => {
+                path.push('<');
+                rest = inside;
+            }
+        }
     }
+    path.push_str(rest);
     path
 }
 
@@ -293,8 +298,27 @@ mod tests {
             ),
             "shop::Ledger::post"
         );
-        // A default method: one function for each implementor.
+        // A default method: one function for each implementor, whole.
         let default = "shop::Charge::charge::__idempotent_site";
+        assert_eq!(
+            name(default, Some("shop::Desk<shop::Cards>")),
+            "shop::Charge::charge for shop::Desk<shop::Cards>"
+        );
+        // Placeholder lists of any length go; others stay.
+        assert_eq!(
+            name(
+                "shop::Svc<_, '_, _>::go::__idempotent_site",
+                Some("shop::Svc<u8, u8>")
+            ),
+            "shop::Svc::go"
+        );
+        assert_eq!(
+            name(
+                "<_ as shop::Charge>::go::__idempotent_site",
+                Some("shop::A")
+            ),
+            "<_ as shop::Charge>::go for shop::A"
+        );
         assert_eq!(
             name(default, Some("shop::A")),
             "shop::Charge::charge for shop::A"
@@ -319,7 +343,7 @@ mod tests {
     }
 
     #[test]
-    fn one_operation_per_self_type_and_the_instances_of_a_generic_type_share_one() {
+    fn one_operation_per_self_type() {
         let cell = OperationCell::new();
         let a = cell.get_or_init_for("shop::Cards", named("cards"));
         let b = cell.get_or_init_for("shop::Transfers", named("transfers"));
@@ -329,11 +353,13 @@ mod tests {
         assert_eq!(again.name(), "transfers");
         let first = cell.get_or_init_for("shop::Cards", || unreachable!("built once"));
         assert_eq!(first.name(), "cards");
-        // `Svc<A>` and `&Svc<B>` are one operation, like their names.
+        // Two instances of a generic type are two types (their names, given
+        // by `operation_name`, may still be one).
         let generic = OperationCell::new();
         let a = generic.get_or_init_for("shop::Svc<shop::A>", named("svc"));
-        let b = generic.get_or_init_for("&shop::Svc<shop::B>", || unreachable!("shared"));
-        assert!(std::ptr::eq(a, b));
+        let b = generic.get_or_init_for("shop::Svc<shop::B>", named("svc"));
+        assert!(!std::ptr::eq(a, b));
+        assert_eq!(a.name(), b.name());
         // A free function's cell has one operation.
         let free = OperationCell::new();
         assert_eq!(free.get_or_init(named("f")).name(), "f");

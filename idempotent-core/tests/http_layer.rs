@@ -433,7 +433,6 @@ async fn a_body_over_the_limit_is_413_whether_declared_or_not() {
     assert_eq!(calls.get(), 1);
 }
 
-/// A request with key `k` whose handler takes `ms` milliseconds.
 /// One chunk, then an error: a response body that fails half-way.
 struct Broken(bool);
 
@@ -491,7 +490,8 @@ async fn a_response_body_that_fails_half_way_is_never_run_twice() {
     };
     for _ in 0..2 {
         let (status, headers, body) = send(&app, unavailable()).await;
-        problem(status, &headers, &body, StatusCode::BAD_GATEWAY);
+        let detail = problem(status, &headers, &body, StatusCode::BAD_GATEWAY);
+        assert!(detail.contains("a retry runs it again"), "{detail}");
         assert!(headers.get("idempotent-replayed").is_none());
     }
     assert_eq!(calls.get(), 3, "a 503 is never stored: each retry runs");
@@ -512,16 +512,29 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
                content-type: application/json\r\nx-sleep-ms: 300\r\ncontent-length: 2\r\n\r\n{}";
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
     client.write_all(raw.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(calls.get(), 1, "the handler started");
-    drop(client); // the client gives up
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = async {
+        while calls.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .expect("the handler starts");
+    drop(client); // the client gives up, 300 ms before the handler ends
 
     let mut retry = tokio::net::TcpStream::connect(addr).await.unwrap();
     let raw = raw.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nconnection: close\r\n");
     retry.write_all(raw.as_bytes()).await.unwrap();
     let mut answer = String::new();
     retry.read_to_string(&mut answer).await.unwrap();
+    // Sent while the handler may still run: a 409 then. Waits, then asks again.
+    while answer.starts_with("HTTP/1.1 409") {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+        again.write_all(raw.as_bytes()).await.unwrap();
+        answer.clear();
+        again.read_to_string(&mut answer).await.unwrap();
+    }
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     assert!(answer.contains("idempotent-replayed: true"), "{answer}");
     assert_eq!(calls.get(), 1, "the handler ran once");
@@ -550,6 +563,7 @@ async fn under_route_layer_unknown_paths_pass_through_and_store_nothing() {
     assert_eq!(store.len(), 1);
 }
 
+/// A request with key `k` whose handler takes `ms` milliseconds.
 fn slow(ms: u64) -> Request<Body> {
     post_with(Some("k"))
         .header("x-sleep-ms", ms.to_string())

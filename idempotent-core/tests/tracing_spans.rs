@@ -93,3 +93,76 @@ fn every_call_runs_in_a_span_with_its_key_operation_and_outcome() {
         assert_eq!(span["key"], "order-7");
     }
 }
+
+#[idempotent_core::idempotent(key = id, runtime = rt)]
+async fn charge(rt: &Idempotency, id: &str) -> Result<u8, Error> {
+    Ok(1)
+}
+
+struct Desk<Kind>(Idempotency, std::marker::PhantomData<Kind>);
+struct Cards;
+
+impl<Kind> Desk<Kind> {
+    #[idempotent_core::idempotent(key = id, runtime = self.0)]
+    async fn open(&self, id: &str) -> Result<u8, Error> {
+        Ok(2)
+    }
+}
+
+trait Settle {
+    fn runtime(&self) -> &Idempotency;
+
+    async fn settle(&self, id: &str) -> Result<u8, Error>;
+
+    #[idempotent_core::idempotent(key = id, runtime = self.runtime())]
+    async fn close(&self, id: &str) -> Result<u8, Error> {
+        Ok(3)
+    }
+}
+
+impl Settle for Desk<Cards> {
+    fn runtime(&self) -> &Idempotency {
+        &self.0
+    }
+
+    #[idempotent_core::idempotent(key = id, runtime = self.0)]
+    async fn settle(&self, id: &str) -> Result<u8, Error> {
+        Ok(4)
+    }
+}
+
+/// The default operation names, as the compiler really spells them: the
+/// path where each function is defined.
+#[test]
+fn default_operation_names_are_where_the_functions_are_defined() {
+    let spans = Spans::default();
+    tracing::subscriber::with_default(spans.clone(), || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let idempotency = Idempotency::new(MemoryStore::new());
+            let desk = Desk::<Cards>(idempotency.clone(), std::marker::PhantomData);
+            charge(&idempotency, "k").await.unwrap();
+            desk.open("k").await.unwrap();
+            desk.settle("k").await.unwrap();
+            desk.close("k").await.unwrap();
+        });
+    });
+    let spans = spans.0.lock().unwrap();
+    let names: Vec<_> = spans
+        .iter()
+        .filter(|s| s["name"] == "idempotent")
+        .map(|s| s["operation"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "tracing_spans::charge",
+            "tracing_spans::Desk::open",
+            "<tracing_spans::Desk<tracing_spans::Cards> as tracing_spans::Settle>::settle",
+            "tracing_spans::Settle::close for tracing_spans::Desk<tracing_spans::Cards>",
+        ]
+    );
+}

@@ -185,7 +185,7 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
         operation: &Operation,
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
-        let stored = |status: StatusCode| !status.is_server_error() && (self.0.storable)(status);
+        let stored = |status: StatusCode| self.0.stores(status);
         let (status, headers, body) = match value {
             Outcome::Fresh(parts, body) => (parts.status, &parts.headers, body),
             // The handler ran, but its answer is too large to keep: if it is
@@ -198,7 +198,7 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
                 return Ok(Some(self.too_large(operation, runtime)));
             }
             Outcome::BodyFailed(status, detail) if stored(*status) => {
-                let problem = super::problem::response_failed::<Bytes>(detail);
+                let problem = super::problem::response_failed::<Bytes>(detail, true);
                 return Ok(Some(self.in_place(problem, operation, runtime)));
             }
             _ => return Ok(None),

@@ -44,6 +44,14 @@ pub(crate) struct Config {
     pub(crate) scope: Option<Arc<ScopeFn>>,
 }
 
+impl Config {
+    /// Whether an answer with `status` is stored: never a 5xx, else as the
+    /// policy says.
+    pub(crate) fn stores(&self, status: http::StatusCode) -> bool {
+        !status.is_server_error() && (self.storable)(status)
+    }
+}
+
 /// A [`tower::Layer`] that makes the unsafe methods of a service idempotent;
 /// see the [module documentation](crate::http).
 #[derive(Clone)]

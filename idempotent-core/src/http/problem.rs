@@ -107,12 +107,17 @@ pub(crate) fn response_too_large<B: From<Bytes>>(limit: usize) -> Response<B> {
 /// The answer, first and replayed, for a handler whose response body failed
 /// half-way: it ran, so this is stored in its place (when its status is one
 /// the layer stores) and a retry never runs it again.
-pub(crate) fn response_failed<B: From<Bytes>>(detail: &str) -> Response<B> {
+pub(crate) fn response_failed<B: From<Bytes>>(detail: &str, stored: bool) -> Response<B> {
+    let retry = if stored {
+        "it is not run again"
+    } else {
+        "nothing was stored, so a retry runs it again"
+    };
     problem(
         RESPONSE_FAILED,
         &format!(
             "the request was processed, but its response failed while it was read ({detail}); \
-             it is not run again"
+             {retry}"
         ),
     )
 }

@@ -11,6 +11,7 @@ use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tracing::Instrument;
 
 use super::IDEMPOTENT_REPLAYED;
 use super::codec::{HttpCodec, Outcome};
@@ -173,7 +174,8 @@ where
     // key half-way through, so that the client's retry ran it again). The
     // task runs the handler to its end and stores its answer for the retry.
     let task_config = Arc::clone(&config);
-    let task = tokio::spawn(async move {
+    // The task keeps the request's span (a `TraceLayer`'s, say) as parent.
+    let task = tokio::spawn(Instrument::in_current_span(async move {
         let config = task_config;
         let codec = HttpCodec(&config);
         execute(
@@ -186,7 +188,7 @@ where
             run,
         )
         .await
-    });
+    }));
     let executed = match task.await {
         Ok(executed) => executed,
         // The handler panicked (its key was released): passed on as if it
@@ -211,7 +213,9 @@ where
                 response
             }
             Outcome::Failed(error) => return Err(error),
-            Outcome::BodyFailed(_, detail) => problem::response_failed(&detail),
+            Outcome::BodyFailed(status, detail) => {
+                problem::response_failed(&detail, config.stores(status))
+            }
             Outcome::Oversized(mut response) => {
                 response.headers_mut().remove(IDEMPOTENT_REPLAYED);
                 tracing::warn!(

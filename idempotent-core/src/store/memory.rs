@@ -189,7 +189,8 @@ pub struct MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// The number of shards (rounded up to a power of two; default 64).
+    /// The number of shards (rounded up to a power of two; default 64; a
+    /// small [`max_entries`](Self::max_entries) may lower it).
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards.max(1);
         self

@@ -87,6 +87,9 @@ end
 /// A record that already holds exactly ARGV[2] answers 1 too: redis-rs's
 /// cluster client sends a command again when its connection drops before
 /// the answer arrives, and the first sending may have completed the record.
+/// (A stale owner whose completion is byte for byte the one stored is told
+/// it succeeded as well: nothing is overwritten, and its value is the one
+/// every retry gets.)
 const COMPLETE: &str = r"
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] and v ~= ARGV[1] .. 'w' then
@@ -524,7 +527,9 @@ impl RedisStore {
             other => return Err(corrupt(key, format!("unexpected answer {other:?}"))),
         };
         let current = match value {
-            Value::Nil => {
+            // Gone since the claim (Lua's `false` is a nil on RESP2, a
+            // boolean on RESP3).
+            Value::Nil | Value::Boolean(false) => {
                 return Ok(ClaimOutcome::InFlight {
                     retry_after: Duration::ZERO,
                 });

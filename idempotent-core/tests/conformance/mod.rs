@@ -425,11 +425,14 @@ pub(crate) async fn a_lapsed_lease_cannot_complete_even_without_a_takeover<S: St
 pub(crate) async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let k = key(case, "k");
+    // Longer than `LEASE`: renewals a quarter lease apart must not miss it
+    // when a loaded machine (the whole suite runs at once) stalls a task.
+    let lease = LEASE * 3;
     let started = Instant::now();
-    let token = acquire(s, &k, FP, LEASE).await;
-    while started.elapsed() < LEASE + LEASE / 2 {
-        tokio::time::sleep(LEASE / 4).await;
-        s.renew(&k, token, LEASE).await.expect("renew");
+    let token = acquire(s, &k, FP, lease).await;
+    while started.elapsed() < lease + lease / 2 {
+        tokio::time::sleep(lease / 4).await;
+        s.renew(&k, token, lease).await.expect("renew");
     }
     assert_in_flight(&claim(s, &k, FP).await, "held past the original lease");
     assert_eq!(
@@ -438,9 +441,9 @@ pub(crate) async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>,
         "the record is live, so another payload is refused"
     );
     // No more renewals: the lease runs out one lease later.
-    tokio::time::sleep(PAST_LEASE).await;
+    tokio::time::sleep(lease + PAST_LEASE - LEASE).await;
     acquire(s, &k, FP, LEASE).await;
-    assert_lease_lost(s.renew(&k, token, LEASE).await, "renew after takeover");
+    assert_lease_lost(s.renew(&k, token, lease).await, "renew after takeover");
 }
 
 /// A completed record replays for its TTL, then the key is free again.
