@@ -386,8 +386,9 @@ pub(crate) struct ResultCodec<const CACHE_ERRORS: bool>;
 const OK_TAG: u8 = b'O';
 const ERR_TAG: u8 = b'E';
 /// A record stored in place of a value that could not be encoded, followed
-/// by the encoding error. Every codec answers it with [`Error::Codec`].
-pub(crate) const UNSTORED_TAG: u8 = b'X';
+/// by the encoding error. [`replay`] answers it with [`Error::Codec`],
+/// before any codec sees it.
+const UNSTORED_TAG: u8 = b'X';
 
 /// The record stored in place of a value that could not be encoded.
 fn unstored(error: &Error) -> Vec<u8> {
@@ -398,20 +399,25 @@ fn unstored(error: &Error) -> Vec<u8> {
     [&[UNSTORED_TAG], detail.as_bytes()].concat()
 }
 
-/// What a replay of an [`unstored`] record gets, or `None` for any other.
-pub(crate) fn replay_unstored(bytes: &[u8], operation: &Operation) -> Option<Error> {
-    let (&UNSTORED_TAG, detail) = bytes.split_first()? else {
-        return None;
-    };
-    Some(codec_error(
-        "decode",
-        operation,
-        format_args!(
-            "the first call with this key ran, but its result could not be stored ({}); \
-             the body is not run again",
-            String::from_utf8_lossy(detail)
-        ),
-    ))
+/// The value of a stored record, as `codec` decodes it; an [`unstored`]
+/// record, whatever the codec, is the error it holds.
+pub(crate) fn replay<V>(
+    codec: &impl Codec<V>,
+    bytes: &[u8],
+    operation: &Operation,
+) -> Result<V, Error> {
+    match bytes.split_first() {
+        Some((&UNSTORED_TAG, detail)) => Err(codec_error(
+            "decode",
+            operation,
+            format_args!(
+                "the first call with this key ran, but its result could not be stored ({}); \
+                 the body is not run again",
+                String::from_utf8_lossy(detail)
+            ),
+        )),
+        _ => codec.decode(bytes, operation),
+    }
 }
 
 fn encode_json<T: Serialize>(tag: u8, value: &T, operation: &Operation) -> Result<Vec<u8>, Error> {
@@ -460,8 +466,7 @@ where
                 operation,
                 "the record holds a cached error, but this call does not cache errors",
             )),
-            _ => Err(replay_unstored(bytes, operation)
-                .unwrap_or_else(|| codec_error("decode", operation, "unknown record tag"))),
+            _ => Err(codec_error("decode", operation, "unknown record tag")),
         }
     }
 }
@@ -496,8 +501,7 @@ where
         match bytes.split_first() {
             Some((&OK_TAG, json)) => decode_json(json, operation).map(Ok),
             Some((&ERR_TAG, json)) => decode_json(json, operation).map(Err),
-            _ => Err(replay_unstored(bytes, operation)
-                .unwrap_or_else(|| codec_error("decode", operation, "unknown record tag"))),
+            _ => Err(codec_error("decode", operation, "unknown record tag")),
         }
     }
 }
@@ -616,7 +620,7 @@ where
             }
             ClaimOutcome::Completed(bytes) => {
                 operation.metrics().replayed.increment(1);
-                break codec.decode(&bytes, operation).map(|value| Executed {
+                break replay(codec, &bytes, operation).map(|value| Executed {
                     value,
                     replayed: true,
                 });

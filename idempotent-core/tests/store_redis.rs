@@ -40,15 +40,21 @@ async fn conformance_on_a_three_master_cluster() {
     conformance::run_all(Arc::new(store)).await;
 }
 
+/// A server of its own, a store on it, and the storage key of `key`.
+async fn one_key(key: &str) -> (RedisServer, RedisStore, StorageKey) {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let key = StorageKey::new("ns", "", "op", &IdempotencyKey::parse(key).unwrap());
+    (server, store, key)
+}
+
 /// redis-rs's cluster client sends a command again when its connection
 /// drops before the answer (a failover, a reset): the completion that runs
 /// twice succeeds twice, while any other completion is still refused, and
 /// the record keeps the first response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_sent_twice_succeeds_twice() {
-    let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
-    let key = StorageKey::new("ns", "", "op", &IdempotencyKey::parse("twice").unwrap());
+    let (_server, store, key) = one_key("twice").await;
     let fingerprint = Fingerprint::from_u128(1);
     let lease = Duration::from_secs(30);
     let ClaimOutcome::Acquired(acquired) = store.claim(&key, fingerprint, lease).await.unwrap()
@@ -76,9 +82,7 @@ async fn a_completion_sent_twice_succeeds_twice() {
 /// what is left of that record's lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_answer_reports_the_lease_left() {
-    let server = RedisServer::start();
-    let store = RedisStore::connect(&server.url()).await.unwrap();
-    let key = StorageKey::new("ns", "", "op", &IdempotencyKey::parse("in-flight").unwrap());
+    let (_server, store, key) = one_key("in-flight").await;
     let fingerprint = Fingerprint::from_u128(1);
     let lease = Duration::from_secs(20);
     let first = store.claim(&key, fingerprint, lease).await.unwrap();

@@ -56,30 +56,42 @@ impl tracing::Subscriber for Spans {
 
 static TRACED: Operation = Operation::new("telemetry::traced");
 
-#[test]
-fn every_call_runs_in_a_span_with_its_key_operation_and_outcome() {
+/// Runs `calls` on a runtime of its own, with a memory store, under a
+/// subscriber that records spans; returns the fields of every `idempotent`
+/// span, in order.
+fn idempotent_spans<F: std::future::Future<Output = ()>>(
+    calls: impl FnOnce(Idempotency) -> F,
+) -> Vec<HashMap<String, String>> {
     let spans = Spans::default();
     tracing::subscriber::with_default(spans.clone(), || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let idempotency = Idempotency::new(MemoryStore::new());
-            let call = |payload: u64| {
-                idempotency
-                    .call(&TRACED)
-                    .key("order-7")
-                    .payload(&payload)
-                    .run(async { Ok::<_, Error>(1u64) })
-            };
-            call(1).await.unwrap();
-            call(1).await.unwrap();
-            call(2).await.unwrap_err();
-        });
+        runtime.block_on(calls(Idempotency::new(MemoryStore::new())));
     });
     let spans = spans.0.lock().unwrap();
-    let calls: Vec<_> = spans.iter().filter(|s| s["name"] == "idempotent").collect();
+    spans
+        .iter()
+        .filter(|s| s["name"] == "idempotent")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn every_call_runs_in_a_span_with_its_key_operation_and_outcome() {
+    let calls = idempotent_spans(|idempotency| async move {
+        let call = |payload: u64| {
+            idempotency
+                .call(&TRACED)
+                .key("order-7")
+                .payload(&payload)
+                .run(async { Ok::<_, Error>(1u64) })
+        };
+        call(1).await.unwrap();
+        call(1).await.unwrap();
+        call(2).await.unwrap_err();
+    });
     let outcomes: Vec<_> = calls
         .iter()
         .map(|s| s.get("outcome").map(String::as_str))
@@ -135,27 +147,14 @@ impl Settle for Desk<Cards> {
 /// path where each function is defined.
 #[test]
 fn default_operation_names_are_where_the_functions_are_defined() {
-    let spans = Spans::default();
-    tracing::subscriber::with_default(spans.clone(), || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let idempotency = Idempotency::new(MemoryStore::new());
-            let desk = Desk::<Cards>(idempotency.clone(), std::marker::PhantomData);
-            charge(&idempotency, "k").await.unwrap();
-            desk.open("k").await.unwrap();
-            desk.settle("k").await.unwrap();
-            desk.close("k").await.unwrap();
-        });
+    let calls = idempotent_spans(|idempotency| async move {
+        let desk = Desk::<Cards>(idempotency.clone(), std::marker::PhantomData);
+        charge(&idempotency, "k").await.unwrap();
+        desk.open("k").await.unwrap();
+        desk.settle("k").await.unwrap();
+        desk.close("k").await.unwrap();
     });
-    let spans = spans.0.lock().unwrap();
-    let names: Vec<_> = spans
-        .iter()
-        .filter(|s| s["name"] == "idempotent")
-        .map(|s| s["operation"].as_str())
-        .collect();
+    let names: Vec<_> = calls.iter().map(|s| s["operation"].as_str()).collect();
     assert_eq!(
         names,
         [

@@ -207,9 +207,6 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
     }
 
     fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Outcome<E, B>, Error> {
-        if let Some(error) = crate::engine::replay_unstored(bytes, operation) {
-            return Err(error);
-        }
         decode(bytes)
             .map(Outcome::Replayed)
             .map_err(|detail| Error::Codec {

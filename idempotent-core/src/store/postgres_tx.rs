@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, Row as _, Transaction};
 
 use super::postgres::{PostgresStore, claim_statement, corrupt, keyed, millis};
-use crate::engine::{Call, Codec as _, Executed, Operation, Prepared, ResultCodec, store_error};
+use crate::engine::{
+    Call, Codec as _, Executed, Operation, Prepared, ResultCodec, replay, store_error,
+};
 use crate::error::Error;
 use crate::key::{IdempotencyKey, StorageKey};
 use crate::record::{self, ClaimDecision, ClaimOutcome};
@@ -272,7 +274,7 @@ impl PostgresStore {
             .map_err(|error| store_error(operation, error))?;
         match record::decide_claim(Some(&current), fingerprint, 0) {
             ClaimDecision::Answer(ClaimOutcome::Completed(bytes)) => {
-                let value: Result<T, Error> = ResultCodec::<false>.decode(&bytes, operation)?;
+                let value: Result<T, Error> = replay(&ResultCodec::<false>, &bytes, operation)?;
                 operation.metrics().replayed.increment(1);
                 Ok(Begun::Replayed(value?))
             }
