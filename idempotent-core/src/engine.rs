@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
-use crate::key::{IdempotencyKey, StorageKey};
+use crate::key::{IdempotencyKey, KeyError, StorageKey};
 use crate::record::{ClaimOutcome, LeaseToken};
 use crate::runtime::Idempotency;
 use crate::store::{Store, StoreError};
@@ -193,7 +193,7 @@ impl<'a> Call<'a> {
             runtime: None,
             operation,
             scope: None,
-            key: Err(Error::InvalidKey(crate::KeyError::Empty)),
+            key: Err(Error::InvalidKey(KeyError::Empty)),
             fingerprint: Ok(Fingerprint::from_u128(0)),
         }
     }
@@ -737,10 +737,12 @@ where
 }
 
 /// A failed claim: a record that cannot be decoded is a codec error (so
-/// nobody mistakes it for an outage); anything else means the store is
-/// unavailable.
+/// nobody mistakes it for an outage), a key the store cannot hold is an
+/// invalid key (the caller's to fix, not worth a retry); anything else
+/// means the store is unavailable.
 pub(crate) fn store_error(operation: &Operation, error: StoreError) -> Error {
     match error {
+        StoreError::KeyRejected { detail } => Error::InvalidKey(KeyError::NotStorable(detail)),
         StoreError::Corrupt { key, detail } => codec_error(
             "decode",
             operation,

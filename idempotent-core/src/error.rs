@@ -25,7 +25,8 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The idempotency key is malformed.
+    /// The idempotency key is malformed, or the store cannot hold it with its
+    /// scope and operation ([`KeyError::NotStorable`]); the body was not run.
     #[error("invalid idempotency key: {0}")]
     InvalidKey(#[from] KeyError),
     /// The key was used before with a different payload.

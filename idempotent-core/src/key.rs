@@ -56,6 +56,11 @@ pub enum KeyError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The store cannot hold the key together with its namespace, scope and
+    /// operation (a NUL character, or too many bytes, for PostgreSQL). The
+    /// call was refused before anything was stored or run.
+    #[error("the idempotency store cannot hold this key: {0}")]
+    NotStorable(String),
 }
 
 impl IdempotencyKey {

@@ -98,8 +98,8 @@ pub use runtime::{
 };
 #[cfg(feature = "postgres")]
 pub use store::{
-    Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MIGRATION, PURGE, PostgresStore, PurgeTask,
-    TxBody,
+    Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MAX_POSTGRES_KEY_BYTES, MIGRATION, PURGE,
+    PostgresStore, PurgeTask, TxBody,
 };
 #[cfg(feature = "redis")]
 pub use store::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};

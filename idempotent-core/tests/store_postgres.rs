@@ -8,7 +8,9 @@ mod postgres_schema;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, Operation, PostgresStore};
+use idempotent_core::{
+    Error, Idempotency, KeyError, MAX_POSTGRES_KEY_BYTES, Operation, PostgresStore,
+};
 use postgres_schema::{Schema, with_ledger};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,4 +497,109 @@ async fn the_background_purge_drains_expired_rows_in_batches_and_stops_when_drop
         4,
         "the live record stays, and a dropped task purges no more"
     );
+}
+
+/// A key PostgreSQL cannot hold (a NUL character, which `TEXT` cannot
+/// store, or more bytes than its index takes) is an invalid key, refused
+/// before anything runs or is stored, in both modes; the longest key it
+/// takes works, and so does every other key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_postgresql_cannot_hold_is_an_invalid_key_and_nothing_runs() {
+    static OP: Operation = Operation::new("pg.unstorable");
+    static TX_OP: Operation = Operation::new("pg.tx.unstorable").wait(Duration::from_secs(5));
+    let (schema, store) = with_ledger("unstorable").await;
+    let runtime = Idempotency::new(store.clone());
+    let longest = MAX_POSTGRES_KEY_BYTES - runtime.namespace().len() - OP.name().len() - "k".len();
+    let too_long = "t".repeat(longest + 1);
+    for scope in ["tenant\0a", too_long.as_str()] {
+        let mut ran = false;
+        let result = runtime
+            .call(&OP)
+            .scope(scope)
+            .key("k")
+            .run(async {
+                ran = true;
+                Ok::<_, Error>(())
+            })
+            .await;
+        assert!(
+            matches!(&result, Err(Error::InvalidKey(KeyError::NotStorable(_)))),
+            "{result:?}"
+        );
+        assert!(!ran, "the body did not run");
+        let result = store
+            .run_in_transaction(
+                runtime.call(&TX_OP).scope(scope).key("k").payload(&1),
+                charge(1, false),
+            )
+            .await;
+        assert!(
+            matches!(
+                &result,
+                Err(ChargeError::Idempotency(Error::InvalidKey(
+                    KeyError::NotStorable(_)
+                )))
+            ),
+            "{result:?}"
+        );
+    }
+    assert_eq!(schema.count("ledger").await, 0, "no transactional body ran");
+    assert_eq!(schema.count("idempotency_records").await, 0);
+
+    let fits = "t".repeat(longest);
+    for _ in 0..2 {
+        runtime
+            .call(&OP)
+            .scope(&fits)
+            .key("k")
+            .run(async { Ok::<_, Error>(()) })
+            .await
+            .expect("the longest key the store takes");
+    }
+    assert_eq!(schema.count("idempotency_records").await, 1);
+}
+
+/// Through the HTTP layer, such a key is a 400, not a 503 that a client
+/// would retry forever: here a path longer than the store's key bound.
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_http_layer_a_key_postgresql_cannot_hold_is_a_400() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt as _;
+
+    let (schema, store) = with_ledger("unstorable_http").await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = Arc::clone(&calls);
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            StatusCode::CREATED
+        }
+    };
+    let app = axum::Router::new()
+        .route("/accounts/{id}", axum::routing::post(handler))
+        .layer(idempotent_core::http::IdempotencyLayer::builder(Idempotency::new(store)).build());
+    let send = |path: String| {
+        let request = Request::post(path)
+            .header("idempotency-key", "k-1")
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(request)
+    };
+    let response = send(format!("/accounts/{}", "a".repeat(MAX_POSTGRES_KEY_BYTES)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("PostgreSQL store takes at most"), "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler did not run");
+
+    let response = send("/accounts/a".to_owned()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED, "a short path runs");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(schema.count("idempotency_records").await, 1);
 }

@@ -28,7 +28,9 @@ pub use self::redis::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, R
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
-pub use postgres::{DEFAULT_POSTGRES_TIMEOUT, MIGRATION, PURGE, PostgresStore, PurgeTask};
+pub use postgres::{
+    DEFAULT_POSTGRES_TIMEOUT, MAX_POSTGRES_KEY_BYTES, MIGRATION, PURGE, PostgresStore, PurgeTask,
+};
 #[cfg(feature = "postgres")]
 pub use postgres_tx::{Begun, KeyTransaction, TxBody};
 
@@ -148,6 +150,15 @@ pub enum StoreError {
         /// The storage key of the record.
         key: String,
         /// What is wrong with it.
+        detail: String,
+    },
+    /// The store cannot hold this key: PostgreSQL's text cannot hold a NUL
+    /// character, and its index bounds how long a key may be
+    /// (`MAX_POSTGRES_KEY_BYTES`). Nothing was stored; the engine answers it
+    /// as [`KeyError::NotStorable`](crate::KeyError::NotStorable).
+    #[error("the idempotency store cannot hold this key: {detail}")]
+    KeyRejected {
+        /// Which part of the key, and why.
         detail: String,
     },
     /// The store is full of records that may not be evicted.

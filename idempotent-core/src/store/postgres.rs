@@ -23,6 +23,14 @@ use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Record
 /// Every call is bounded by this, by default.
 pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The most bytes a record's namespace, scope, operation and key may take
+/// together. A btree index entry holds at most 2,704 bytes on PostgreSQL's
+/// 8 KiB pages: past that the `INSERT` fails. Checking a smaller bound
+/// before the claim refuses such a key with [`StoreError::KeyRejected`]
+/// (an invalid key for the caller, a 400 through the HTTP layer) instead
+/// of a database error that reads as an outage.
+pub const MAX_POSTGRES_KEY_BYTES: usize = 2_048;
+
 /// One batch of [`PostgresStore::purge_expired`], `$1` rows at most: the
 /// oldest expired rows, found through the `deadline` index and deleted by
 /// their row address (a TID scan), so a purge never scans the table
@@ -71,6 +79,9 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
 ///   is bounded by the timeout (default 1 s); a database that cannot be
 ///   reached is [`StoreError::Unavailable`]. The same-transaction mode
 ///   ([`begin`](Self::begin)) is bounded differently: see there.
+/// - A key it cannot hold (a NUL character in any part, or more than
+///   [`MAX_POSTGRES_KEY_BYTES`] in all) is refused before any statement:
+///   [`StoreError::KeyRejected`], an invalid key for the caller.
 ///
 /// ```no_run
 /// use idempotent_core::{Idempotency, PostgresStore};
@@ -245,6 +256,33 @@ impl Drop for PurgeTask {
     }
 }
 
+/// Refuses a key PostgreSQL cannot hold: a NUL character in any part
+/// (`TEXT` cannot store one), or more than [`MAX_POSTGRES_KEY_BYTES`].
+pub(crate) fn check_storable(key: &StorageKey) -> Result<(), StoreError> {
+    let (namespace, scope, operation, id) = key.parts();
+    let parts = [
+        ("namespace", namespace),
+        ("scope", scope),
+        ("operation", operation),
+        ("key", id),
+    ];
+    if let Some((name, _)) = parts.iter().find(|(_, part)| part.contains('\0')) {
+        return Err(StoreError::KeyRejected {
+            detail: format!("its {name} holds a NUL character, which PostgreSQL text cannot store"),
+        });
+    }
+    let len: usize = parts.iter().map(|(_, part)| part.len()).sum();
+    if len > MAX_POSTGRES_KEY_BYTES {
+        return Err(StoreError::KeyRejected {
+            detail: format!(
+                "its namespace, scope, operation and key take {len} bytes together; \
+                 the PostgreSQL store takes at most {MAX_POSTGRES_KEY_BYTES}"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A statement whose `$1` to `$4` are the record's namespace, scope,
 /// operation and key: the table's unique key, in one place.
 pub(crate) fn keyed<'q>(sql: &'q str, key: &'q StorageKey) -> PgQuery<'q> {
@@ -360,6 +398,7 @@ impl Store for PostgresStore {
         fingerprint: Fingerprint,
         lease: Duration,
     ) -> Result<ClaimOutcome, StoreError> {
+        check_storable(key)?;
         let token = self.tokens.next();
         let row = self
             .bounded(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, Row as _, Transaction};
 
-use super::postgres::{PostgresStore, claim_statement, corrupt, keyed, millis};
+use super::postgres::{PostgresStore, check_storable, claim_statement, corrupt, keyed, millis};
 use crate::engine::{
     Call, Codec as _, Executed, Operation, Prepared, ResultCodec, replay, store_error,
 };
@@ -206,6 +206,7 @@ impl PostgresStore {
             storage_key,
             fingerprint,
         } = call.prepare()?;
+        check_storable(&storage_key).map_err(|error| store_error(operation, error))?;
         let unavailable = |e: sqlx::Error| Error::StoreUnavailable(StoreError::unavailable(e));
         let mut tx = match operation.wait_bound() {
             // Bounds the wait on a duplicate's uncommitted row; set in the
