@@ -699,8 +699,11 @@ where
     let (bytes, ttl) = match codec.encode(&value, operation, runtime) {
         Ok(Some(stored)) => stored,
         Ok(None) => {
-            guard.disarm();
+            // Disarmed only once the release has answered: a caller that
+            // drops this future while the release is on its way (a timeout
+            // around the call) still frees the key, through the guard.
             release(store.as_ref(), operation, &storage_key, token).await;
+            guard.disarm();
             return fresh(value);
         }
         // The body ran, so its effects did: a retry must not run it again.

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Idempotency, MemoryStore, Operation};
+use idempotent_core::{
+    ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MemoryStore, Operation, StorageKey,
+    Store, StoreError,
+};
 use support::bank::Bank;
 use support::timed_call;
 
@@ -93,4 +96,73 @@ async fn a_future_dropped_after_its_lease_was_renewed_releases_the_key() {
         (2, false),
         "the dropped owner released its renewed lease at once"
     );
+}
+
+/// A store whose releases take a second to arrive (a slow network).
+struct SlowRelease(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for SlowRelease {
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fp: Fingerprint,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, StoreError> {
+        self.0.claim(key, fp, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        fp: Fingerprint,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.0.complete(key, token, fp, response, ttl).await
+    }
+    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.0.release(key, token).await
+    }
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: LeaseToken,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        self.0.renew(key, token, lease).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Declined {
+    #[error("declined")]
+    Declined,
+    #[error(transparent)]
+    Idempotency(#[from] Error),
+}
+
+/// A caller that gives up while the key of its failed body is being
+/// released (a timeout around the call) still frees the key: the retry
+/// runs, instead of being told "in progress" for the whole hour-long lease.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_its_key_is_released_still_frees_the_key() {
+    static OP: Operation = Operation::new("cancel.slow_release").lease(Duration::from_secs(3600));
+    let idem = Idempotency::new(SlowRelease(MemoryStore::new()));
+    let runs = AtomicUsize::new(0);
+    let call = || {
+        idem.call(&OP).key("pay-1").run(async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Declined::Declined)
+        })
+    };
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), call()).await;
+    assert!(gave_up.is_err(), "the caller gave up during the release");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let retried = call().await;
+    assert!(matches!(retried, Err(Declined::Declined)), "{retried:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the retry ran its body");
 }
