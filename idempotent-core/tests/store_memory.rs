@@ -57,6 +57,43 @@ async fn a_small_bound_holds_as_many_calls_as_it_says() {
     }
 }
 
+/// A bound that does not divide evenly among the shards is still never
+/// exceeded: 16,385 over 64 shards is 256 or 257 a shard, not 257 each
+/// (16,448 in all).
+#[tokio::test(start_paused = true)]
+async fn a_bound_that_does_not_divide_among_shards_is_never_exceeded() {
+    let store = MemoryStore::builder().max_entries(16_385).build();
+    for i in 0..25_000 {
+        let k = key(i);
+        let token = acquire(&store, &k, LEASE).await;
+        store.complete(&k, token, FP, b"ok", LEASE).await.unwrap();
+    }
+    let held = store.len();
+    assert!(held <= 16_385, "{held} records held");
+    assert!(held > 16_000, "the bound is used: {held}");
+}
+
+/// Any shard count given works, the absurd ones included.
+#[tokio::test(start_paused = true)]
+async fn any_shard_count_builds_a_working_store() {
+    for shards in [0, 3, usize::MAX] {
+        for store in [
+            MemoryStore::builder().shards(shards).build(),
+            MemoryStore::builder()
+                .shards(shards)
+                .max_entries(1_000)
+                .build(),
+        ] {
+            let token = acquire(&store, &key(1), LEASE).await;
+            store
+                .complete(&key(1), token, FP, b"ok", LEASE)
+                .await
+                .unwrap();
+            assert_eq!(store.len(), 1, "{shards} shards");
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_full_store_of_running_calls_refuses_new_claims() {
     let store = MemoryStore::builder().shards(1).max_entries(10).build();

@@ -60,8 +60,9 @@ struct Inner {
     shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
     epoch: Instant,
-    max_per_shard: Option<usize>,
-    max_entries: usize,
+    /// The bound on records, if any (shard `i` holds at most
+    /// [`MemoryStore::shard_limit`] of them).
+    max_entries: Option<usize>,
     next_token: AtomicU64,
 }
 
@@ -177,6 +178,9 @@ impl Ord for Deadline {
     }
 }
 
+/// The most shards a store has.
+const MAX_SHARDS: usize = 1 << 16;
+
 /// With a bound on entries, the fewest records a shard is made to hold.
 const MIN_PER_SHARD: usize = 256;
 
@@ -189,17 +193,19 @@ pub struct MemoryStoreBuilder {
 }
 
 impl MemoryStoreBuilder {
-    /// The number of shards (rounded up to a power of two; default 64; a
-    /// small [`max_entries`](Self::max_entries) may lower it).
+    /// The number of shards (rounded up to a power of two, at most 65,536;
+    /// default 64; a small [`max_entries`](Self::max_entries) may lower it).
     pub fn shards(mut self, shards: usize) -> Self {
-        self.shards = shards.max(1);
+        self.shards = shards.clamp(1, MAX_SHARDS);
         self
     }
 
     /// Bounds the number of records kept (default: unbounded).
     ///
-    /// The bound is applied per shard (`max_entries / shards`, rounded up),
-    /// so a shard can be full a little before the store is. A small bound
+    /// The bound is applied per shard (`max_entries / shards`, the
+    /// remainder spread over the first shards, so that the shards' bounds
+    /// add up to exactly `max_entries`): a shard can be full a little before
+    /// the store is, and the store never holds more than `max_entries`. A small bound
     /// uses fewer shards, so that each holds at least
     /// 256 records (`max_entries(10)` is one shard of 10): with one or two
     /// records per shard, two calls that hash to one shard would be refused
@@ -222,8 +228,7 @@ impl MemoryStoreBuilder {
                 shards: (0..shards).map(|_| Mutex::default()).collect(),
                 hasher: foldhash::fast::RandomState::default(),
                 epoch: Instant::now(),
-                max_per_shard: self.max_entries.map(|m| m.div_ceil(shards).max(1)),
-                max_entries: self.max_entries.unwrap_or(usize::MAX),
+                max_entries: self.max_entries,
                 next_token: AtomicU64::new(1),
             }),
         }
@@ -277,13 +282,25 @@ impl MemoryStore {
     /// the shard and the key's hash to `f`.
     fn with_shard<R>(&self, key: &StorageKey, f: impl FnOnce(&mut Shard, u64, Millis) -> R) -> R {
         let hash = self.inner.hasher.hash_one(key.as_str());
-        // The top bits pick the shard; hashbrown uses the low and top-7 bits
-        // inside the table, which is fine to share.
-        let index = (hash >> 32) as usize & (self.inner.shards.len() - 1);
         let now = self.now();
-        let mut shard = lock(&self.inner.shards[index]);
+        let mut shard = lock(&self.inner.shards[self.shard_index(hash)]);
         shard.purge(now, PURGE_BATCH);
         f(&mut shard, hash, now)
+    }
+
+    /// The shard of a key's hash. The top bits pick it; hashbrown uses the
+    /// low and top-7 bits inside the table, which is fine to share.
+    fn shard_index(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & (self.inner.shards.len() - 1)
+    }
+
+    /// With a bound on entries, how many records the shard of `hash` may
+    /// hold: the shards' bounds add up to `max_entries` exactly.
+    fn shard_limit(&self, hash: u64) -> Option<usize> {
+        let shards = self.inner.shards.len();
+        self.inner
+            .max_entries
+            .map(|max| max / shards + usize::from(self.shard_index(hash) < max % shards))
     }
 
     /// Applies `apply` if `token` holds the live lease on `key` (and, given a
@@ -311,6 +328,7 @@ impl MemoryStore {
                 return Err(StoreError::LeaseLost);
             }
             apply(entry, &mut shard.deadlines, now);
+            shard.deadlines.compact(&shard.table);
             Ok(())
         })
     }
@@ -362,7 +380,33 @@ impl Shard {
     }
 }
 
+/// A shard's heaps are rebuilt when they hold more than this many entries
+/// per record, plus [`COMPACT_SLACK`].
+const COMPACT_FACTOR: usize = 4;
+const COMPACT_SLACK: usize = 1024;
+
 impl Deadlines {
+    /// Drops the stale entries once they outnumber the records: every
+    /// completion, renewal or release leaves its lease's entry behind until
+    /// that lease would have ended, which for a long lease (an hour, or
+    /// [`MAX_DURATION`](crate::MAX_DURATION)) is never soon. The heaps stay
+    /// within a constant factor of the records held; a rebuild costs
+    /// O(entries) and is paid for by the pushes since the last one.
+    fn compact(&mut self, table: &HashTable<Slot>) {
+        if self.leases.len() + self.expiries.len() <= COMPACT_FACTOR * table.len() + COMPACT_SLACK {
+            return;
+        }
+        // Every record keeps the entry at its current deadline, which is
+        // what `purge` and eviction need.
+        let current = |Reverse(d): &Reverse<Deadline>| {
+            table
+                .find(d.hash, |s| s.id == d.id)
+                .is_some_and(|s| s.deadline() == d.at)
+        };
+        self.leases.retain(current);
+        self.expiries.retain(current);
+    }
+
     fn push(&mut self, slot: &Slot) {
         let heap = match slot.state {
             SlotState::InProgress { .. } => &mut self.leases,
@@ -423,11 +467,9 @@ impl Store for MemoryStore {
             };
             let is_new = current.is_none();
             if is_new {
-                if let Some(limit) = self.inner.max_per_shard {
+                if let (Some(limit), Some(max)) = (self.shard_limit(hash), self.inner.max_entries) {
                     if !shard.make_room(limit, now) {
-                        return Err(StoreError::CapacityExceeded {
-                            limit: self.inner.max_entries,
-                        });
+                        return Err(StoreError::CapacityExceeded { limit: max });
                     }
                 }
             }
@@ -460,6 +502,7 @@ impl Store for MemoryStore {
                     .into_mut(),
             };
             deadlines.push(slot);
+            deadlines.compact(table);
             Ok(ClaimOutcome::Acquired(Lease {
                 token,
                 duration: lease,
@@ -560,5 +603,64 @@ impl MemoryStore {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IdempotencyKey;
+
+    fn key(i: usize) -> StorageKey {
+        let key: IdempotencyKey = format!("k{i}").parse().expect("a valid key");
+        StorageKey::new("t", "", "op", &key)
+    }
+
+    fn heap_entries(store: &MemoryStore) -> usize {
+        let shards = store.inner.shards.iter().map(lock);
+        shards
+            .map(|s| s.deadlines.leases.len() + s.deadlines.expiries.len())
+            .sum()
+    }
+
+    /// Completed and released calls under a long lease leave no growing
+    /// backlog of stale deadline entries: the heaps stay within a constant
+    /// factor of the records held (they held one entry per call ever made).
+    #[tokio::test(start_paused = true)]
+    async fn stale_deadlines_do_not_pile_up_under_long_leases() {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const CALLS: usize = 20_000;
+        let fp = Fingerprint::from_u128(1);
+        let lease = |outcome| match outcome {
+            Ok(ClaimOutcome::Acquired(lease)) => lease.token,
+            other => panic!("expected Acquired, got {other:?}"),
+        };
+
+        let bounded = MemoryStore::builder().max_entries(1_000).build();
+        for i in 0..CALLS {
+            let token = lease(bounded.claim(&key(i), fp, HOUR).await);
+            bounded
+                .complete(&key(i), token, fp, b"ok", HOUR)
+                .await
+                .unwrap();
+        }
+        let shards = bounded.inner.shards.len();
+        assert!(bounded.len() <= 1_000);
+        let entries = heap_entries(&bounded);
+        let most = COMPACT_FACTOR * 1_000 + COMPACT_SLACK * shards;
+        assert!(
+            entries <= most,
+            "{entries} deadline entries for 1,000 records"
+        );
+
+        let released = MemoryStore::builder().shards(2).build();
+        for i in 0..CALLS {
+            let token = lease(released.claim(&key(i), fp, HOUR).await);
+            released.release(&key(i), token).await.unwrap();
+        }
+        assert!(released.is_empty());
+        let entries = heap_entries(&released);
+        let most = COMPACT_SLACK * released.inner.shards.len();
+        assert!(entries <= most, "{entries} deadline entries for no record");
     }
 }
