@@ -155,6 +155,53 @@ async fn cookies_are_not_replayed_and_only_a_replay_is_marked() {
     assert_eq!(calls.get(), 1);
 }
 
+/// The headers a response's `Connection` header names are hop-by-hop too
+/// (RFC 9110, section 7.6.1), as is the old `Proxy-Connection`: a proxying
+/// handler's connection details are not replayed.
+#[tokio::test]
+async fn headers_named_in_connection_are_not_replayed() {
+    let proxied = || async {
+        Response::builder()
+            .status(StatusCode::CREATED)
+            .header("connection", "X-Upstream-Conn, x-upstream-id")
+            .header("x-upstream-conn", "pool-7")
+            .header("x-upstream-id", "abc")
+            .header("proxy-connection", "keep-alive")
+            .header("x-kept", "yes")
+            .body(Body::from("done"))
+            .unwrap()
+    };
+    let app = Router::new()
+        .route("/proxied", post(proxied))
+        .layer(memory().build());
+    let request = || {
+        Request::post("/proxied")
+            .header("idempotency-key", "k-1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, first, _) = send(&app, request()).await;
+    assert_eq!(
+        first["x-upstream-conn"], "pool-7",
+        "the first answer is untouched"
+    );
+    let (status, replay, body) = send(&app, request()).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::CREATED, &b"done"[..])
+    );
+    assert_eq!(replay["idempotent-replayed"], "true");
+    for name in [
+        "connection",
+        "x-upstream-conn",
+        "x-upstream-id",
+        "proxy-connection",
+    ] {
+        assert!(replay.get(name).is_none(), "{name} was replayed");
+    }
+    assert_eq!(replay["x-kept"], "yes");
+}
+
 #[tokio::test]
 async fn a_missing_key_is_400_and_the_handler_does_not_run() {
     let (app, calls) = app(memory());

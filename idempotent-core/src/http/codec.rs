@@ -47,7 +47,8 @@ pub(crate) struct Stored {
 }
 
 /// Whether a response header is stored. Not stored: the headers that
-/// describe one connection or one moment, `Set-Cookie` (a session or other
+/// describe one connection or one moment (and those `Connection` names, see
+/// [`named_in_connection`]), `Set-Cookie` (a session or other
 /// per-user state, which a replay must never hand to another caller of the
 /// same scope), and `Idempotent-Replayed` (the layer's own, set on replays).
 fn kept(name: &HeaderName) -> bool {
@@ -62,18 +63,32 @@ fn kept(name: &HeaderName) -> bool {
             | header::TRAILER
             | header::TRANSFER_ENCODING
             | header::UPGRADE
-    ) && name.as_str() != "keep-alive"
+    ) && !matches!(name.as_str(), "keep-alive" | "proxy-connection")
         && name.as_str() != super::IDEMPOTENT_REPLAYED
+}
+
+/// The headers that `Connection` names: hop-by-hop as well (RFC 9110,
+/// section 7.6.1), so not stored either.
+fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect()
 }
 
 pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
     // Lengths that do not fit the layout cannot occur with real HTTP stacks
     // (hyper refuses far smaller heads); such headers are left out rather
     // than written wrongly.
+    let connection = named_in_connection(headers);
     let kept: Vec<_> = headers
         .iter()
         .filter(|(name, value)| {
             kept(name)
+                && !connection.contains(name)
                 && name.as_str().len() <= usize::from(u16::MAX)
                 && u32::try_from(value.len()).is_ok()
         })

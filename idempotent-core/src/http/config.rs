@@ -229,8 +229,12 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// The operation name used in metrics and traces (default `http`). The
-    /// storage key also holds the method and path.
+    /// The operation name used in metrics and traces (default `http`). It is
+    /// not part of the storage key, which holds the runtime's namespace, the
+    /// scope, the method and path, and the key: two layers that share a
+    /// store and serve the same method and path (two versions of one
+    /// service, say) share their records unless their runtimes'
+    /// [namespaces](crate::IdempotencyBuilder::namespace) differ.
     pub fn name(mut self, name: &'static str) -> Self {
         self.name = name;
         self

@@ -17,7 +17,7 @@
 //! | store unavailable | `503 Service Unavailable` with `Retry-After`, and the handler does not run |
 //! | request body unreadable (the connection failed half-way) | `400 Bad Request` |
 //! | a stored response that cannot be decoded, or a handler that outlived its lease | `500 Internal Server Error` (nothing is stored) |
-//! | the handler's response body fails half-way | `502 Bad Gateway` (nothing is stored; the key is released) |
+//! | the handler's response body fails half-way | `502 Bad Gateway`; if its status is one the layer stores, this `502` problem is stored in its place, so a retry gets it and never runs the handler again (else the key is released) |
 //! | the handler's response body is over the [response limit](IdempotencyLayerBuilder::response_limit) (8 MiB by default) | passed on as it is when its size is known up front, else `500 Internal Server Error`; if its status is one the layer stores, a `500` problem is stored in its place, so a retry gets that and never runs the handler again |
 //!
 //! Error answers are RFC 9457 `application/problem+json` documents with
@@ -25,7 +25,7 @@
 //! through untouched.
 //!
 //! **What is stored**: the first response's status, its headers minus the
-//! hop-by-hop ones, `Date` and `Set-Cookie` (a replay may go to another caller
+//! hop-by-hop ones (those `Connection` names included), `Date` and `Set-Cookie` (a replay may go to another caller
 //! of the same scope), and its body, for the TTL; by default only
 //! statuses 200 to 499 except 408, 409, 425 and 429 (answers that say "try
 //! again"), and never a handler's 5xx: an unstored answer releases the key,
