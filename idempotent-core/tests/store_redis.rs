@@ -164,6 +164,33 @@ async fn records_spread_over_every_master_and_each_stays_on_one() {
     }
 }
 
+/// Keys are the client's to choose, hash tags included: `{hot}0`, `{hot}1`,
+/// ... still spread over every master instead of all landing on the slot of
+/// `hot`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_tags_in_client_keys_do_not_pin_records_to_one_master() {
+    static OP: Operation = Operation::new("cluster.tags");
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::builder()
+        .url(cluster.url())
+        .build()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store);
+    for i in 0..60 {
+        idem.call(&OP)
+            .key(&format!("{{hot}}{i}"))
+            .run(async move { Ok::<_, Error>(i) })
+            .await
+            .unwrap();
+    }
+    for node in &cluster.nodes {
+        let reply = node.command(&["DBSIZE"]).unwrap();
+        let keys: usize = reply.trim().trim_start_matches(':').parse().unwrap();
+        assert!(keys > 0, "a master holds none of the 60 records: {reply}");
+    }
+}
+
 /// Wait mode on a cluster: the completion notice of a record on any master
 /// reaches a waiter (Redis Cluster broadcasts `PUBLISH` to every node), with
 /// re-checks an hour apart so that only the notice can wake it in time. The

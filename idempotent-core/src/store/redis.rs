@@ -2,9 +2,12 @@
 //!
 //! # Layout
 //!
-//! One Redis string per record, under `<key_prefix><storage key>`, so every
-//! operation touches one key (one hash slot) and works unchanged on a
-//! cluster. Expiry is Redis's own (`PX`): a lease that runs out, or a
+//! One Redis string per record, under `<key_prefix>{}<storage key>`, so
+//! every operation touches one key (one hash slot) and works unchanged on a
+//! cluster. The empty hash tag `{}` makes a cluster hash the whole key: a
+//! client that sends `{x}1`, `{x}2`, ... as its keys cannot pin every
+//! record to one slot and one master (a tag in the prefix still pins, if
+//! that is what you want). Expiry is Redis's own (`PX`): a lease that runs out, or a
 //! completed record past its TTL, is simply gone; there is no sweeper.
 //!
 //! ```text
@@ -286,7 +289,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Prepended to every Redis key (default none).
+    /// Prepended to every Redis key (default none). A hash tag in it
+    /// (`{shop}:`) puts every record on one cluster slot; nothing after the
+    /// prefix can (see the module docs).
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -430,11 +435,12 @@ impl RedisStore {
         Self::builder().url(url).build().await
     }
 
-    /// The Redis key of a storage key.
+    /// The Redis key of a storage key: `<key_prefix>{}<storage key>`.
     pub fn redis_key(&self, key: &StorageKey) -> String {
         let prefix = &self.inner.key_prefix;
-        let mut redis_key = String::with_capacity(prefix.len() + key.as_str().len());
+        let mut redis_key = String::with_capacity(prefix.len() + NO_TAG.len() + key.as_str().len());
         redis_key.push_str(prefix);
+        redis_key.push_str(NO_TAG);
         redis_key.push_str(key.as_str());
         redis_key
     }
@@ -618,7 +624,11 @@ impl RedisStore {
     }
 }
 
-/// A Redis key, `<key_prefix><storage key>`, written straight into a
+/// Between the prefix and the storage key: an empty hash tag, after which a
+/// cluster hashes the whole key, whatever braces the client's key holds.
+const NO_TAG: &str = "{}";
+
+/// A Redis key, `<key_prefix>{}<storage key>`, written straight into a
 /// command as one argument (no `String` of its own).
 struct RedisKey<'a>(&'a str, &'a str);
 
@@ -628,6 +638,7 @@ impl redis::ToRedisArgs for RedisKey<'_> {
         let mut arg = out.writer_for_next_arg();
         // Writing into the command's own buffer cannot fail.
         let _ = arg.write_all(self.0.as_bytes());
+        let _ = arg.write_all(NO_TAG.as_bytes());
         let _ = arg.write_all(self.1.as_bytes());
     }
 }
@@ -719,7 +730,7 @@ impl Store for RedisStore {
         let value = in_progress(fingerprint.as_u128().to_be_bytes(), token);
         // Sized up front: the command is built on every claim, so on every
         // replay (7 arguments; the lease has at most 20 digits).
-        let key_len = self.inner.key_prefix.len() + key.as_str().len();
+        let key_len = self.inner.key_prefix.len() + NO_TAG.len() + key.as_str().len();
         let mut set = redis::Cmd::with_capacity(7, key_len + IN_PROGRESS_LEN + 36);
         set.arg("SET")
             .arg(&redis_key)
