@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idempotent_core::{
-    Error, Idempotency, KeyError, MAX_POSTGRES_KEY_BYTES, Operation, PostgresStore,
+    ClaimOutcome, Error, Fingerprint, Idempotency, KeyError, MAX_POSTGRES_KEY_BYTES, Operation,
+    PostgresStore, StorageKey, Store,
 };
 use postgres_schema::{Schema, with_ledger};
 
@@ -115,6 +116,45 @@ async fn the_purge_never_scans_the_table() {
         "the expired rows, and only them"
     );
     assert_eq!(schema.count("idempotency_records").await, 20_000);
+}
+
+/// A takeover that waited on the row's lock longer than its lease still
+/// gets its whole lease, counted from when it had the lock: a second
+/// claimant right after finds the call in progress, instead of an already
+/// expired lease it could take over too (and run the body twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_that_waited_on_the_row_lock_gets_its_whole_lease() {
+    const LEASE: Duration = Duration::from_secs(1);
+    let schema = Schema::create("takeover_wait").await;
+    let store = schema.store().await;
+    let key = StorageKey::new("idem", "", "op", &"k".parse().unwrap());
+    let fp = Fingerprint::from_u128(7);
+    let expired = Duration::from_millis(50);
+    assert!(matches!(
+        store.claim(&key, fp, expired).await.unwrap(),
+        ClaimOutcome::Acquired(_)
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Something holds the expired row's lock for longer than the lease.
+    let mut locker = schema.connection().await;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT 1 FROM idempotency_records WHERE key = 'k' FOR UPDATE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let waiting = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.claim(&key, fp, LEASE).await })
+    };
+    tokio::time::sleep(LEASE + Duration::from_millis(200)).await;
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    let taken = waiting.await.unwrap().unwrap();
+    assert!(matches!(taken, ClaimOutcome::Acquired(_)), "{taken:?}");
+    let second = store.claim(&key, fp, LEASE).await.unwrap();
+    assert!(
+        matches!(second, ClaimOutcome::InFlight { .. }),
+        "the takeover's lease had already run out: {second:?}"
+    );
 }
 
 /// A purge never deletes a record a claim is taking over: the expired row

@@ -352,7 +352,11 @@ pub(crate) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError
 /// `insert_filter` allows), or an expired row taken over; a row a concurrent
 /// claim committed meanwhile is returned by the `DO UPDATE`, which sees and
 /// locks the latest version (the snapshot alone could miss it). `now()` is
-/// one value for the whole statement, so every CASE agrees. `$1` to `$4` are
+/// one value for the whole statement, so every CASE agrees; a takeover's
+/// new deadline counts from `clock_timestamp()` instead, the moment the row
+/// lock was had: a takeover that waited on that lock (a purge batch, a
+/// transaction holding the row) longer than a short lease would otherwise
+/// hand out a lease that had already run out, free for a second takeover. `$1` to `$4` are
 /// the key, `$5` the fingerprint, `$6` the token, `$7` the deadline in ms.
 macro_rules! claim_statement {
     ($live_filter:literal, $insert_filter:literal) => {
@@ -374,7 +378,8 @@ WITH live AS (
         fingerprint = CASE WHEN r.deadline <= now() THEN EXCLUDED.fingerprint ELSE r.fingerprint END,
         token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
         response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
-        deadline    = CASE WHEN r.deadline <= now() THEN EXCLUDED.deadline ELSE r.deadline END
+        deadline    = CASE WHEN r.deadline <= now()
+            THEN clock_timestamp() + $7 * interval '1 millisecond' ELSE r.deadline END
     RETURNING fingerprint, token, response, deadline
 )
 SELECT fingerprint, token, response,
