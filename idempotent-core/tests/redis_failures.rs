@@ -393,3 +393,105 @@ async fn a_cluster_without_seed_nodes_is_refused() {
         .await;
     assert!(built.is_err());
 }
+
+/// A TCP proxy in front of Redis whose open connections can be made to go
+/// silent (nothing forwarded either way, no reset: what a Redis host that
+/// vanished, or a failover that moved the address, looks like), while new
+/// connections are forwarded normally.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FreezingProxy {
+    async fn start(server_port: u16) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicU64;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = Arc::new(AtomicU64::new(0));
+        let current = Arc::clone(&generation);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let born = current.load(Ordering::SeqCst);
+                let current = Arc::clone(&current);
+                tokio::spawn(async move {
+                    let Ok(server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
+                    else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let up = pump(client_read, server_write, born, Arc::clone(&current));
+                    let down = pump(server_read, client_write, born, current);
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Self { addr, generation }
+    }
+
+    /// Every connection open now goes silent for good.
+    fn freeze_open_connections(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+}
+
+/// Copies `from` to `to` until the proxy's generation moves past `born`;
+/// then holds both ends open, forwarding nothing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    born: u64,
+    current: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buffer).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if current.load(Ordering::SeqCst) != born {
+            // Silent from now on: keep the sockets, drop the bytes.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection that goes silent without a reset (the host vanished, or a
+/// failover moved the address) is given up after its calls time out, and
+/// the store reconnects by itself, within seconds rather than the minutes
+/// TCP would take to notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_silent_is_replaced() {
+    let server = RedisServer::start();
+    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FreezingProxy::start(port).await;
+    let store = RedisStore::builder()
+        .url(proxy.url())
+        .timeout(TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store);
+    let runs = AtomicUsize::new(0);
+    charge(&idem, "before", &runs).await.unwrap();
+
+    proxy.freeze_open_connections();
+    let error = charge(&idem, "silent", &runs).await.unwrap_err();
+    assert!(error.is_store_unavailable(), "{error:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "no body ran while silent");
+    charge_once_recovered(&idem, "after", &runs, Duration::from_secs(10)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

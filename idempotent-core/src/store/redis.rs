@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{Script, Value};
 use tokio::sync::Notify;
 
@@ -55,7 +55,10 @@ use crate::record::{
 
 #[path = "redis_cluster.rs"]
 mod cluster;
+#[path = "redis_standalone.rs"]
+mod standalone;
 use cluster::LazyCluster;
+use standalone::Standalone;
 
 /// The default bound on every Redis call, after which it fails closed.
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -211,9 +214,8 @@ impl Lua {
     }
 }
 
-#[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(Box<Standalone>),
     Cluster(Arc<LazyCluster>),
 }
 
@@ -366,9 +368,9 @@ impl RedisStoreBuilder {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(timeout);
-            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(StoreError::unavailable)?;
-            (Connection::Single(manager), vec![client])
+            let standalone =
+                Standalone::new(client.clone(), config).map_err(StoreError::unavailable)?;
+            (Connection::Single(Box::new(standalone)), vec![client])
         } else {
             let builder =
                 redis::cluster::ClusterClientBuilder::new(self.cluster.iter().map(String::as_str))
@@ -505,13 +507,20 @@ impl RedisStore {
             }
         }
         let command = |by_hash| self.script_command(lua, by_hash, key, args);
-        self.bounded(async {
-            match &self.inner.connection {
-                Connection::Single(c) => run(&mut c.clone(), command).await,
-                Connection::Cluster(c) => run(&mut c.get().await?, command).await,
+        match &self.inner.connection {
+            Connection::Single(c) => {
+                let (mut connection, generation) = c.get();
+                let answer = bounded(self.inner.timeout, run(&mut connection, command)).await;
+                c.replace_after(generation, answer)
             }
-        })
-        .await
+            Connection::Cluster(c) => {
+                bounded(self.inner.timeout, async {
+                    run(&mut c.get().await?, command).await
+                })
+                .await
+                .1
+            }
+        }
     }
 
     /// The answer to a claim that met a record in progress: how long its
@@ -563,31 +572,20 @@ impl RedisStore {
     }
 
     async fn query(&self, command: &redis::Cmd) -> Result<Value, StoreError> {
-        self.bounded(async {
-            match &self.inner.connection {
-                Connection::Single(c) => command.query_async(&mut c.clone()).await,
-                Connection::Cluster(c) => command.query_async(&mut c.get().await?).await,
+        match &self.inner.connection {
+            Connection::Single(c) => {
+                let (mut connection, generation) = c.get();
+                let answer =
+                    bounded(self.inner.timeout, command.query_async(&mut connection)).await;
+                c.replace_after(generation, answer)
             }
-        })
-        .await
-    }
-
-    /// Bounds a call by the store's timeout and classifies its errors.
-    async fn bounded(
-        &self,
-        call: impl std::future::Future<Output = redis::RedisResult<Value>>,
-    ) -> Result<Value, StoreError> {
-        match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) if error.code() == Some("WRONGTYPE") => Err(StoreError::Corrupt {
-                key: String::new(),
-                detail: format!("the key holds another type of value: {error}"),
-            }),
-            Ok(Err(error)) => Err(StoreError::unavailable(error)),
-            Err(elapsed) => Err(StoreError::unavailable(TimedOut(
-                self.inner.timeout,
-                elapsed,
-            ))),
+            Connection::Cluster(c) => {
+                bounded(self.inner.timeout, async {
+                    command.query_async(&mut c.get().await?).await
+                })
+                .await
+                .1
+            }
         }
     }
 
@@ -640,6 +638,29 @@ impl redis::ToRedisArgs for RedisKey<'_> {
         let _ = arg.write_all(self.0.as_bytes());
         let _ = arg.write_all(NO_TAG.as_bytes());
         let _ = arg.write_all(self.1.as_bytes());
+    }
+}
+
+/// Bounds a call by the store's timeout and classifies its errors; the flag
+/// says whether it timed out (here or in redis-rs).
+async fn bounded(
+    timeout: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<Value>>,
+) -> (bool, Result<Value, StoreError>) {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(value)) => (false, Ok(value)),
+        Ok(Err(error)) if error.code() == Some("WRONGTYPE") => (
+            false,
+            Err(StoreError::Corrupt {
+                key: String::new(),
+                detail: format!("the key holds another type of value: {error}"),
+            }),
+        ),
+        Ok(Err(error)) => (error.is_timeout(), Err(StoreError::unavailable(error))),
+        Err(elapsed) => (
+            true,
+            Err(StoreError::unavailable(TimedOut(timeout, elapsed))),
+        ),
     }
 }
 

@@ -1,0 +1,81 @@
+//! The standalone connection of a [`RedisStore`](super::RedisStore):
+//! redis-rs's `ConnectionManager`, replaced when it stops answering.
+//!
+//! The manager reconnects when its connection reports an error (a reset, a
+//! closed socket). A connection that goes silent instead (the Redis host
+//! vanished, or a failover moved its address: no reset ever arrives)
+//! reports nothing until the kernel gives up retransmitting, which takes
+//! about a quarter of an hour on Linux's defaults, and a timeout alone does
+//! not make the manager reconnect. So a call that times out has its
+//! connection replaced by a new, lazily connecting manager: at worst one
+//! needless reconnection for a Redis that was only slow.
+
+use std::sync::{Mutex, PoisonError};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub(super) struct Standalone {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    manager: ConnectionManager,
+    /// Counts replacements, so that the calls that timed out together on
+    /// one connection replace it once.
+    generation: u64,
+}
+
+impl Standalone {
+    pub(super) fn new(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> redis::RedisResult<Self> {
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Self {
+            client,
+            config,
+            current: Mutex::new(Current {
+                manager,
+                generation: 0,
+            }),
+        })
+    }
+
+    /// The connection to send a call on, and its generation for
+    /// [`replace_after`](Self::replace_after).
+    pub(super) fn get(&self) -> (ConnectionManager, u64) {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        (current.manager.clone(), current.generation)
+    }
+
+    /// The answer of a call sent on the connection of `generation`, from
+    /// `bounded`: if it timed out, that connection is replaced.
+    pub(super) fn replace_after<T>(&self, generation: u64, answer: (bool, T)) -> T {
+        let (timed_out, answer) = answer;
+        if timed_out {
+            self.timed_out(generation);
+        }
+        answer
+    }
+
+    /// A call on the connection of `generation` got no answer in time:
+    /// replace that connection, unless another call already did.
+    fn timed_out(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.generation != generation {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(manager) => {
+                tracing::warn!("no answer from Redis in time; reconnecting");
+                current.manager = manager;
+                current.generation += 1;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no answer from Redis in time, and no new connection");
+            }
+        }
+    }
+}
