@@ -150,7 +150,13 @@ async fn undecodable_records_are_errors_not_re_executions() {
     server
         .command(&["HSET", &redis_key("hash"), "a", "b"])
         .unwrap();
-    for key in ["foreign", "truncated", "hash"] {
+    // An in-progress record with one byte too many that is not the
+    // waiter's mark `w`.
+    let bad_mark = format!("P{}x", "0".repeat(32));
+    server
+        .command(&["SET", &redis_key("bad-mark"), &bad_mark, "PX", "60000"])
+        .unwrap();
+    for key in ["foreign", "truncated", "hash", "bad-mark"] {
         let error = charge(&idem, key, &runs).await.unwrap_err();
         assert!(matches!(error, Error::Codec { .. }), "{key}: {error:?}");
     }

@@ -711,7 +711,10 @@ fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreError> {
         u128::from_be_bytes(raw)
     };
     let state = match bytes.first() {
-        Some(b'P') if (IN_PROGRESS_LEN..=IN_PROGRESS_LEN + 1).contains(&bytes.len()) => {
+        Some(b'P')
+            if bytes.len() == IN_PROGRESS_LEN
+                || (bytes.len() == IN_PROGRESS_LEN + 1 && bytes.last() == Some(&b'w')) =>
+        {
             RecordState::InProgress {
                 token: LeaseToken::from_u128(u128_at(17)),
                 lease_until: Millis::MAX,
