@@ -194,7 +194,8 @@ async fn hash_tags_in_client_keys_do_not_pin_records_to_one_master() {
 /// Wait mode on a cluster: the completion notice of a record on any master
 /// reaches a waiter (Redis Cluster broadcasts `PUBLISH` to every node), with
 /// re-checks an hour apart so that only the notice can wake it in time. The
-/// first seed node given is down: notices come through the next one.
+/// first seed node given is down and the second silent: notices come
+/// through the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master() {
     static OP: Operation = Operation::new("cluster.wait").wait(Duration::from_secs(10));
@@ -203,17 +204,21 @@ async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master()
         .unwrap()
         .local_addr()
         .unwrap();
+    // A seed that accepts connections and never answers (its listener is
+    // kept, and never accepts): the subscription through it must time out.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mute_addr = mute.local_addr().unwrap();
     let store = RedisStore::builder()
-        .url(
-            cluster
-                .url()
-                .replace("redis+cluster://", &format!("redis+cluster://{dead},")),
-        )
+        .url(cluster.url().replace(
+            "redis+cluster://",
+            &format!("redis+cluster://{dead},{mute_addr},"),
+        ))
         .wait_recheck(Duration::from_secs(3600))
         .build()
         .await
         .unwrap();
-    // The store listens through the second seed once the first refuses.
+    // The store listens through the third seed once the first refuses and
+    // the second stays silent.
     let subscribed = || {
         cluster.nodes.iter().any(|node| {
             node.command(&["PUBSUB", "NUMSUB", "idempotent:done"])
@@ -229,6 +234,21 @@ async fn on_a_cluster_completion_notices_wake_waiters_for_keys_on_every_master()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let idem = Idempotency::new(store);
+    // The cluster's first connection tries the seeds in turn, the silent
+    // one until its timeout: wait until calls go through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while let Err(error) = idem
+        .call(&OP)
+        .key("warm-up")
+        .run(async { Ok::<_, Error>(0) })
+        .await
+    {
+        assert!(
+            error.is_store_unavailable() && std::time::Instant::now() < deadline,
+            "{error:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The body reports its start, so that waiters come only after.
     let call = |key: String, value: i64, started: Option<UnboundedSender<()>>| {
         let idem = idem.clone();

@@ -918,16 +918,21 @@ async fn notify_waiters(
     // After a failure or a lost connection, the next client (the next seed
     // node of a cluster) is tried.
     for client in clients.iter().cycle() {
-        let subscribed = async {
-            let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connect timed out"))
-                })??;
+        // Connecting and subscribing are bounded together: a node that
+        // accepts the connection and then answers nothing would otherwise
+        // hold the notifier on it for good.
+        let subscribed = tokio::time::timeout(timeout, async {
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
-        };
-        match subscribed.await {
+        });
+        let subscribed = subscribed.await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "pub/sub subscription timed out",
+            )))
+        });
+        match subscribed {
             Ok(pubsub) => {
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
