@@ -6,10 +6,15 @@
 //! vanished, or a failover moved its address: no reset ever arrives)
 //! reports nothing until the kernel gives up retransmitting, which takes
 //! about a quarter of an hour on Linux's defaults, and a timeout alone does
-//! not make the manager reconnect. So a call that times out has its
-//! connection replaced by a new, lazily connecting manager: at worst one
-//! needless reconnection for a Redis that was only slow.
+//! not make the manager reconnect. So a call that times out on a
+//! connection that has answered before has that connection replaced by a
+//! new, lazily connecting manager: at worst one needless reconnection for a
+//! Redis that was only slow. A connection that has never answered is left
+//! to redis-rs's own reconnecting: replacing it would only restart a
+//! connection still being made, once per timeout, against a Redis that may
+//! be struggling already.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -18,6 +23,9 @@ pub(super) struct Standalone {
     client: redis::Client,
     config: ConnectionManagerConfig,
     current: Mutex<Current>,
+    /// One more than the generation of the newest connection that has
+    /// answered a call (0: none has).
+    answered: AtomicU64,
 }
 
 struct Current {
@@ -40,6 +48,7 @@ impl Standalone {
                 manager,
                 generation: 0,
             }),
+            answered: AtomicU64::new(0),
         })
     }
 
@@ -52,8 +61,15 @@ impl Standalone {
 
     /// The answer of a call sent on the connection of `generation`, from
     /// `bounded`: if it timed out, that connection is replaced.
-    pub(super) fn replace_after<T>(&self, generation: u64, answer: (bool, T)) -> T {
+    pub(super) fn replace_after<T, E>(
+        &self,
+        generation: u64,
+        answer: (bool, Result<T, E>),
+    ) -> Result<T, E> {
         let (timed_out, answer) = answer;
+        if answer.is_ok() && self.answered.load(Ordering::Relaxed) <= generation {
+            self.answered.fetch_max(generation + 1, Ordering::Relaxed);
+        }
         if timed_out {
             self.timed_out(generation);
         }
@@ -61,10 +77,12 @@ impl Standalone {
     }
 
     /// A call on the connection of `generation` got no answer in time:
-    /// replace that connection, unless another call already did.
+    /// replace that connection, if it has answered before and no other
+    /// call replaced it already.
     fn timed_out(&self, generation: u64) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        if current.generation != generation {
+        let has_answered = self.answered.load(Ordering::Relaxed) > generation;
+        if current.generation != generation || !has_answered {
             return;
         }
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
