@@ -396,15 +396,18 @@ impl Deadlines {
         if self.leases.len() + self.expiries.len() <= COMPACT_FACTOR * table.len() + COMPACT_SLACK {
             return;
         }
-        // Every record keeps the entry at its current deadline, which is
-        // what `purge` and eviction need.
-        let current = |Reverse(d): &Reverse<Deadline>| {
-            table
-                .find(d.hash, |s| s.id == d.id)
-                .is_some_and(|s| s.deadline() == d.at)
+        // Every record keeps the entry at its current deadline, in the heap
+        // of its state, which is what `purge` and eviction need.
+        let current = |in_progress: bool| {
+            move |Reverse(d): &Reverse<Deadline>| {
+                table.find(d.hash, |s| s.id == d.id).is_some_and(|s| {
+                    s.deadline() == d.at
+                        && matches!(s.state, SlotState::InProgress { .. }) == in_progress
+                })
+            }
         };
-        self.leases.retain(current);
-        self.expiries.retain(current);
+        self.leases.retain(current(true));
+        self.expiries.retain(current(false));
     }
 
     fn push(&mut self, slot: &Slot) {

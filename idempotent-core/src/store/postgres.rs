@@ -356,7 +356,11 @@ pub(crate) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError
 /// new deadline counts from `clock_timestamp()` instead, the moment the row
 /// lock was had: a takeover that waited on that lock (a purge batch, a
 /// transaction holding the row) longer than a short lease would otherwise
-/// hand out a lease that had already run out, free for a second takeover. `$1` to `$4` are
+/// hand out a lease that had already run out, free for a second takeover.
+/// (An insert that waited out a concurrent insert of the key, which then
+/// rolled back, still counts from the statement's start: its row was built
+/// before the wait. With the default 30 s lease and the store's 1 s bound,
+/// that wait cannot use up the lease.) `$1` to `$4` are
 /// the key, `$5` the fingerprint, `$6` the token, `$7` the deadline in ms.
 macro_rules! claim_statement {
     ($live_filter:literal, $insert_filter:literal) => {

@@ -293,7 +293,9 @@ impl RedisStoreBuilder {
 
     /// Prepended to every Redis key (default none). A hash tag in it
     /// (`{shop}:`) puts every record on one cluster slot; nothing after the
-    /// prefix can (see the module docs).
+    /// prefix can (see the module docs). Keep its braces balanced: an open
+    /// `{` alone (`app{`) also makes a tag, of the characters up to the `{}`
+    /// that follows, and pins every record to one slot.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
