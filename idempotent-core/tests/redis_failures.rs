@@ -501,3 +501,75 @@ async fn a_connection_that_goes_silent_is_replaced() {
     charge_once_recovered(&idem, "after", &runs, Duration::from_secs(10)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// After a silent loss, completion notices come back too: the notifier
+/// checks its own connection with a `PING` and subscribes again through a
+/// new one, so a waiter is woken by the notice of the call it waits on,
+/// not by its re-check an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_notices_come_back_after_a_silent_loss() {
+    static WAITED: Operation = Operation::new("failures.waited").wait(Duration::from_secs(20));
+    let server = RedisServer::start();
+    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FreezingProxy::start(port).await;
+    let store = RedisStore::builder()
+        .url(proxy.url())
+        .timeout(TIMEOUT)
+        .wait_recheck(Duration::from_secs(3600))
+        .build()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store);
+    let runs = AtomicUsize::new(0);
+    let subscribers = || {
+        let reply = server
+            .command(&["PUBSUB", "NUMSUB", "idempotent:done"])
+            .unwrap_or_default();
+        reply
+            .trim_end()
+            .rsplit(':')
+            .next()
+            .unwrap_or("0")
+            .parse::<u32>()
+            .unwrap_or(0)
+    };
+    let until = |want: u32, why: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while subscribers() < want {
+            assert!(Instant::now() < deadline, "{why}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(1, "the store never subscribed");
+    charge(&idem, "before", &runs).await.unwrap();
+
+    proxy.freeze_open_connections();
+    let _ = charge(&idem, "silent", &runs).await;
+    charge_once_recovered(&idem, "after", &runs, Duration::from_secs(10)).await;
+    // Redis still counts the frozen subscription: a second one is new.
+    until(2, "the notifier did not subscribe again");
+
+    let call = |work: Duration| {
+        let idem = idem.clone();
+        async move {
+            idem.call(&WAITED)
+                .key("waited")
+                .run(async move {
+                    tokio::time::sleep(work).await;
+                    Ok::<_, Error>(7)
+                })
+                .await
+        }
+    };
+    let first = tokio::spawn(call(Duration::from_millis(500)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let waited = call(Duration::ZERO).await.unwrap();
+    assert!(waited.replayed, "the waiter got the first call's value");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by its re-check, not the notice: {:?}",
+        started.elapsed()
+    );
+    assert!(!first.await.unwrap().unwrap().replayed);
+}

@@ -935,15 +935,37 @@ async fn notify_waiters(
             )))
         });
         match subscribed {
-            Ok(pubsub) => {
-                let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    waiters.wake(message.get_payload_bytes());
-                }
-            }
+            Ok(pubsub) => listen(pubsub, &waiters, timeout).await,
             Err(error) => tracing::debug!(%error, "completion notices unavailable; waiters poll"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Wakes the waiters named by the notices on `pubsub` until its connection
+/// ends or goes silent. A connection that goes silent without a reset (its
+/// host vanished) ends nothing, and would leave every waiter to its
+/// re-checks for good: a `PING` every five timeouts (at least every
+/// second), bounded by the timeout, tells.
+async fn listen(pubsub: redis::aio::PubSub, waiters: &Waiters, timeout: Duration) {
+    let (mut sink, mut messages) = pubsub.split();
+    let mut health = tokio::time::interval(timeout.saturating_mul(5).max(Duration::from_secs(1)));
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => waiters.wake(message.get_payload_bytes()),
+                None => return,
+            },
+            _ = health.tick() => {
+                let ping = tokio::time::timeout(timeout, sink.ping::<Value>()).await;
+                if !matches!(ping, Ok(Ok(_))) {
+                    tracing::debug!("completion notices went silent; subscribing again");
+                    return;
+                }
+            }
+        }
     }
 }
 
