@@ -549,22 +549,26 @@ async fn completion_notices_come_back_after_a_silent_loss() {
     // Redis still counts the frozen subscription: a second one is new.
     until(2, "the notifier did not subscribe again");
 
-    let call = |work: Duration| {
+    let call = |work: Duration, started: Option<tokio::sync::oneshot::Sender<()>>| {
         let idem = idem.clone();
         async move {
             idem.call(&WAITED)
                 .key("waited")
                 .run(async move {
+                    if let Some(started) = started {
+                        let _ = started.send(());
+                    }
                     tokio::time::sleep(work).await;
                     Ok::<_, Error>(7)
                 })
                 .await
         }
     };
-    let first = tokio::spawn(call(Duration::from_millis(500)));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (report, first_started) = tokio::sync::oneshot::channel();
+    let first = tokio::spawn(call(Duration::from_millis(500), Some(report)));
+    first_started.await.expect("the first call ran its body");
     let started = Instant::now();
-    let waited = call(Duration::ZERO).await.unwrap();
+    let waited = call(Duration::ZERO, None).await.unwrap();
     assert!(waited.replayed, "the waiter got the first call's value");
     assert!(
         started.elapsed() < Duration::from_secs(5),

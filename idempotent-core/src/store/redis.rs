@@ -643,24 +643,43 @@ impl redis::ToRedisArgs for RedisKey<'_> {
     }
 }
 
-/// Bounds a call by the store's timeout and classifies its errors; the flag
-/// says whether it timed out (here or in redis-rs).
+/// How a bounded call went, for the standalone connection's bookkeeping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// Redis answered: a value, or an error reply of its own.
+    Answer,
+    /// No answer in time (here, or in redis-rs).
+    Nothing,
+    /// The call failed otherwise (a refused or dropped connection).
+    Failure,
+}
+
+/// Bounds a call by the store's timeout and classifies its errors.
 async fn bounded(
     timeout: Duration,
     call: impl std::future::Future<Output = redis::RedisResult<Value>>,
-) -> (bool, Result<Value, StoreError>) {
+) -> (Heard, Result<Value, StoreError>) {
     match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(value)) => (false, Ok(value)),
+        Ok(Ok(value)) => (Heard::Answer, Ok(value)),
         Ok(Err(error)) if error.code() == Some("WRONGTYPE") => (
-            false,
+            Heard::Answer,
             Err(StoreError::Corrupt {
                 key: String::new(),
                 detail: format!("the key holds another type of value: {error}"),
             }),
         ),
-        Ok(Err(error)) => (error.is_timeout(), Err(StoreError::unavailable(error))),
+        Ok(Err(error)) => {
+            let heard = if error.is_timeout() {
+                Heard::Nothing
+            } else if error.code().is_some() {
+                Heard::Answer
+            } else {
+                Heard::Failure
+            };
+            (heard, Err(StoreError::unavailable(error)))
+        }
         Err(elapsed) => (
-            true,
+            Heard::Nothing,
             Err(StoreError::unavailable(TimedOut(timeout, elapsed))),
         ),
     }
@@ -907,6 +926,15 @@ impl Waiters {
             notify.notify_waiters();
         }
     }
+
+    /// Wakes every waiter, to look again: after a gap in the subscription,
+    /// whose notices are lost.
+    fn wake_all(&self) {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (notify, _) in map.values() {
+            notify.notify_waiters();
+        }
+    }
 }
 
 /// Listens for completion notices and wakes the matching waiters, for the
@@ -948,6 +976,9 @@ async fn notify_waiters(
 /// re-checks for good: a `PING` every five timeouts (at least every
 /// second), bounded by the timeout, tells.
 async fn listen(pubsub: redis::aio::PubSub, waiters: &Waiters, timeout: Duration) {
+    // Notices published before this subscription are lost: whoever waited
+    // through the gap looks again now.
+    waiters.wake_all();
     let (mut sink, mut messages) = pubsub.split();
     let mut health = tokio::time::interval(timeout.saturating_mul(5).max(Duration::from_secs(1)));
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,12 +19,14 @@ use std::sync::{Mutex, PoisonError};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::Heard;
+
 pub(super) struct Standalone {
     client: redis::Client,
     config: ConnectionManagerConfig,
     current: Mutex<Current>,
     /// One more than the generation of the newest connection that has
-    /// answered a call (0: none has).
+    /// answered a call, with a value or an error reply (0: none has).
     answered: AtomicU64,
 }
 
@@ -61,17 +63,14 @@ impl Standalone {
 
     /// The answer of a call sent on the connection of `generation`, from
     /// `bounded`: if it timed out, that connection is replaced.
-    pub(super) fn replace_after<T, E>(
-        &self,
-        generation: u64,
-        answer: (bool, Result<T, E>),
-    ) -> Result<T, E> {
-        let (timed_out, answer) = answer;
-        if answer.is_ok() && self.answered.load(Ordering::Relaxed) <= generation {
-            self.answered.fetch_max(generation + 1, Ordering::Relaxed);
-        }
-        if timed_out {
-            self.timed_out(generation);
+    pub(super) fn replace_after<T>(&self, generation: u64, answer: (Heard, T)) -> T {
+        let (heard, answer) = answer;
+        match heard {
+            Heard::Answer if self.answered.load(Ordering::Relaxed) <= generation => {
+                self.answered.fetch_max(generation + 1, Ordering::Relaxed);
+            }
+            Heard::Nothing => self.timed_out(generation),
+            Heard::Answer | Heard::Failure => {}
         }
         answer
     }
