@@ -338,8 +338,15 @@ impl RequestBuilder {
     }
 
     /// A header, sent with every attempt (credentials are never journaled).
+    /// An `Idempotency-Key` header sets the key, as [`key`](Self::key) does,
+    /// so that one key is sent, once.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
+        let (name, value) = (name.into(), value.into());
+        if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
+            // The key, given as a header: one key, sent once.
+            return self.key(value);
+        }
+        self.headers.push((name, value));
         self
     }
 
@@ -369,6 +376,12 @@ impl RequestBuilder {
             return Err(ClientError::InvalidRequest(invalid));
         }
         let inner = &self.client.inner;
+        // A request that cannot be built (a bad URL, header or key) is
+        // refused before its intent is journaled: journaled, it would stay
+        // pending, and fail the same way on every resume.
+        self.attempt(self.key.as_deref().unwrap_or("k"))
+            .build()
+            .map_err(|error| ClientError::InvalidRequest(error.to_string()))?;
         let key = match &self.intent {
             Some(name) => {
                 let recorded = inner
@@ -408,18 +421,12 @@ impl RequestBuilder {
         inner.budget.deposit();
         loop {
             attempts += 1;
-            let mut request = inner
-                .http
-                .request(self.method.clone(), &self.url)
-                .timeout(inner.attempt_timeout)
-                .body(self.body.clone());
-            for (name, value) in &self.headers {
-                request = request.header(name, value);
+            let result = match &key {
+                Some(key) => self.attempt(key),
+                None => self.attempt_without_key(),
             }
-            if let Some(key) = &key {
-                request = request.header(IDEMPOTENCY_KEY, key);
-            }
-            let result = request.send().await;
+            .send()
+            .await;
             let status = result.as_ref().ok().map(Response::status);
             tracing::debug!(
                 key = key.as_deref(),
@@ -459,7 +466,7 @@ impl RequestBuilder {
             let within_deadline = |delay: &Duration| {
                 policy
                     .deadline()
-                    .is_none_or(|deadline| started.elapsed() + *delay <= deadline)
+                    .is_none_or(|deadline| started.elapsed().saturating_add(*delay) <= deadline)
             };
             let delay = retries
                 .next_delay(wait)
@@ -490,6 +497,25 @@ impl RequestBuilder {
                 }
             }
         }
+    }
+
+    /// One attempt, carrying `key`.
+    fn attempt(&self, key: &str) -> reqwest::RequestBuilder {
+        self.attempt_without_key().header(IDEMPOTENCY_KEY, key)
+    }
+
+    /// One attempt, without a key (a method idempotent by itself).
+    fn attempt_without_key(&self) -> reqwest::RequestBuilder {
+        let inner = &self.client.inner;
+        let mut request = inner
+            .http
+            .request(self.method.clone(), &self.url)
+            .timeout(inner.attempt_timeout)
+            .body(self.body.clone());
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        request
     }
 
     /// A final answer: 422 is an error; anything else settles the intent.

@@ -178,11 +178,11 @@ impl Retries {
         };
         let delay = retry_after.unwrap_or(drawn);
         if let Some(budget) = self.budget {
-            if self.slept + delay > budget {
+            if self.slept.saturating_add(delay) > budget {
                 return None;
             }
         }
-        self.slept += delay;
+        self.slept = self.slept.saturating_add(delay);
         Some(delay)
     }
 }
@@ -279,6 +279,20 @@ mod tests {
             ms,
             [100, 200, 400],
             "a fourth retry would start after 1.5 s"
+        );
+    }
+
+    #[test]
+    fn huge_retry_after_values_do_not_overflow() {
+        let mut retries = policy().max_elapsed(Some(Duration::MAX)).retries();
+        assert_eq!(
+            retries.next_delay(Some(Duration::from_secs(1))),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retries.next_delay(Some(Duration::MAX)),
+            Some(Duration::MAX),
+            "the time slept saturates instead of overflowing"
         );
     }
 

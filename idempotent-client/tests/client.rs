@@ -222,6 +222,41 @@ async fn a_restarted_client_reuses_the_journaled_key_and_never_writes_credential
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A key given as an `Idempotency-Key` header is the key: sent once (the
+/// layer answers two with a 400) and journaled as the intent's key. A
+/// request that cannot be built is refused before its intent is journaled,
+/// so nothing is left pending that would fail the same way on every resume.
+#[tokio::test]
+async fn a_key_header_is_the_key_and_an_unbuildable_request_journals_nothing() {
+    let (url, counters) = server().await;
+    let journal = MemoryJournal::new();
+    let sent = client(&journal)
+        .post(&url)
+        .header("Idempotency-Key", "k-9")
+        .body("order-9")
+        .intent("order-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.response.status(), 201);
+    assert_eq!(sent.key.as_deref(), Some("k-9"));
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+
+    let refused = client(&journal)
+        .post(&url)
+        .header("x-note", "line one\nline two")
+        .body("order-10")
+        .intent("order-10")
+        .send()
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::InvalidRequest(_))),
+        "{refused:?}"
+    );
+    assert!(client(&journal).pending().await.unwrap().is_empty());
+    assert_eq!(counters.calls.load(Ordering::SeqCst), 1, "nothing was sent");
+}
+
 #[tokio::test]
 async fn an_intent_left_pending_is_resumed_with_its_original_key() {
     let (url, counters) = server().await;
