@@ -116,6 +116,11 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         block,
         ..
     } = func;
+    // syn puts a body's inner attributes (`#![allow(..)]`) with the outer
+    // ones: each kind goes back where it may stand.
+    let (inner_attrs, attrs): (Vec<_>, Vec<_>) = attrs
+        .iter()
+        .partition(|attr| matches!(attr.style, syn::AttrStyle::Inner(_)));
     // Spanned at the return type from its first token to its last, so that a
     // return type that does not qualify is reported once, there.
     let run_call = quote_spanned!(output.span()=> #run(#call_var, async move #block).await);
@@ -149,6 +154,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         return Ok(quote! {
             #(#attrs)*
             #vis #sig {
+                #(#inner_attrs)*
                 #operation
                 #call
                 #run_call
@@ -169,6 +175,7 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
+            #(#inner_attrs)*
             #private::require_postgres!();
             #operation
             let #store_var = &(#store);

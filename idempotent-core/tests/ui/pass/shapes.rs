@@ -34,6 +34,14 @@ pub async fn free(id: &str, amount: u64) -> Result<Receipt, PayError> {
     Ok(Receipt { id: n + amount })
 }
 
+/// An inner attribute stays inside the body.
+#[idempotent(key = id)]
+pub async fn inner_attribute(id: u64) -> Result<u64, PayError> {
+    #![allow(unused_variables)]
+    let unused = 1;
+    Ok(id)
+}
+
 #[idempotent(key = id, runtime = rt, skip(rt), wait = "5s")]
 async fn with_runtime(rt: &Idempotency, id: u64) -> Result<u64, PayError> {
     Ok(id)
