@@ -138,8 +138,18 @@ fn duration_millis(text: &str) -> Result<u64, &'static str> {
     if total == 0 {
         return Err("it must be longer than zero");
     }
+    if total > CENTURY_MS {
+        return Err("it is longer than a century, the longest the stores keep anything");
+    }
     Ok(total)
 }
+
+/// `idempotent_core::MAX_DURATION`, in milliseconds (this crate cannot
+/// depend on the core crate, which re-exports it).
+const CENTURY_MS: u64 = 100 * 365 * 24 * 3_600_000;
+
+/// `idempotent_core::MIN_LEASE`, in milliseconds.
+const MIN_LEASE_MS: u64 = 50;
 
 impl Parse for Args {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
@@ -161,7 +171,17 @@ impl Parse for Args {
                 set_once(&mut raw.ttl, span, "ttl", parse_duration(input)?)?;
             } else if lookahead.peek(kw::lease) {
                 input.parse::<kw::lease>()?;
-                set_once(&mut raw.lease, span, "lease", parse_duration(input)?)?;
+                let lease = parse_duration(input)?;
+                if lease.value < MIN_LEASE_MS {
+                    return Err(syn::Error::new(
+                        lease.span,
+                        format!(
+                            "a lease must be at least {MIN_LEASE_MS}ms: shorter ones could run out \
+                             between two renewals"
+                        ),
+                    ));
+                }
+                set_once(&mut raw.lease, span, "lease", lease)?;
             } else if lookahead.peek(kw::wait) {
                 input.parse::<kw::wait>()?;
                 set_once(&mut raw.wait, span, "wait", parse_duration(input)?)?;
