@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MemoryStore, Operation, StorageKey,
-    Store, StoreError,
-};
+use idempotent_core::{Error, Idempotency, MemoryStore, Operation};
 use support::bank::Bank;
+use support::faulty::{Fault, Faulty};
 use support::timed_call;
 
 #[tokio::test]
@@ -98,43 +96,6 @@ async fn a_future_dropped_after_its_lease_was_renewed_releases_the_key() {
     );
 }
 
-/// A store whose releases take a second to arrive (a slow network).
-struct SlowRelease(MemoryStore);
-
-#[async_trait::async_trait]
-impl Store for SlowRelease {
-    async fn claim(
-        &self,
-        key: &StorageKey,
-        fp: Fingerprint,
-        lease: Duration,
-    ) -> Result<ClaimOutcome, StoreError> {
-        self.0.claim(key, fp, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &StorageKey,
-        token: LeaseToken,
-        fp: Fingerprint,
-        response: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.0.complete(key, token, fp, response, ttl).await
-    }
-    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        self.0.release(key, token).await
-    }
-    async fn renew(
-        &self,
-        key: &StorageKey,
-        token: LeaseToken,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        self.0.renew(key, token, lease).await
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 enum Declined {
     #[error("declined")]
@@ -149,7 +110,7 @@ enum Declined {
 #[tokio::test(start_paused = true)]
 async fn a_call_dropped_while_its_key_is_released_still_frees_the_key() {
     static OP: Operation = Operation::new("cancel.slow_release").lease(Duration::from_secs(3600));
-    let idem = Idempotency::new(SlowRelease(MemoryStore::new()));
+    let idem = Idempotency::new(Faulty::new(Fault::SlowRelease(Duration::from_secs(1))));
     let runs = AtomicUsize::new(0);
     let call = || {
         idem.call(&OP).key("pay-1").run(async {

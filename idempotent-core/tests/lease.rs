@@ -8,12 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MIN_LEASE, MemoryStore, Operation,
-    StorageKey, Store, StoreError,
-};
+use idempotent_core::{Error, Idempotency, MIN_LEASE, MemoryStore, Operation};
 use support::bank::Bank;
+use support::faulty::{Fault, Faulty};
 
 #[tokio::test(start_paused = true)]
 async fn a_body_longer_than_its_lease_keeps_it_through_renewal() {
@@ -48,41 +45,10 @@ async fn a_body_longer_than_its_lease_keeps_it_through_renewal() {
     assert_eq!(bank.runs(), 1);
 }
 
-/// A store whose lease renewals never arrive, as when a process stalls.
-struct LostRenewals(MemoryStore);
-
-#[async_trait]
-impl Store for LostRenewals {
-    async fn claim(
-        &self,
-        key: &StorageKey,
-        fp: Fingerprint,
-        lease: Duration,
-    ) -> Result<ClaimOutcome, StoreError> {
-        self.0.claim(key, fp, lease).await
-    }
-    async fn complete(
-        &self,
-        key: &StorageKey,
-        token: LeaseToken,
-        fp: Fingerprint,
-        response: &[u8],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.0.complete(key, token, fp, response, ttl).await
-    }
-    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
-        self.0.release(key, token).await
-    }
-    async fn renew(&self, _: &StorageKey, _: LeaseToken, _: Duration) -> Result<(), StoreError> {
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_expired_lease_is_taken_over_and_the_stale_owner_cannot_overwrite() {
-    let bank = Arc::new(Bank::with(Idempotency::new(LostRenewals(
-        MemoryStore::new(),
+    let bank = Arc::new(Bank::with(Idempotency::new(Faulty::new(
+        Fault::LostRenewals,
     ))));
     let stale = {
         let bank = Arc::clone(&bank);
@@ -187,7 +153,7 @@ async fn the_runtime_lease_applies_unless_the_operation_sets_one() {
     static DEFAULT: Operation = Operation::new("lease.default");
     static LONG: Operation = Operation::new("lease.long").lease(Duration::from_secs(10));
     // Renewals never land, so each lease runs out after its first length.
-    let idem = Idempotency::builder(LostRenewals(MemoryStore::new()))
+    let idem = Idempotency::builder(Faulty::new(Fault::LostRenewals))
         .lease(Duration::from_millis(300))
         .build();
     for (operation, taken_over) in [(&DEFAULT, true), (&LONG, false)] {
@@ -214,7 +180,7 @@ async fn the_runtime_lease_applies_unless_the_operation_sets_one() {
 #[tokio::test(start_paused = true)]
 async fn a_stale_owner_is_told_which_key_it_lost() {
     static OP: Operation = Operation::new("lease.stale").lease(Duration::from_millis(300));
-    let idem = Idempotency::new(LostRenewals(MemoryStore::new()));
+    let idem = Idempotency::new(Faulty::new(Fault::LostRenewals));
     let runs = AtomicUsize::new(0);
     let stale = run(&idem, &OP, &runs, Duration::from_secs(1));
     let new_owner = async {

@@ -448,6 +448,23 @@ impl FreezingProxy {
     }
 }
 
+/// A Redis server, a [`FreezingProxy`] in front of it, and a store built
+/// from `builder` that reaches the server through the proxy.
+async fn behind_a_proxy(
+    builder: idempotent_core::RedisStoreBuilder,
+) -> (RedisServer, FreezingProxy, Idempotency) {
+    let server = RedisServer::start();
+    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = FreezingProxy::start(port).await;
+    let store = builder
+        .url(proxy.url())
+        .timeout(TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    (server, proxy, Idempotency::new(store))
+}
+
 /// Copies `from` to `to` until the proxy's generation moves past `born`;
 /// then holds both ends open, forwarding nothing.
 async fn pump(
@@ -481,16 +498,7 @@ async fn pump(
 /// TCP would take to notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_goes_silent_is_replaced() {
-    let server = RedisServer::start();
-    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = FreezingProxy::start(port).await;
-    let store = RedisStore::builder()
-        .url(proxy.url())
-        .timeout(TIMEOUT)
-        .build()
-        .await
-        .unwrap();
-    let idem = Idempotency::new(store);
+    let (_server, proxy, idem) = behind_a_proxy(RedisStore::builder()).await;
     let runs = AtomicUsize::new(0);
     charge(&idem, "before", &runs).await.unwrap();
 
@@ -509,17 +517,8 @@ async fn a_connection_that_goes_silent_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_notices_come_back_after_a_silent_loss() {
     static WAITED: Operation = Operation::new("failures.waited").wait(Duration::from_secs(20));
-    let server = RedisServer::start();
-    let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();
-    let proxy = FreezingProxy::start(port).await;
-    let store = RedisStore::builder()
-        .url(proxy.url())
-        .timeout(TIMEOUT)
-        .wait_recheck(Duration::from_secs(3600))
-        .build()
-        .await
-        .unwrap();
-    let idem = Idempotency::new(store);
+    let builder = RedisStore::builder().wait_recheck(Duration::from_secs(3600));
+    let (server, proxy, idem) = behind_a_proxy(builder).await;
     let runs = AtomicUsize::new(0);
     let subscribers = || {
         let reply = server

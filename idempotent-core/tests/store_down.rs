@@ -12,16 +12,10 @@ use idempotent_core::{
     Store, StoreError,
 };
 use support::bank::Bank;
+use support::faulty::{Fault, Faulty, refused};
 
 /// A fault injector: every call fails as an unreachable server's would.
 struct FailingStore;
-
-fn refused() -> StoreError {
-    StoreError::unavailable(std::io::Error::new(
-        std::io::ErrorKind::ConnectionRefused,
-        "connection refused",
-    ))
-}
 
 #[async_trait]
 impl Store for FailingStore {
@@ -116,47 +110,10 @@ impl From<Error> for StoreDown {
     }
 }
 
-/// A fault injector: a store that claims and renews, but cannot record a
-/// completion (it goes down while the body runs).
-struct CompletionFails(MemoryStore);
-
-#[async_trait]
-impl Store for CompletionFails {
-    async fn claim(
-        &self,
-        key: &StorageKey,
-        fp: Fingerprint,
-        lease: Duration,
-    ) -> Result<ClaimOutcome, StoreError> {
-        self.0.claim(key, fp, lease).await
-    }
-    async fn complete(
-        &self,
-        _: &StorageKey,
-        _: LeaseToken,
-        _: Fingerprint,
-        _: &[u8],
-        _: Duration,
-    ) -> Result<(), StoreError> {
-        Err(refused())
-    }
-    async fn release(&self, key: &StorageKey, token: LeaseToken) -> Result<(), StoreError> {
-        self.0.release(key, token).await
-    }
-    async fn renew(
-        &self,
-        key: &StorageKey,
-        token: LeaseToken,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        self.0.renew(key, token, lease).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_body_that_ran_returns_its_value_even_if_the_store_cannot_record_it() {
     static OP: Operation = Operation::new("down.complete").lease(Duration::from_secs(2));
-    let idem = Idempotency::new(CompletionFails(MemoryStore::new()));
+    let idem = Idempotency::new(Faulty::new(Fault::CompletionFails));
     let runs = AtomicUsize::new(0);
     let call = || {
         idem.call(&OP)

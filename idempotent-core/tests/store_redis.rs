@@ -17,6 +17,15 @@ use idempotent_core::{
 };
 use support::redis_server::{RedisCluster, RedisServer};
 
+/// A store on `cluster`, with the default settings.
+async fn on_cluster(cluster: &RedisCluster) -> RedisStore {
+    RedisStore::builder()
+        .url(cluster.url())
+        .build()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_standalone_redis() {
     let server = RedisServer::start();
@@ -32,12 +41,7 @@ async fn conformance_on_standalone_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
-        .url(cluster.url())
-        .build()
-        .await
-        .unwrap();
-    conformance::run_all(Arc::new(store)).await;
+    conformance::run_all(Arc::new(on_cluster(&cluster).await)).await;
 }
 
 /// A server of its own, a store on it, and the storage key of `key`.
@@ -126,12 +130,7 @@ async fn a_server_that_forgot_the_scripts_still_completes() {
 async fn records_spread_over_every_master_and_each_stays_on_one() {
     static OP: Operation = Operation::new("cluster.charge");
     let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
-        .url(cluster.url())
-        .build()
-        .await
-        .unwrap();
-    let idem = Idempotency::new(store);
+    let idem = Idempotency::new(on_cluster(&cluster).await);
     for i in 0..300 {
         let value = idem
             .call(&OP)
@@ -171,12 +170,7 @@ async fn records_spread_over_every_master_and_each_stays_on_one() {
 async fn hash_tags_in_client_keys_do_not_pin_records_to_one_master() {
     static OP: Operation = Operation::new("cluster.tags");
     let cluster = RedisCluster::start(3);
-    let store = RedisStore::builder()
-        .url(cluster.url())
-        .build()
-        .await
-        .unwrap();
-    let idem = Idempotency::new(store);
+    let idem = Idempotency::new(on_cluster(&cluster).await);
     for i in 0..60 {
         idem.call(&OP)
             .key(&format!("{{hot}}{i}"))

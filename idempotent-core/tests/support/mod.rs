@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod bank;
+pub mod faulty;
 pub mod redis_server;
 
 use std::sync::Arc;
