@@ -30,6 +30,7 @@ impl Calls {
 /// a body naming the call number, a custom header and a `Date`.
 async fn handler(State(calls): State<Calls>, headers: HeaderMap, body: String) -> Response<Body> {
     let n = calls.0.fetch_add(1, Ordering::SeqCst) + 1;
+    assert!(!headers.contains_key("x-panic"), "the handler panics");
     if let Some(ms) = headers.get("x-sleep-ms") {
         let ms: u64 = ms.to_str().unwrap().parse().unwrap();
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -585,6 +586,24 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     assert!(answer.contains("idempotent-replayed: true"), "{answer}");
     assert_eq!(calls.get(), 1, "the handler ran once");
+}
+
+/// A handler that panics passes its panic on, as it would without the
+/// layer (the connection's task ends), and its key is released: the retry
+/// runs the handler again, it does not get a 409 for a call that is gone.
+#[tokio::test]
+async fn a_handler_that_panics_passes_the_panic_on_and_frees_its_key() {
+    let (app, calls) = app(memory());
+    let panicking = post_with(Some("boom-1"))
+        .header("x-panic", "1")
+        .body(Body::from("{}"))
+        .unwrap();
+    let first = tokio::spawn(app.clone().oneshot(panicking)).await;
+    assert!(first.is_err_and(|e| e.is_panic()), "the panic is passed on");
+    let (status, headers, _) = send(&app, request(Some("boom-1"), "{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(calls.get(), 2, "the retry ran the handler");
 }
 
 /// Under `route_layer` (what the README shows), a request to a path no

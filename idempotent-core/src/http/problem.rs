@@ -122,15 +122,6 @@ pub(crate) fn response_failed<B: From<Bytes>>(detail: &str, stored: bool) -> Res
     )
 }
 
-/// The runtime shut down while the handler ran (its task was cancelled).
-pub(crate) fn shutting_down<B: From<Bytes>>() -> Response<B> {
-    problem(
-        INTERNAL,
-        "the server is shutting down: the request may or may not have been processed; \
-         retry it with the same key",
-    )
-}
-
 /// A body over the layer's `limit` (in bytes).
 pub(crate) fn too_large<B: From<Bytes>>(limit: usize) -> Response<B> {
     problem(
