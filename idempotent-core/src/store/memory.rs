@@ -3,7 +3,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -63,7 +62,6 @@ struct Inner {
     /// The bound on records, if any (shard `i` holds at most
     /// [`MemoryStore::shard_limit`] of them).
     max_entries: Option<usize>,
-    next_token: AtomicU64,
 }
 
 #[derive(Default)]
@@ -72,6 +70,8 @@ struct Shard {
     deadlines: Deadlines,
     /// The next record's [`Slot::id`].
     next_id: u64,
+    /// How many leases this shard has handed out.
+    leases: u64,
 }
 
 /// The deadlines of one shard, as two min-heaps: leases of records in
@@ -229,7 +229,6 @@ impl MemoryStoreBuilder {
                 hasher: foldhash::fast::RandomState::default(),
                 epoch: Instant::now(),
                 max_entries: self.max_entries,
-                next_token: AtomicU64::new(1),
             }),
         }
     }
@@ -437,6 +436,17 @@ impl Deadlines {
     }
 }
 
+/// `key` then `response`, in one new allocation, copied whole (collecting
+/// a chained iterator copies byte by byte; `concat` then `Arc::from` would
+/// allocate twice).
+fn concat(key: &[u8], response: &[u8]) -> Arc<[u8]> {
+    let mut data: Arc<[u8]> = std::iter::repeat_n(0, key.len() + response.len()).collect();
+    let bytes = Arc::get_mut(&mut data).expect("a new allocation has one owner");
+    bytes[..key.len()].copy_from_slice(key);
+    bytes[key.len()..].copy_from_slice(response);
+    data
+}
+
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // Nothing panics while a shard is locked; if something did, the shard's
     // data is still consistent (every update is a single assignment).
@@ -461,9 +471,13 @@ impl Store for MemoryStore {
             {
                 return Ok(answer);
             }
-            let token = LeaseToken::from_u128(u128::from(
-                self.inner.next_token.fetch_add(1, Ordering::Relaxed),
-            ));
+            // Unique in the store: the shard's count of leases, then the
+            // shard. A counter per shard, under its lock, instead of one the
+            // two worker threads of a runtime would bounce between them.
+            shard.leases += 1;
+            let token = LeaseToken::from_u128(
+                u128::from(shard.leases) << 16 | self.shard_index(hash) as u128,
+            );
             let state = SlotState::InProgress {
                 token,
                 lease_until: now.saturating_add(record::millis(lease)),
@@ -480,6 +494,7 @@ impl Store for MemoryStore {
                 table,
                 deadlines,
                 next_id,
+                ..
             } = shard;
             let slot = match table.entry(hash, |s| s.key() == key.as_str().as_bytes(), |s| s.hash) {
                 Entry::Occupied(mut o) => {
@@ -526,8 +541,7 @@ impl Store for MemoryStore {
                 let slot = o.get_mut();
                 let expires_at = now.saturating_add(record::millis(ttl));
                 let large = if response.len() <= INLINE_RESPONSE {
-                    let key = &slot.data[..slot.key_len];
-                    slot.data = key.iter().chain(response).copied().collect();
+                    slot.data = concat(&slot.data[..slot.key_len], response);
                     None
                 } else {
                     if slot.data.len() > slot.key_len {
