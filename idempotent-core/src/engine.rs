@@ -576,7 +576,9 @@ where
     C: Codec<V>,
     F: Future<Output = V>,
 {
-    let store = runtime.store();
+    // The trait object itself: called on the `Arc`, every call would go
+    // through `impl Store for Arc<S>` as well, one more boxed future each.
+    let store: &dyn Store = runtime.store().as_ref();
     let lease = operation
         .lease
         .unwrap_or(runtime.lease())
@@ -604,7 +606,7 @@ where
         match claim {
             ClaimOutcome::Acquired(acquired) => {
                 let guard = LeaseGuard {
-                    store: Arc::clone(store),
+                    store: Arc::clone(runtime.store()),
                     key: storage_key,
                     token: acquired.token,
                     fingerprint,
@@ -636,7 +638,7 @@ where
                         // that answers "in flight, retry now" (a lease that
                         // just ran out) must not make this loop spin.
                         let timeout = retry_after.max(MIN_RECHECK).min(until - now);
-                        Box::pin(wait_for(store.as_ref(), &storage_key, timeout)).await;
+                        Box::pin(wait_for(store, &storage_key, timeout)).await;
                     }
                     _ => {
                         break Err(Error::InProgress {
@@ -686,10 +688,10 @@ where
     F: Future<Output = V>,
 {
     operation.metrics().executed.increment(1);
-    let store = runtime.store();
+    let store = runtime.store().as_ref();
     let token = guard.token;
     let storage_key = guard.key.clone();
-    let value = with_renewal(store.as_ref(), &storage_key, token, lease, operation, body).await;
+    let value = with_renewal(store, &storage_key, token, lease, operation, body).await;
     let fresh = |value| {
         Ok(Executed {
             value,
@@ -702,7 +704,7 @@ where
             // Disarmed only once the release has answered: a caller that
             // drops this future while the release is on its way (a timeout
             // around the call) still frees the key, through the guard.
-            release(store.as_ref(), operation, &storage_key, token).await;
+            release(store, operation, &storage_key, token).await;
             guard.disarm();
             return fresh(value);
         }
