@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, Response, ResponseBuilderExt as _, StatusCode};
 use serde::Serialize;
 
 use crate::budget::RetryBudget;
@@ -56,6 +56,31 @@ pub enum ClientError {
         /// The server's answer.
         response: Box<Response>,
     },
+    /// The intent was first sent with another request (another method, URL
+    /// or body), which its key belongs to; nothing was sent. Sending it
+    /// would get the server's 422 at best, or a replay of the other
+    /// request's answer from a server that does not fingerprint bodies.
+    /// A new request needs a new intent name.
+    #[error(
+        "intent `{intent}` was first sent with another request (method, URL or body); \
+         its key `{key}` belongs to that one: give this request another intent name"
+    )]
+    IntentChanged {
+        /// The intent's name.
+        intent: String,
+        /// The key journaled for the first request.
+        key: String,
+    },
+    /// The final answer's body is over the client's
+    /// [`response_limit`](ClientBuilder::response_limit). The server has
+    /// answered for good (its intent is marked answered).
+    #[error("the answer's body is over the limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+        /// The idempotency key the request carried, if any.
+        key: Option<String>,
+    },
     /// The request could not be built (a body that failed to serialize, say).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -67,7 +92,9 @@ pub enum ClientError {
 /// A final answer, with the key it was sent with and how many attempts it took.
 #[derive(Debug)]
 pub struct Sent {
-    /// The server's answer (the last attempt's).
+    /// The server's answer (the last attempt's). A final answer's body has
+    /// been read whole already (see [`RequestBuilder::send`]): reading it
+    /// again cannot fail half-way.
     pub response: Response,
     /// The idempotency key every attempt carried, if any.
     pub key: Option<String>,
@@ -81,6 +108,7 @@ struct Inner {
     retry: RetryPolicy,
     budget: RetryBudget,
     attempt_timeout: Duration,
+    response_limit: usize,
 }
 
 /// A retrying HTTP client whose retries reuse one idempotency key per
@@ -123,6 +151,7 @@ pub struct ClientBuilder {
     retry: Option<RetryPolicy>,
     budget: Option<RetryBudget>,
     attempt_timeout: Option<Duration>,
+    response_limit: Option<usize>,
     http: Option<reqwest::Client>,
 }
 
@@ -137,6 +166,9 @@ impl std::fmt::Debug for ClientBuilder {
 /// How long answered intents are kept by default: the server's default TTL,
 /// 24 hours, counted from the answer. Pending intents are kept until answered.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest answer body the client reads by default: 16 MiB.
+pub const DEFAULT_RESPONSE_LIMIT: usize = 16 * 1024 * 1024;
 
 impl ClientBuilder {
     /// Keeps intents in a [`FileJournal`] at `path` (created if missing).
@@ -171,9 +203,18 @@ impl ClientBuilder {
         self
     }
 
-    /// The bound on each attempt (default 10 s).
+    /// The bound on each attempt, reading the answer's body included
+    /// (default 10 s).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// The largest final answer body read, in bytes (default
+    /// [`DEFAULT_RESPONSE_LIMIT`]); a larger one is
+    /// [`ClientError::ResponseTooLarge`].
+    pub fn response_limit(mut self, bytes: usize) -> Self {
+        self.response_limit = Some(bytes);
         self
     }
 
@@ -222,6 +263,7 @@ impl ClientBuilder {
                 retry: self.retry.unwrap_or_default(),
                 budget: self.budget.unwrap_or_default(),
                 attempt_timeout: self.attempt_timeout.unwrap_or(Duration::from_secs(10)),
+                response_limit: self.response_limit.unwrap_or(DEFAULT_RESPONSE_LIMIT),
             }),
         })
     }
@@ -371,6 +413,16 @@ impl RequestBuilder {
     }
 
     /// Sends, retrying transient failures with the same key; see the crate docs.
+    ///
+    /// - A named intent is journaled, with its key, before the first
+    ///   attempt. An intent journaled before with another request (method,
+    ///   URL or body) is [`ClientError::IntentChanged`], and nothing is sent.
+    /// - A final answer's body is read whole, up to the
+    ///   [`response_limit`](ClientBuilder::response_limit), before the
+    ///   intent is marked answered: a body that breaks or times out half-way
+    ///   is retried with the same key (the server replays its stored
+    ///   answer), so an intent is never marked answered with an answer the
+    ///   caller did not get.
     pub async fn send(self) -> Result<Sent, ClientError> {
         if let Some(invalid) = self.invalid {
             return Err(ClientError::InvalidRequest(invalid));
@@ -408,6 +460,12 @@ impl RequestBuilder {
                         answered_at_ms: 0,
                     })
                     .await?;
+                if !self.is_request_of(&recorded) {
+                    return Err(ClientError::IntentChanged {
+                        intent: recorded.name,
+                        key: recorded.key,
+                    });
+                }
                 Some(recorded.key)
             }
             None => self.key.clone(),
@@ -419,6 +477,10 @@ impl RequestBuilder {
         let mut attempts = 0;
         let started = tokio::time::Instant::now();
         inner.budget.deposit();
+        // An answer to try again (not the server's stored one, whatever its status).
+        let try_again = |response: &Response| {
+            retryable && is_retryable_status(response.status()) && !is_replay(response.headers())
+        };
         loop {
             attempts += 1;
             let result = match &key {
@@ -427,6 +489,21 @@ impl RequestBuilder {
             }
             .send()
             .await;
+            // Whether the body of a final answer broke or timed out half-way.
+            let mut cut = false;
+            let result = match result {
+                Ok(response) if !try_again(&response) => {
+                    match read_whole(response, inner.response_limit).await {
+                        Ok(Some(whole)) => Ok(whole),
+                        Ok(None) => return self.too_large(key).await,
+                        Err(error) => {
+                            cut = true;
+                            Err(error)
+                        }
+                    }
+                }
+                other => other,
+            };
             let status = result.as_ref().ok().map(Response::status);
             tracing::debug!(
                 key = key.as_deref(),
@@ -439,23 +516,20 @@ impl RequestBuilder {
             let wait = match &result {
                 // A replayed answer is the one the server stored for this
                 // key: a retry would get it again, whatever its status.
-                Ok(response)
-                    if retryable
-                        && is_retryable_status(response.status())
-                        && !is_replay(response.headers()) =>
-                {
-                    retry_after(
-                        response.headers(),
-                        SystemTime::now(),
-                        policy.retry_after_cap(),
-                    )
-                }
-                // The connection failed, timed out, or broke before an
-                // answer arrived (the server may have handled the request:
-                // the key makes a retry safe).
+                Ok(response) if try_again(response) => retry_after(
+                    response.headers(),
+                    SystemTime::now(),
+                    policy.retry_after_cap(),
+                ),
+                // The connection failed, timed out, or broke before the
+                // whole answer arrived (the server may have handled the
+                // request: the key makes a retry safe).
                 Err(error)
                     if retryable
-                        && (error.is_connect() || error.is_timeout() || error.is_request()) =>
+                        && (cut
+                            || error.is_connect()
+                            || error.is_timeout()
+                            || error.is_request()) =>
                 {
                     None
                 }
@@ -518,14 +592,17 @@ impl RequestBuilder {
         request
     }
 
-    /// A final answer: 422 is an error; anything else settles the intent.
-    async fn finish(
-        &self,
-        result: Result<Response, reqwest::Error>,
-        key: Option<String>,
-        attempts: u32,
-    ) -> Result<Sent, ClientError> {
-        let response = result.map_err(|source| ClientError::Http { attempts, source })?;
+    /// Whether `intent` was journaled for this request: the same method,
+    /// URL and body, what the server's fingerprint covers (headers may
+    /// change between runs, a trace id say).
+    fn is_request_of(&self, intent: &Intent) -> bool {
+        intent.method == self.method.as_str()
+            && intent.url == without_userinfo(&self.url)
+            && intent.body == self.body
+    }
+
+    /// Marks the intent answered: the answer is final, the server keeps it.
+    async fn settle(&self) {
         if let Some(name) = &self.intent {
             // The server has answered: the answer is the caller's, whatever
             // the journal says. An intent not marked answered stays
@@ -540,6 +617,26 @@ impl RequestBuilder {
                 );
             }
         }
+    }
+
+    /// A final answer too large to read: answered all the same.
+    async fn too_large(&self, key: Option<String>) -> Result<Sent, ClientError> {
+        self.settle().await;
+        Err(ClientError::ResponseTooLarge {
+            limit: self.client.inner.response_limit,
+            key,
+        })
+    }
+
+    /// A final answer: 422 is an error; anything else settles the intent.
+    async fn finish(
+        &self,
+        result: Result<Response, reqwest::Error>,
+        key: Option<String>,
+        attempts: u32,
+    ) -> Result<Sent, ClientError> {
+        let response = result.map_err(|source| ClientError::Http { attempts, source })?;
+        self.settle().await;
         if let (StatusCode::UNPROCESSABLE_ENTITY, Some(key)) = (response.status(), &key) {
             return Err(ClientError::KeyReused {
                 key: key.clone(),
@@ -552,6 +649,39 @@ impl RequestBuilder {
             attempts,
         })
     }
+}
+
+/// Reads an answer's body whole, within the attempt's timeout; `None` if
+/// it is over `limit` bytes. The answer is rebuilt around the bytes, so the
+/// caller reads it as any other.
+async fn read_whole(
+    mut response: Response,
+    limit: usize,
+) -> Result<Option<Response>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Ok(None);
+    }
+    let declared = response.content_length().unwrap_or(0);
+    let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(limit).min(limit));
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let mut whole = http::Response::builder()
+        .status(response.status())
+        .version(response.version())
+        .url(response.url().clone());
+    if let Some(headers) = whole.headers_mut() {
+        *headers = std::mem::take(response.headers_mut());
+    }
+    Ok(Some(Response::from(whole.body(body).expect(
+        "the status, version and headers of a response rebuild it",
+    ))))
 }
 
 /// The URL to journal: a password or user name in it (`https://user:secret@host/`)

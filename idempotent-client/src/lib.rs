@@ -25,8 +25,8 @@ mod retry;
 
 pub use budget::RetryBudget;
 pub use client::{
-    ClientBuilder, ClientError, DEFAULT_RETENTION, IDEMPOTENCY_KEY, IdempotentClient,
-    RequestBuilder, Sent,
+    ClientBuilder, ClientError, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IDEMPOTENCY_KEY,
+    IdempotentClient, RequestBuilder, Sent,
 };
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
 pub use retry::{Retries, RetryPolicy, is_retryable_status, retry_after};

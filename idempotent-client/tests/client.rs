@@ -154,28 +154,171 @@ async fn without_a_key_a_post_is_never_retried() {
     assert!(sent.key.is_none());
 }
 
+/// An intent name run again with another body is refused before anything
+/// is sent: its key belongs to the first request.
 #[tokio::test]
-async fn a_key_reused_with_another_payload_is_a_distinct_error() {
-    let (url, _) = server().await;
+async fn an_intent_sent_again_with_another_body_is_refused_and_nothing_is_sent() {
+    let (url, counters) = server().await;
     let journal = MemoryJournal::new();
     let client = client(&journal);
-    client
+    let first = client
         .post(&url)
         .body("100 USD")
         .intent("order-3")
         .send()
         .await
         .unwrap();
-    let reused = client
+    let changed = client
         .post(&url)
         .body("999 USD")
         .intent("order-3")
         .send()
         .await;
+    match changed {
+        Err(ClientError::IntentChanged { intent, key }) => {
+            assert_eq!(intent, "order-3");
+            assert_eq!(Some(key), first.key);
+        }
+        other => panic!("expected IntentChanged, got {other:?}"),
+    }
+    let elsewhere = client
+        .post(format!("{url}?another=query"))
+        .body("100 USD")
+        .intent("order-3")
+        .send()
+        .await;
     assert!(
-        matches!(reused, Err(ClientError::KeyReused { .. })),
-        "{reused:?}"
+        matches!(elsewhere, Err(ClientError::IntentChanged { .. })),
+        "{elsewhere:?}"
     );
+    assert_eq!(
+        counters.calls.load(Ordering::SeqCst),
+        1,
+        "nothing more was sent"
+    );
+}
+
+/// The server's 422 (a key it holds for another request) is a distinct
+/// error, never retried.
+#[tokio::test]
+async fn a_key_reused_with_another_payload_is_a_distinct_error() {
+    let (url, counters) = server().await;
+    let client = client(&MemoryJournal::new());
+    let send = |body: &'static str| client.post(&url).body(body).key("shared-key-1").send();
+    send("100 USD").await.unwrap();
+    let reused = send("999 USD").await;
+    match reused {
+        Err(ClientError::KeyReused { key, response }) => {
+            assert_eq!(key, "shared-key-1");
+            assert_eq!(response.status(), 422);
+        }
+        other => panic!("expected KeyReused, got {other:?}"),
+    }
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+}
+
+/// A server on a raw socket: the first connection gets the headers of a
+/// `201` and half its body, then the connection is cut; later ones get the
+/// whole answer, marked replayed. Returns the URL and the key of every
+/// request it read.
+async fn cut_after_half_a_body() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/payments", listener.local_addr().unwrap());
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&keys);
+    tokio::spawn(async move {
+        let body = "{\"id\":\"pay_1\",\"status\":\"succeeded\"}";
+        for connection in 0.. {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buffer = [0; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buffer).await.unwrap();
+                request.extend_from_slice(&buffer[..n]);
+            }
+            let request = String::from_utf8_lossy(&request).to_lowercase();
+            let key = request
+                .lines()
+                .find_map(|line| line.strip_prefix("idempotency-key: "))
+                .unwrap_or("")
+                .to_owned();
+            seen.lock().unwrap().push(key);
+            let head = format!("HTTP/1.1 201 Created\r\ncontent-length: {}\r\n", body.len());
+            if connection == 0 {
+                let half = &body[..body.len() / 2];
+                let answer = format!("{head}\r\n{half}");
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            } else {
+                let answer =
+                    format!("{head}idempotent-replayed: true\r\nconnection: close\r\n\r\n{body}");
+                socket.write_all(answer.as_bytes()).await.unwrap();
+            }
+            // Dropped: the first answer is cut half-way through its body.
+        }
+    });
+    (url, keys)
+}
+
+/// An answer whose body breaks half-way is retried with the same key, and
+/// the caller gets the whole answer: the intent is marked answered only
+/// once its answer is in hand, never with one the caller could not read.
+#[tokio::test]
+async fn an_answer_cut_half_way_through_its_body_is_retried_with_the_same_key() {
+    let (url, keys) = cut_after_half_a_body().await;
+    let journal = MemoryJournal::new();
+    let sent = client(&journal)
+        .post(&url)
+        .body("order-10")
+        .intent("order-10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.attempts, 2);
+    assert_eq!(sent.response.status(), 201);
+    assert_eq!(sent.response.headers()["idempotent-replayed"], "true");
+    assert!(sent.response.url().as_str().ends_with("/payments"));
+    assert_eq!(
+        sent.response.text().await.unwrap(),
+        "{\"id\":\"pay_1\",\"status\":\"succeeded\"}"
+    );
+    let keys = keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "both attempts carried the intent's key");
+    assert_eq!(Some(&keys[0]), sent.key.as_ref());
+    assert!(journal.pending().await.unwrap().is_empty(), "answered");
+}
+
+/// A final answer over the client's response limit is an error, and the
+/// intent is answered all the same: the server has answered for good.
+#[tokio::test]
+async fn an_answer_over_the_response_limit_is_an_error_and_answered() {
+    let (url, counters) = server().await;
+    let journal = MemoryJournal::new();
+    let client = IdempotentClient::builder()
+        .journal(journal.clone())
+        .retry(fast())
+        .response_limit(8)
+        .build()
+        .unwrap();
+    let sent = client
+        .post(&url)
+        .body("order-11")
+        .intent("order-11")
+        .send()
+        .await;
+    assert!(
+        matches!(
+            sent,
+            Err(ClientError::ResponseTooLarge {
+                limit: 8,
+                key: Some(_)
+            })
+        ),
+        "{sent:?}"
+    );
+    assert!(journal.pending().await.unwrap().is_empty(), "answered");
+    assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
