@@ -200,3 +200,27 @@ async fn the_runtime_argument_is_not_part_of_the_payload() {
         Err(Error::KeyReused { .. })
     ));
 }
+
+/// An argument compiled out by `#[cfg]` is out of the fingerprint too (the
+/// fingerprint named it, and did not compile); one compiled in is in it.
+#[idempotent(key = id, runtime = rt)]
+async fn pay_with_options(
+    rt: &Idempotency,
+    id: &str,
+    #[cfg(any())] compiled_out: u64,
+    #[cfg(all())] amount: u64,
+) -> Result<u64, Error> {
+    let _ = rt;
+    Ok(amount)
+}
+
+#[tokio::test]
+async fn arguments_compiled_out_are_left_out_of_the_payload() {
+    let idem = Idempotency::new(MemoryStore::new());
+    assert_eq!(pay_with_options(&idem, "pay-1", 100).await.unwrap(), 100);
+    assert_eq!(pay_with_options(&idem, "pay-1", 100).await.unwrap(), 100);
+    assert!(matches!(
+        pay_with_options(&idem, "pay-1", 200).await,
+        Err(Error::KeyReused { .. })
+    ));
+}

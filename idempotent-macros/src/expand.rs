@@ -389,7 +389,17 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
         match &*typed.pat {
             Pat::Ident(pat) if args.skip.contains(&pat.ident) || plumbing.contains(&&pat.ident) => {
             }
-            Pat::Ident(pat) => names.push(pat.ident.clone()),
+            Pat::Ident(pat) => {
+                // An argument compiled out (`#[cfg(...)] extra: u32`) is left
+                // out of the fingerprint the same way.
+                let cfgs: Vec<_> = typed
+                    .attrs
+                    .iter()
+                    .filter(|attr| attr.path().is_ident("cfg"))
+                    .collect();
+                let name = &pat.ident;
+                names.push(quote!(#(#cfgs)* &#name));
+            }
             Pat::Wild(_) => {}
             other => {
                 let error = syn::Error::new(
@@ -421,5 +431,5 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
     if let Some(errors) = errors {
         return Err(errors);
     }
-    Ok(quote!(&(#(&#names,)*)))
+    Ok(quote!(&(#(#names,)*)))
 }
