@@ -56,13 +56,13 @@ pub enum ClientError {
         /// The server's answer.
         response: Box<Response>,
     },
-    /// The intent was first sent with another request (another method, URL
-    /// or body), which its key belongs to; nothing was sent. Sending it
+    /// The intent was first sent with another request (another method,
+    /// path and query, or body), which its key belongs to; nothing was sent. Sending it
     /// would get the server's 422 at best, or a replay of the other
     /// request's answer from a server that does not fingerprint bodies.
     /// A new request needs a new intent name.
     #[error(
-        "intent `{intent}` was first sent with another request (method, URL or body); \
+        "intent `{intent}` was first sent with another request (method, path, query or body); \
          its key `{key}` belongs to that one: give this request another intent name"
     )]
     IntentChanged {
@@ -72,14 +72,22 @@ pub enum ClientError {
         key: String,
     },
     /// The final answer's body is over the client's
-    /// [`response_limit`](ClientBuilder::response_limit). The server has
-    /// answered for good (its intent is marked answered).
-    #[error("the answer's body is over the limit of {limit} bytes")]
+    /// [`response_limit`](ClientBuilder::response_limit): its status and
+    /// headers are here, its body is not read. The server has answered for
+    /// good, so the intent is marked answered (sending it again gets the same
+    /// answer).
+    #[error("the answer ({status}) has a body over the limit of {limit} bytes")]
     ResponseTooLarge {
+        /// The answer's status.
+        status: StatusCode,
+        /// The answer's headers.
+        headers: Box<reqwest::header::HeaderMap>,
         /// The limit, in bytes.
         limit: usize,
-        /// The idempotency key the request carried, if any.
+        /// The idempotency key the request carried.
         key: Option<String>,
+        /// Attempts made, the first included.
+        attempts: u32,
     },
     /// The request could not be built (a body that failed to serialize, say).
     #[error("invalid request: {0}")]
@@ -92,9 +100,11 @@ pub enum ClientError {
 /// A final answer, with the key it was sent with and how many attempts it took.
 #[derive(Debug)]
 pub struct Sent {
-    /// The server's answer (the last attempt's). A final answer's body has
-    /// been read whole already (see [`RequestBuilder::send`]): reading it
-    /// again cannot fail half-way.
+    /// The server's answer (the last attempt's). With a key, a final
+    /// answer's body has been read whole already (see
+    /// [`RequestBuilder::send`]), so reading it cannot fail half-way; the
+    /// answer returned when the retries run out on a retryable status is
+    /// not read.
     pub response: Response,
     /// The idempotency key every attempt carried, if any.
     pub key: Option<String>,
@@ -415,14 +425,16 @@ impl RequestBuilder {
     /// Sends, retrying transient failures with the same key; see the crate docs.
     ///
     /// - A named intent is journaled, with its key, before the first
-    ///   attempt. An intent journaled before with another request (method,
-    ///   URL or body) is [`ClientError::IntentChanged`], and nothing is sent.
-    /// - A final answer's body is read whole, up to the
+    ///   attempt. An intent journaled before with another request (another
+    ///   method, path and query, or body: what the server fingerprints) is
+    ///   [`ClientError::IntentChanged`], and nothing is sent.
+    /// - With a key, a final answer's body is read whole, up to the
     ///   [`response_limit`](ClientBuilder::response_limit), before the
     ///   intent is marked answered: a body that breaks or times out half-way
     ///   is retried with the same key (the server replays its stored
     ///   answer), so an intent is never marked answered with an answer the
-    ///   caller did not get.
+    ///   caller could not read. A request without a key gets its answer
+    ///   unread, as from `reqwest`.
     pub async fn send(self) -> Result<Sent, ClientError> {
         if let Some(invalid) = self.invalid {
             return Err(ClientError::InvalidRequest(invalid));
@@ -489,21 +501,6 @@ impl RequestBuilder {
             }
             .send()
             .await;
-            // Whether the body of a final answer broke or timed out half-way.
-            let mut cut = false;
-            let result = match result {
-                Ok(response) if !try_again(&response) => {
-                    match read_whole(response, inner.response_limit).await {
-                        Ok(Some(whole)) => Ok(whole),
-                        Ok(None) => return self.too_large(key).await,
-                        Err(error) => {
-                            cut = true;
-                            Err(error)
-                        }
-                    }
-                }
-                other => other,
-            };
             let status = result.as_ref().ok().map(Response::status);
             tracing::debug!(
                 key = key.as_deref(),
@@ -513,6 +510,23 @@ impl RequestBuilder {
                 "attempt"
             );
             metrics::counter!("idempotent_client_attempts_total").increment(1);
+            // Whether the body of a final answer broke or timed out half-way.
+            let mut cut = false;
+            let result = match result {
+                Ok(response) if key.is_some() && !try_again(&response) => {
+                    match read_whole(response, inner.response_limit).await {
+                        Ok(Whole::Read(whole)) => Ok(whole),
+                        Ok(Whole::TooLarge(response)) => {
+                            return self.too_large(response, key, attempts).await;
+                        }
+                        Err(error) => {
+                            cut = true;
+                            Err(error)
+                        }
+                    }
+                }
+                other => other,
+            };
             let wait = match &result {
                 // A replayed answer is the one the server stored for this
                 // key: a retry would get it again, whatever its status.
@@ -593,11 +607,13 @@ impl RequestBuilder {
     }
 
     /// Whether `intent` was journaled for this request: the same method,
-    /// URL and body, what the server's fingerprint covers (headers may
-    /// change between runs, a trace id say).
+    /// path and query, and body, what a server fingerprints (the layer of
+    /// `idempotent-core` does). The scheme, host and port may change (a
+    /// server moved, `localhost` for `127.0.0.1`), and so may headers (a
+    /// trace id, a fresh credential).
     fn is_request_of(&self, intent: &Intent) -> bool {
         intent.method == self.method.as_str()
-            && intent.url == without_userinfo(&self.url)
+            && path_and_query(&intent.url) == path_and_query(&self.url)
             && intent.body == self.body
     }
 
@@ -620,11 +636,19 @@ impl RequestBuilder {
     }
 
     /// A final answer too large to read: answered all the same.
-    async fn too_large(&self, key: Option<String>) -> Result<Sent, ClientError> {
+    async fn too_large(
+        &self,
+        mut response: Response,
+        key: Option<String>,
+        attempts: u32,
+    ) -> Result<Sent, ClientError> {
         self.settle().await;
         Err(ClientError::ResponseTooLarge {
+            status: response.status(),
+            headers: Box::new(std::mem::take(response.headers_mut())),
             limit: self.client.inner.response_limit,
             key,
+            attempts,
         })
     }
 
@@ -651,37 +675,61 @@ impl RequestBuilder {
     }
 }
 
-/// Reads an answer's body whole, within the attempt's timeout; `None` if
-/// it is over `limit` bytes. The answer is rebuilt around the bytes, so the
-/// caller reads it as any other.
-async fn read_whole(
-    mut response: Response,
-    limit: usize,
-) -> Result<Option<Response>, reqwest::Error> {
+/// What [`read_whole`] read.
+enum Whole {
+    /// The answer, rebuilt around its whole body.
+    Read(Response),
+    /// An answer whose body is over the limit (its body not, or not all, read).
+    TooLarge(Response),
+}
+
+/// The most memory reserved for a body before its bytes arrive, whatever its
+/// `Content-Length` says: the buffer grows as they come.
+const FIRST_RESERVE: usize = 64 * 1024;
+
+/// Reads an answer's body whole, within the attempt's timeout. The answer
+/// is rebuilt around the bytes (status, version, headers, URL and
+/// extensions kept), so the caller reads it as any other.
+async fn read_whole(mut response: Response, limit: usize) -> Result<Whole, reqwest::Error> {
     if response
         .content_length()
         .is_some_and(|len| len > limit as u64)
     {
-        return Ok(None);
+        return Ok(Whole::TooLarge(response));
     }
     let declared = response.content_length().unwrap_or(0);
-    let mut body = Vec::with_capacity(usize::try_from(declared).unwrap_or(limit).min(limit));
+    let reserve = usize::try_from(declared).map_or(FIRST_RESERVE, |n| n.min(FIRST_RESERVE));
+    let mut body = Vec::with_capacity(reserve.min(limit));
     while let Some(chunk) = response.chunk().await? {
         if body.len() + chunk.len() > limit {
-            return Ok(None);
+            return Ok(Whole::TooLarge(response));
         }
         body.extend_from_slice(&chunk);
     }
     let mut whole = http::Response::builder()
         .status(response.status())
-        .version(response.version())
-        .url(response.url().clone());
+        .version(response.version());
+    if let Some(extensions) = whole.extensions_mut() {
+        *extensions = std::mem::take(response.extensions_mut());
+    }
     if let Some(headers) = whole.headers_mut() {
         *headers = std::mem::take(response.headers_mut());
     }
-    Ok(Some(Response::from(whole.body(body).expect(
+    let whole = whole.url(response.url().clone()).body(body);
+    Ok(Whole::Read(Response::from(whole.expect(
         "the status, version and headers of a response rebuild it",
     ))))
+}
+
+/// The path and query of `url`, or `url` itself if it does not parse.
+fn path_and_query(url: &str) -> std::borrow::Cow<'_, str> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => match parsed.query() {
+            Some(query) => format!("{}?{query}", parsed.path()).into(),
+            None => parsed.path().to_owned().into(),
+        },
+        Err(_) => url.into(),
+    }
 }
 
 /// The URL to journal: a password or user name in it (`https://user:secret@host/`)

@@ -278,6 +278,10 @@ async fn an_answer_cut_half_way_through_its_body_is_retried_with_the_same_key() 
     assert_eq!(sent.response.status(), 201);
     assert_eq!(sent.response.headers()["idempotent-replayed"], "true");
     assert!(sent.response.url().as_str().ends_with("/payments"));
+    assert!(
+        sent.response.remote_addr().is_some(),
+        "the rebuilt answer keeps reqwest's extensions"
+    );
     assert_eq!(
         sent.response.text().await.unwrap(),
         "{\"id\":\"pay_1\",\"status\":\"succeeded\"}"
@@ -307,16 +311,20 @@ async fn an_answer_over_the_response_limit_is_an_error_and_answered() {
         .intent("order-11")
         .send()
         .await;
-    assert!(
-        matches!(
-            sent,
-            Err(ClientError::ResponseTooLarge {
-                limit: 8,
-                key: Some(_)
-            })
-        ),
-        "{sent:?}"
-    );
+    match sent {
+        Err(ClientError::ResponseTooLarge {
+            status,
+            headers,
+            limit,
+            key,
+            attempts,
+        }) => {
+            assert_eq!((status.as_u16(), limit, attempts), (201, 8, 1));
+            assert!(headers.contains_key("content-length"));
+            assert!(key.is_some());
+        }
+        other => panic!("expected ResponseTooLarge, got {other:?}"),
+    }
     assert!(journal.pending().await.unwrap().is_empty(), "answered");
     assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
 }

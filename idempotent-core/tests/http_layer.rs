@@ -588,6 +588,27 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
     assert_eq!(calls.get(), 1, "the handler ran once");
 }
 
+/// A timeout layered outside the layer (tower's `Timeout`,
+/// `tokio::time::timeout`) drops the request's future: the handler runs on
+/// to its end, its answer is stored, and the retry is a replay.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_around_the_layer_does_not_cancel_the_handler() {
+    let (app, calls) = app(memory());
+    let slow = || {
+        post_with(Some("late-1"))
+            .header("x-sleep-ms", "300")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let first = tokio::time::timeout(Duration::from_millis(50), app.clone().oneshot(slow())).await;
+    assert!(first.is_err(), "the caller gave up");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, headers, _) = send(&app, slow()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(calls.get(), 1, "the handler ran once, to its end");
+}
+
 /// A handler that panics passes its panic on, as it would without the
 /// layer (the connection's task ends), and its key is released: the retry
 /// runs the handler again, it does not get a 409 for a call that is gone.

@@ -364,6 +364,25 @@ fn bare_argument(expr: &syn::Expr) -> Option<&syn::Ident> {
     }
 }
 
+/// The part of an argument's attribute that decides whether it is compiled
+/// in: a `#[cfg(..)]`, or the `cfg(..)` of a `#[cfg_attr(pred, cfg(..))]`
+/// (an attribute macro sees its input before `cfg_attr` is applied).
+fn fingerprint_cfg(attr: &syn::Attribute) -> Option<TokenStream> {
+    if attr.path().is_ident("cfg") {
+        return Some(quote!(#attr));
+    }
+    if !attr.path().is_ident("cfg_attr") {
+        return None;
+    }
+    let metas = attr
+        .parse_args_with(syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated)
+        .ok()?;
+    let mut metas = metas.into_iter();
+    let predicate = metas.next()?;
+    let cfgs: Vec<_> = metas.filter(|meta| meta.path().is_ident("cfg")).collect();
+    (!cfgs.is_empty()).then(|| quote!(#[cfg_attr(#predicate, #(#cfgs),*)]))
+}
+
 /// The fingerprint expression: `fingerprint = <expr>`, or every named
 /// argument but the receiver and the `skip`ped ones.
 fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream> {
@@ -392,11 +411,7 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
             Pat::Ident(pat) => {
                 // An argument compiled out (`#[cfg(...)] extra: u32`) is left
                 // out of the fingerprint the same way.
-                let cfgs: Vec<_> = typed
-                    .attrs
-                    .iter()
-                    .filter(|attr| attr.path().is_ident("cfg"))
-                    .collect();
+                let cfgs: Vec<_> = typed.attrs.iter().filter_map(fingerprint_cfg).collect();
                 let name = &pat.ident;
                 names.push(quote!(#(#cfgs)* &#name));
             }

@@ -284,13 +284,78 @@ impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
             return; // the future panicked
         }
         match tokio::runtime::Handle::try_current() {
-            // The spans the future made when it was first polled go with it.
+            // The spans the future made when it was first polled go with
+            // it. A runtime that is shutting down drops the new task at
+            // once; the engine then releases the key (the memory store at
+            // once, the others when the lease runs out).
             Ok(runtime) => drop(runtime.spawn(async move {
                 let _ = future.await;
             })),
-            // No runtime to finish on (it is shutting down): the future is
-            // dropped, and the engine releases the key.
-            Err(_) => drop(future),
+            // Dropped outside any tokio runtime (another executor drives
+            // the service): nowhere to finish, so the handler is cancelled
+            // half-way and the engine releases the key.
+            Err(_) => {
+                tracing::warn!(
+                    "a guarded request was dropped outside a tokio runtime: its handler is \
+                     cancelled, and a retry runs it again"
+                );
+                drop(future);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Waker;
+
+    use super::*;
+
+    /// Panics on its first poll, and is ready on any later one.
+    struct PanicsOnce(Arc<AtomicUsize>);
+
+    impl Future for PanicsOnce {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            assert!(
+                self.0.fetch_add(1, Ordering::SeqCst) > 0,
+                "the handler failed"
+            );
+            Poll::Ready(())
+        }
+    }
+
+    /// A future that panicked is dropped with the unwinding, never handed to
+    /// a task that would poll it again.
+    #[tokio::test]
+    async fn a_future_that_panicked_is_never_polled_again() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut run = Box::pin(RunToEnd::new(PanicsOnce(Arc::clone(&polls))));
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(&mut cx)));
+        assert!(polled.is_err(), "the panic is passed on");
+        drop(run);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Dropped unfinished, the future runs to its end in a task.
+    #[tokio::test]
+    async fn a_future_dropped_unfinished_runs_to_its_end() {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let mut run = Box::pin(RunToEnd::new(async move {
+            tokio::task::yield_now().await;
+            let _ = done.send(());
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        drop(run);
+        finished.await.expect("the future ran to its end");
     }
 }

@@ -180,6 +180,8 @@ impl Ord for Deadline {
 
 /// The most shards a store has.
 const MAX_SHARDS: usize = 1 << 16;
+// A lease token is a shard's count shifted past the shard's index.
+const _: () = assert!(MAX_SHARDS <= 1 << 16, "the shard index must fit in 16 bits");
 
 /// With a bound on entries, the fewest records a shard is made to hold.
 const MIN_PER_SHARD: usize = 256;
