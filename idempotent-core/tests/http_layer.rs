@@ -588,6 +588,71 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
     assert_eq!(calls.get(), 1, "the handler ran once");
 }
 
+/// A server that shuts down waits for the handlers of callers that left:
+/// `DetachedHandlers::wait` returns once they have run to their end and
+/// stored their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_waits_for_the_handlers_of_callers_that_left() {
+    use tokio::io::AsyncWriteExt;
+    let store = MemoryStore::new(); // clones share their records
+    let layer = IdempotencyLayer::new(Idempotency::new(store.clone()));
+    let detached = layer.detached_handlers();
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/payments", post(handler))
+        .with_state(calls.clone())
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let raw = "POST /payments HTTP/1.1\r\nhost: test\r\nidempotency-key: leaving-1\r\n\
+               x-sleep-ms: 300\r\ncontent-length: 2\r\n\r\n{}";
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(raw.as_bytes()).await.unwrap();
+    let started = async {
+        while calls.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .expect("the handler starts");
+    drop(client); // the caller leaves, 300 ms before the handler ends
+    let moved = async {
+        while detached.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), moved)
+        .await
+        .expect("the handler moves to a task of its own");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), detached.wait())
+        .await
+        .expect("the handler finishes");
+    assert!(detached.is_empty());
+    let key: IdempotencyKey = "leaving-1".parse().unwrap();
+    let stored = StorageKey::new("idem", "", "POST /payments", &key);
+    let fingerprint = Fingerprint::from_parts([&b"POST"[..], b"/payments", b"{}"]);
+    let claim = store
+        .claim(&stored, fingerprint, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, idempotent_core::ClaimOutcome::Completed(_)),
+        "the answer was stored before `wait` returned: {claim:?}"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
 /// A timeout layered outside the layer (tower's `Timeout`,
 /// `tokio::time::timeout`) drops the request's future: the handler runs on
 /// to its end, its answer is stored, and the retry is a replay.

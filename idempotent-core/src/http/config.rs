@@ -8,6 +8,7 @@ use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 
 use super::IDEMPOTENCY_KEY;
+use super::detached::DetachedHandlers;
 use super::service::IdempotencyService;
 use crate::{Idempotency, Operation};
 
@@ -42,6 +43,7 @@ pub(crate) struct Config {
     pub(crate) response_limit: usize,
     pub(crate) storable: Arc<StatusFn>,
     pub(crate) scope: Option<Arc<ScopeFn>>,
+    pub(crate) detached: DetachedHandlers,
 }
 
 impl Config {
@@ -72,6 +74,12 @@ impl fmt::Debug for IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
+    /// The handlers of this layer's requests whose callers left, to wait
+    /// for at shutdown (see [`DetachedHandlers`]).
+    pub fn detached_handlers(&self) -> DetachedHandlers {
+        self.config.detached.clone()
+    }
+
     /// The layer with every default, on `runtime`.
     pub fn new(runtime: Idempotency) -> Self {
         Self::builder(runtime).build()
@@ -263,6 +271,7 @@ impl IdempotencyLayerBuilder {
                 response_limit: self.response_limit,
                 storable: self.storable,
                 scope: self.scope,
+                detached: DetachedHandlers::default(),
             }),
         }
     }

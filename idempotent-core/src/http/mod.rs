@@ -70,12 +70,14 @@
 
 mod codec;
 mod config;
+mod detached;
 mod problem;
 mod service;
 
 pub use config::{
     DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder, InFlight,
 };
+pub use detached::DetachedHandlers;
 pub use service::IdempotencyService;
 
 /// The request header carrying the key, by default.

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::IDEMPOTENT_REPLAYED;
 use super::codec::{HttpCodec, Outcome};
 use super::config::Config;
+use super::detached::RunToEnd;
 use super::problem::{self, problem};
 use crate::engine::{Executed, execute};
 use crate::{Fingerprint, IdempotencyKey, StorageKey};
@@ -174,7 +175,8 @@ where
     // it is dropped unfinished, moves the rest into a task of its own, which
     // runs the handler to its end and stores its answer for the retry.
     let task_config = Arc::clone(&config);
-    let executed = RunToEnd::new(async move {
+    let detached = config.detached.clone();
+    let executed = RunToEnd::new(detached, async move {
         let config = task_config;
         let codec = HttpCodec(&config);
         execute(
@@ -227,135 +229,4 @@ where
         },
         Err(error) => problem::from_error(&error),
     })
-}
-
-/// Polls a future where it is awaited; dropped unfinished, it spawns the
-/// rest of the future on the current runtime (detached), so that it still
-/// runs to its end.
-///
-/// Running in place, rather than in a task from the start, keeps the
-/// handler on the connection's thread. A task spawned for every request
-/// cost more than the layer's own work: the task itself, copies of the
-/// large future into and out of it, wake-ups of the other worker, and, as
-/// that worker steals the task, frees across threads (the request's
-/// headers, the task), which glibc's allocator serializes with a lock. The
-/// `payments-server` used about 2.5 µs less CPU per request in place
-/// (`BENCHMARKS.md`).
-struct RunToEnd<F: Future + Send + 'static> {
-    future: Option<Pin<Box<F>>>,
-    /// Set while the future is polled: if the poll panics, the future is
-    /// dropped with the unwinding, never spawned again.
-    polling: bool,
-}
-
-impl<F: Future + Send + 'static> RunToEnd<F> {
-    fn new(future: F) -> Self {
-        Self {
-            future: Some(Box::pin(future)),
-            polling: false,
-        }
-    }
-}
-
-impl<F: Future + Send + 'static> Future for RunToEnd<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        let Some(future) = this.future.as_mut() else {
-            panic!("`RunToEnd` polled after it completed");
-        };
-        this.polling = true;
-        let poll = future.as_mut().poll(cx);
-        this.polling = false;
-        if poll.is_ready() {
-            this.future = None;
-        }
-        poll
-    }
-}
-
-impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
-    fn drop(&mut self) {
-        let Some(future) = self.future.take() else {
-            return;
-        };
-        if self.polling {
-            return; // the future panicked
-        }
-        match tokio::runtime::Handle::try_current() {
-            // The spans the future made when it was first polled go with
-            // it. A runtime that is shutting down drops the new task at
-            // once; the engine then releases the key (the memory store at
-            // once, the others when the lease runs out).
-            Ok(runtime) => drop(runtime.spawn(async move {
-                let _ = future.await;
-            })),
-            // Dropped outside any tokio runtime (another executor drives
-            // the service): nowhere to finish, so the handler is cancelled
-            // half-way and the engine releases the key.
-            Err(_) => {
-                tracing::warn!(
-                    "a guarded request was dropped outside a tokio runtime: its handler is \
-                     cancelled, and a retry runs it again"
-                );
-                drop(future);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::panic::AssertUnwindSafe;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Waker;
-
-    use super::*;
-
-    /// Panics on its first poll, and is ready on any later one.
-    struct PanicsOnce(Arc<AtomicUsize>);
-
-    impl Future for PanicsOnce {
-        type Output = ();
-
-        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-            assert!(
-                self.0.fetch_add(1, Ordering::SeqCst) > 0,
-                "the handler failed"
-            );
-            Poll::Ready(())
-        }
-    }
-
-    /// A future that panicked is dropped with the unwinding, never handed to
-    /// a task that would poll it again.
-    #[tokio::test]
-    async fn a_future_that_panicked_is_never_polled_again() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let mut run = Box::pin(RunToEnd::new(PanicsOnce(Arc::clone(&polls))));
-        let mut cx = Context::from_waker(Waker::noop());
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(&mut cx)));
-        assert!(polled.is_err(), "the panic is passed on");
-        drop(run);
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(polls.load(Ordering::SeqCst), 1);
-    }
-
-    /// Dropped unfinished, the future runs to its end in a task.
-    #[tokio::test]
-    async fn a_future_dropped_unfinished_runs_to_its_end() {
-        let (done, finished) = tokio::sync::oneshot::channel();
-        let mut run = Box::pin(RunToEnd::new(async move {
-            tokio::task::yield_now().await;
-            let _ = done.send(());
-        }));
-        let mut cx = Context::from_waker(Waker::noop());
-        assert!(run.as_mut().poll(&mut cx).is_pending());
-        drop(run);
-        finished.await.expect("the future ran to its end");
-    }
 }
