@@ -85,7 +85,7 @@ pub enum ClientError {
         /// The limit, in bytes.
         limit: usize,
         /// The idempotency key the request carried.
-        key: Option<String>,
+        key: String,
         /// Attempts made, the first included.
         attempts: u32,
     },
@@ -220,9 +220,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The largest final answer body read, in bytes (default
-    /// [`DEFAULT_RESPONSE_LIMIT`]); a larger one is
-    /// [`ClientError::ResponseTooLarge`].
+    /// The largest final answer body read for a request with a key, in
+    /// bytes (default [`DEFAULT_RESPONSE_LIMIT`]); a larger one is
+    /// [`ClientError::ResponseTooLarge`]. A request without a key gets its
+    /// answer unread, whatever its size.
     pub fn response_limit(mut self, bytes: usize) -> Self {
         self.response_limit = Some(bytes);
         self
@@ -517,6 +518,7 @@ impl RequestBuilder {
                     match read_whole(response, inner.response_limit).await {
                         Ok(Whole::Read(whole)) => Ok(whole),
                         Ok(Whole::TooLarge(response)) => {
+                            let key = key.unwrap_or_default(); // a key, as matched
                             return self.too_large(response, key, attempts).await;
                         }
                         Err(error) => {
@@ -639,7 +641,7 @@ impl RequestBuilder {
     async fn too_large(
         &self,
         mut response: Response,
-        key: Option<String>,
+        key: String,
         attempts: u32,
     ) -> Result<Sent, ClientError> {
         self.settle().await;

@@ -8,7 +8,7 @@ use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 
 use super::IDEMPOTENCY_KEY;
-use super::detached::DetachedHandlers;
+use super::detached::Handlers;
 use super::service::IdempotencyService;
 use crate::{Idempotency, Operation};
 
@@ -43,7 +43,7 @@ pub(crate) struct Config {
     pub(crate) response_limit: usize,
     pub(crate) storable: Arc<StatusFn>,
     pub(crate) scope: Option<Arc<ScopeFn>>,
-    pub(crate) detached: DetachedHandlers,
+    pub(crate) handlers: Handlers,
 }
 
 impl Config {
@@ -74,10 +74,11 @@ impl fmt::Debug for IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
-    /// The handlers of this layer's requests whose callers left, to wait
-    /// for at shutdown (see [`DetachedHandlers`]).
-    pub fn detached_handlers(&self) -> DetachedHandlers {
-        self.config.detached.clone()
+    /// The handlers of this layer's guarded requests that are running, to
+    /// wait for at shutdown: also those whose callers left (see
+    /// [`Handlers`]). Clones of the layer share them.
+    pub fn handlers(&self) -> Handlers {
+        self.config.handlers.clone()
     }
 
     /// The layer with every default, on `runtime`.
@@ -271,7 +272,7 @@ impl IdempotencyLayerBuilder {
                 response_limit: self.response_limit,
                 storable: self.storable,
                 scope: self.scope,
-                detached: DetachedHandlers::default(),
+                handlers: Handlers::new(),
             }),
         }
     }

@@ -1,5 +1,5 @@
-//! Handlers whose callers left: they run to their end, and a server can
-//! wait for them at shutdown.
+//! The layer's handlers: they run to their end, also when their callers
+//! leave, and a server can wait for them at shutdown.
 
 use std::fmt;
 use std::future::Future;
@@ -7,16 +7,22 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// The handlers of guarded requests whose callers left before the answer (a
-/// client that disconnected, a timeout layered outside the layer). The
-/// layer runs them on to their end, so that their answers are stored and
-/// the callers' retries replay them; this is how a server waits for them
-/// when it shuts down, after its connections have closed.
+/// The handlers of one layer's guarded requests that are running: those
+/// whose callers wait for the answer, and those whose callers left (a
+/// client that disconnected, a timeout layered outside the layer), which
+/// the layer runs on to their end in a task of their own, so that their
+/// answers are stored and the callers' retries replay them. This is how a
+/// server waits for them when it shuts down.
 ///
-/// Without the wait, a runtime that shuts down cancels them half-way: a
-/// handler that charged a card but had not stored its answer would run
-/// again on the retry (on Redis and PostgreSQL once its lease runs out).
+/// A graceful shutdown (`axum::serve(..).with_graceful_shutdown(..)`) waits
+/// for the open connections, not for the handlers of callers that left; a
+/// runtime that shuts down cancels those half-way, and a handler that
+/// charged a card but had not stored its answer runs again on the retry
+/// (on Redis and PostgreSQL once its lease runs out). Each
+/// [`build`](super::IdempotencyLayerBuilder::build) makes a layer with its
+/// own handlers: a server with several layers waits for each.
 ///
 /// ```no_run
 /// use axum::{Router, routing::post};
@@ -25,51 +31,82 @@ use tokio_util::task::TaskTracker;
 /// # async fn serve(listener: tokio::net::TcpListener, stop: tokio::sync::oneshot::Receiver<()>)
 /// #     -> std::io::Result<()> {
 /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
-/// let detached = layer.detached_handlers();
+/// let handlers = layer.handlers();
 /// let app: Router = Router::new()
 ///     .route("/payments", post(|| async { "charged" }))
 ///     .route_layer(layer);
 /// axum::serve(listener, app)
 ///     .with_graceful_shutdown(async { let _ = stop.await; })
 ///     .await?;
-/// // The connections are closed; let the handlers of callers that left finish.
-/// let _ = tokio::time::timeout(std::time::Duration::from_secs(30), detached.wait()).await;
+/// // The server takes no more requests: let the handlers of callers that left finish.
+/// let _ = tokio::time::timeout(std::time::Duration::from_secs(30), handlers.wait()).await;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Default)]
-pub struct DetachedHandlers(TaskTracker);
+#[derive(Clone)]
+pub struct Handlers(TaskTracker);
 
-impl DetachedHandlers {
-    /// How many are running now.
+impl Handlers {
+    pub(crate) fn new() -> Self {
+        let tracker = TaskTracker::new();
+        // Closed for good: `wait` returns whenever nothing is running, and
+        // handlers still join it (a closed tracker only changes `wait`).
+        tracker.close();
+        Self(tracker)
+    }
+
+    /// How many of the layer's handlers are running now.
+    ///
+    /// ```
+    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    ///
+    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
+    /// assert_eq!(layer.handlers().len(), 0);
+    /// assert!(layer.handlers().is_empty());
+    /// ```
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
-    /// Whether none is running now.
+    /// Whether none of the layer's handlers is running now.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    /// Returns once every handler running now, and every one detached while
-    /// it waits, has finished.
+    /// Returns at a moment when none of the layer's handlers is running.
+    /// Call it once the server takes no more requests (after a graceful
+    /// shutdown, say); while requests still arrive, it may never return.
+    ///
+    /// ```
+    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
+    /// layer.handlers().wait().await; // nothing runs: at once
+    /// # }
+    /// ```
     pub async fn wait(&self) {
-        self.0.close();
         self.0.wait().await;
-        self.0.reopen();
+    }
+
+    /// Counts one handler as running until the token is dropped.
+    pub(crate) fn token(&self) -> TaskTrackerToken {
+        self.0.token()
     }
 }
 
-impl fmt::Debug for DetachedHandlers {
+impl fmt::Debug for Handlers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DetachedHandlers")
+        f.debug_struct("Handlers")
             .field("running", &self.len())
             .finish()
     }
 }
 
 /// Polls a future where it is awaited; dropped unfinished, it spawns the
-/// rest of the future on the current runtime, as one of the layer's
-/// [`DetachedHandlers`], so that it still runs to its end.
+/// rest of the future on the current runtime, so that it still runs to its
+/// end. It counts as one of the layer's [`Handlers`] from the start to
+/// the end, wherever it runs: the connection that carried it may close
+/// (and a graceful shutdown may end) a moment before the future is moved.
 ///
 /// Running in place, rather than in a task from the start, keeps the
 /// handler on the connection's thread. A task spawned for every request
@@ -84,15 +121,16 @@ pub(crate) struct RunToEnd<F: Future + Send + 'static> {
     /// Set while the future is polled: if the poll panics, the future is
     /// dropped with the unwinding, never spawned again.
     polling: bool,
-    detached: DetachedHandlers,
+    /// Counts it among the layer's handlers; moved into its task.
+    running: Option<TaskTrackerToken>,
 }
 
 impl<F: Future + Send + 'static> RunToEnd<F> {
-    pub(crate) fn new(detached: DetachedHandlers, future: F) -> Self {
+    pub(crate) fn new(handlers: &Handlers, future: F) -> Self {
         Self {
             future: Some(Box::pin(future)),
             polling: false,
-            detached,
+            running: Some(handlers.token()),
         }
     }
 }
@@ -110,6 +148,7 @@ impl<F: Future + Send + 'static> Future for RunToEnd<F> {
         this.polling = false;
         if poll.is_ready() {
             this.future = None;
+            this.running = None;
         }
         poll
     }
@@ -128,12 +167,13 @@ impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
             // it. A runtime that is shutting down drops the new task at
             // once; the engine then releases the key (the memory store at
             // once, the others when the lease runs out).
-            Ok(runtime) => drop(self.detached.0.spawn_on(
-                async move {
+            Ok(runtime) => {
+                let running = self.running.take();
+                drop(runtime.spawn(async move {
                     let _ = future.await;
-                },
-                &runtime,
-            )),
+                    drop(running);
+                }));
+            }
             // Dropped outside any tokio runtime (another executor drives
             // the service): nowhere to finish, so the handler is cancelled
             // half-way and the engine releases the key.
@@ -177,40 +217,50 @@ mod tests {
     #[tokio::test]
     async fn a_future_that_panicked_is_never_polled_again() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let detached = DetachedHandlers::default();
-        let mut run = Box::pin(RunToEnd::new(
-            detached.clone(),
-            PanicsOnce(Arc::clone(&polls)),
-        ));
+        let handlers = Handlers::new();
+        let mut run = Box::pin(RunToEnd::new(&handlers, PanicsOnce(Arc::clone(&polls))));
         let mut cx = Context::from_waker(Waker::noop());
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(&mut cx)));
         assert!(polled.is_err(), "the panic is passed on");
         drop(run);
-        detached.wait().await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         assert_eq!(polls.load(Ordering::SeqCst), 1);
+        assert!(handlers.is_empty());
     }
 
-    /// Dropped unfinished, the future runs to its end in a task, which
-    /// `wait` waits for.
+    /// Dropped unfinished, the future runs to its end in a task; it is
+    /// counted from its start to its end, and `wait` waits for it, also
+    /// from two callers at once.
     #[tokio::test]
     async fn a_future_dropped_unfinished_runs_to_its_end_and_is_waited_for() {
         let finished = Arc::new(AtomicUsize::new(0));
         let done = Arc::clone(&finished);
-        let detached = DetachedHandlers::default();
-        let mut run = Box::pin(RunToEnd::new(detached.clone(), async move {
+        let handlers = Handlers::new();
+        let mut run = Box::pin(RunToEnd::new(&handlers, async move {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             done.fetch_add(1, Ordering::SeqCst);
         }));
+        assert_eq!(handlers.len(), 1, "counted while it runs in place");
         let mut cx = Context::from_waker(Waker::noop());
         assert!(run.as_mut().poll(&mut cx).is_pending());
-        assert!(
-            detached.is_empty(),
-            "nothing detached while it runs in place"
-        );
         drop(run);
-        assert_eq!(detached.len(), 1);
-        detached.wait().await;
+        assert_eq!(handlers.len(), 1, "and once it is moved");
+        let (first, second) = (handlers.clone(), handlers.clone());
+        tokio::join!(first.wait(), second.wait());
         assert_eq!(finished.load(Ordering::SeqCst), 1);
-        assert!(detached.is_empty());
+        assert!(handlers.is_empty());
+    }
+
+    /// A future that ends where it is polled stops counting at once.
+    #[tokio::test]
+    async fn a_finished_future_is_no_longer_counted() {
+        let handlers = Handlers::new();
+        let run = RunToEnd::new(&handlers, async { 7 });
+        assert_eq!(handlers.len(), 1);
+        assert_eq!(run.await, 7);
+        assert!(handlers.is_empty());
+        handlers.wait().await;
     }
 }

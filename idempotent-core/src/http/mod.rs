@@ -17,7 +17,7 @@
 //! | store unavailable | `503 Service Unavailable` with `Retry-After`, and the handler does not run |
 //! | request body unreadable (the connection failed half-way) | `400 Bad Request` |
 //! | a stored response that cannot be decoded, or a handler that outlived its lease | `500 Internal Server Error` (nothing is stored) |
-//! | the caller leaves while the handler runs (a disconnect, a timeout outside the layer) | the handler runs on to its end, in a task of its own, and its answer is stored, so the retry replays it; wait for such handlers at shutdown with [`DetachedHandlers`] |
+//! | the caller leaves while the handler runs (a disconnect, a timeout outside the layer) | the handler runs on to its end, in a task of its own, and its answer is stored, so the retry replays it; wait for such handlers at shutdown with [`IdempotencyLayer::handlers`] |
 //! | the handler's response body fails half-way | `502 Bad Gateway`; if its status is one the layer stores, this `502` problem is stored in its place, so a retry gets it and never runs the handler again (else the key is released) |
 //! | the handler's response body is over the [response limit](IdempotencyLayerBuilder::response_limit) (8 MiB by default) | passed on as it is when its size is known up front, else `500 Internal Server Error`; if its status is one the layer stores, a `500` problem is stored in its place, so a retry gets that and never runs the handler again |
 //!
@@ -78,7 +78,7 @@ mod service;
 pub use config::{
     DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder, InFlight,
 };
-pub use detached::DetachedHandlers;
+pub use detached::Handlers;
 pub use service::IdempotencyService;
 
 /// The request header carrying the key, by default.

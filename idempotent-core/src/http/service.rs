@@ -175,8 +175,7 @@ where
     // it is dropped unfinished, moves the rest into a task of its own, which
     // runs the handler to its end and stores its answer for the retry.
     let task_config = Arc::clone(&config);
-    let detached = config.detached.clone();
-    let executed = RunToEnd::new(detached, async move {
+    let executed = RunToEnd::new(&config.handlers, async move {
         let config = task_config;
         let codec = HttpCodec(&config);
         execute(
