@@ -545,6 +545,35 @@ async fn a_response_body_that_fails_half_way_is_never_run_twice() {
     assert_eq!(calls.get(), 3, "a 503 is never stored: each retry runs");
 }
 
+/// A raw HTTP/1.1 request with `key` whose handler sleeps 300 ms.
+fn slow_raw_request(key: &str) -> String {
+    format!(
+        "POST /payments HTTP/1.1\r\nhost: test\r\nidempotency-key: {key}\r\n\
+         content-type: application/json\r\nx-sleep-ms: 300\r\ncontent-length: 2\r\n\r\n{{}}"
+    )
+}
+
+/// Sends `raw` to `addr` and returns the connection once the handler has
+/// started (the first call `calls` counts).
+async fn start_raw_request(
+    addr: std::net::SocketAddr,
+    raw: &str,
+    calls: &Calls,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client.write_all(raw.as_bytes()).await.unwrap();
+    let started = async {
+        while calls.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), started)
+        .await
+        .expect("the handler starts");
+    client
+}
+
 /// A client that disconnects while its request runs (a timeout, a dropped
 /// connection) does not cancel the handler: it runs to its end on a real
 /// server, its answer is stored, and the client's retry is a replay, not a
@@ -556,18 +585,8 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let raw = "POST /payments HTTP/1.1\r\nhost: test\r\nidempotency-key: gone-1\r\n\
-               content-type: application/json\r\nx-sleep-ms: 300\r\ncontent-length: 2\r\n\r\n{}";
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    client.write_all(raw.as_bytes()).await.unwrap();
-    let started = async {
-        while calls.get() == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), started)
-        .await
-        .expect("the handler starts");
+    let raw = slow_raw_request("gone-1");
+    let client = start_raw_request(addr, &raw, &calls).await;
     drop(client); // the client gives up, 300 ms before the handler ends
 
     let mut retry = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -594,7 +613,6 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
 /// without waiting for the handler to move to a task of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_waits_for_the_handlers_of_callers_that_left() {
-    use tokio::io::AsyncWriteExt;
     let store = MemoryStore::new(); // clones share their records
     let layer = IdempotencyLayer::new(Idempotency::new(store.clone()));
     let handlers = layer.handlers();
@@ -613,18 +631,7 @@ async fn shutting_down_waits_for_the_handlers_of_callers_that_left() {
             })
             .await
     });
-    let raw = "POST /payments HTTP/1.1\r\nhost: test\r\nidempotency-key: leaving-1\r\n\
-               x-sleep-ms: 300\r\ncontent-length: 2\r\n\r\n{}";
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-    client.write_all(raw.as_bytes()).await.unwrap();
-    let started = async {
-        while calls.get() == 0 {
-            tokio::task::yield_now().await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), started)
-        .await
-        .expect("the handler starts");
+    let client = start_raw_request(addr, &slow_raw_request("leaving-1"), &calls).await;
     assert_eq!(
         handlers.len(),
         1,
