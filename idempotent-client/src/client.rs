@@ -57,10 +57,10 @@ pub enum ClientError {
         response: Box<Response>,
     },
     /// The intent was first sent with another request (another method,
-    /// path and query, or body), which its key belongs to; nothing was sent. Sending it
-    /// would get the server's 422 at best, or a replay of the other
-    /// request's answer from a server that does not fingerprint bodies.
-    /// A new request needs a new intent name.
+    /// path and query, or body), which its key belongs to; nothing was
+    /// sent. Sending it would get the server's 422 at best, or a replay of
+    /// the other request's answer from a server that does not fingerprint
+    /// bodies. A new request needs a new intent name.
     #[error(
         "intent `{intent}` was first sent with another request (method, path, query or body); \
          its key `{key}` belongs to that one: give this request another intent name"
@@ -514,19 +514,19 @@ impl RequestBuilder {
             // Whether the body of a final answer broke or timed out half-way.
             let mut cut = false;
             let result = match result {
-                Ok(response) if key.is_some() && !try_again(&response) => {
-                    match read_whole(response, inner.response_limit).await {
+                Ok(response) if !try_again(&response) => match &key {
+                    Some(sent_with) => match read_whole(response, inner.response_limit).await {
                         Ok(Whole::Read(whole)) => Ok(whole),
                         Ok(Whole::TooLarge(response)) => {
-                            let key = key.unwrap_or_default(); // a key, as matched
-                            return self.too_large(response, key, attempts).await;
+                            return self.too_large(response, sent_with.clone(), attempts).await;
                         }
                         Err(error) => {
                             cut = true;
                             Err(error)
                         }
-                    }
-                }
+                    },
+                    None => Ok(response),
+                },
                 other => other,
             };
             let wait = match &result {
@@ -699,9 +699,9 @@ async fn read_whole(mut response: Response, limit: usize) -> Result<Whole, reqwe
     {
         return Ok(Whole::TooLarge(response));
     }
+    // At most `limit`, checked above.
     let declared = response.content_length().unwrap_or(0);
-    let reserve = usize::try_from(declared).map_or(FIRST_RESERVE, |n| n.min(FIRST_RESERVE));
-    let mut body = Vec::with_capacity(reserve.min(limit));
+    let mut body = Vec::with_capacity(declared.min(FIRST_RESERVE as u64) as usize);
     while let Some(chunk) = response.chunk().await? {
         if body.len() + chunk.len() > limit {
             return Ok(Whole::TooLarge(response));

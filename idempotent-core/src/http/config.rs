@@ -8,7 +8,7 @@ use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 
 use super::IDEMPOTENCY_KEY;
-use super::detached::Handlers;
+use super::handlers::Handlers;
 use super::service::IdempotencyService;
 use crate::{Idempotency, Operation};
 

@@ -71,14 +71,14 @@
 
 mod codec;
 mod config;
-mod detached;
+mod handlers;
 mod problem;
 mod service;
 
 pub use config::{
     DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder, InFlight,
 };
-pub use detached::Handlers;
+pub use handlers::Handlers;
 pub use service::IdempotencyService;
 
 /// The request header carrying the key, by default.

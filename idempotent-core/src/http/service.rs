@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::IDEMPOTENT_REPLAYED;
 use super::codec::{HttpCodec, Outcome};
 use super::config::Config;
-use super::detached::RunToEnd;
+use super::handlers::RunToEnd;
 use super::problem::{self, problem};
 use crate::engine::{Executed, execute};
 use crate::{Fingerprint, IdempotencyKey, StorageKey};
