@@ -15,8 +15,9 @@
 //! be struggling already.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::Heard;
@@ -24,7 +25,12 @@ use super::Heard;
 pub(super) struct Standalone {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    current: Mutex<Current>,
+    /// Read on every call without a lock: with a mutex, a worker thread
+    /// preempted while holding it (two processes on two cores) stalled the
+    /// other worker's calls.
+    current: ArcSwap<Current>,
+    /// Serializes replacements of `current`.
+    replacing: Mutex<()>,
     /// One more than the generation of the newest connection that has
     /// answered a call, with a value or an error reply (0: none has).
     answered: AtomicU64,
@@ -46,10 +52,11 @@ impl Standalone {
         Ok(Self {
             client,
             config,
-            current: Mutex::new(Current {
+            current: ArcSwap::from_pointee(Current {
                 manager,
                 generation: 0,
             }),
+            replacing: Mutex::new(()),
             answered: AtomicU64::new(0),
         })
     }
@@ -57,7 +64,7 @@ impl Standalone {
     /// The connection to send a call on, and its generation for
     /// [`replace_after`](Self::replace_after).
     pub(super) fn get(&self) -> (ConnectionManager, u64) {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
         (current.manager.clone(), current.generation)
     }
 
@@ -79,7 +86,11 @@ impl Standalone {
     /// replace that connection, if it has answered before and no other
     /// call replaced it already.
     fn timed_out(&self, generation: u64) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let _replacing = self
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.current.load();
         let has_answered = self.answered.load(Ordering::Relaxed) > generation;
         if current.generation != generation || !has_answered {
             return;
@@ -87,8 +98,10 @@ impl Standalone {
         match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
             Ok(manager) => {
                 tracing::warn!("no answer from Redis in time; reconnecting");
-                current.manager = manager;
-                current.generation += 1;
+                self.current.store(Arc::new(Current {
+                    manager,
+                    generation: generation + 1,
+                }));
             }
             Err(error) => {
                 tracing::warn!(%error, "no answer from Redis in time, and no new connection");
