@@ -7,6 +7,13 @@
 //!
 //! each with 1, 8 and 64 concurrent tasks on a 2-worker runtime, reported as
 //! time per operation (criterion's throughput shows operations per second).
+//!
+//! A third function, `floor`, sends the store's own commands through raw
+//! redis-rs, with no engine: the same `SET ... NX PX ... GET` claim, and for
+//! fresh keys the same completion script (`EVALSHA`, the store's own
+//! source). It is what the store's protocol costs on this server, so
+//! `engine / floor` is the engine's own overhead and `floor / raw` what the
+//! fenced protocol costs against the unfenced baseline.
 //! Before the groups run, it prints `MEMORY USAGE` of one record holding a
 //! 200-byte response.
 //!
@@ -37,8 +44,14 @@ struct Setup {
     runtime: tokio::runtime::Runtime,
     idem: Idempotency,
     raw: ConnectionManager,
+    complete_sha: String,
     next: Arc<AtomicU64>,
 }
+
+/// The store's completion script, the one `RedisStore` sends.
+const COMPLETE: &str = include_str!("../src/store/redis_complete.lua");
+/// What a claim writes: 'P', a fingerprint and a lease token (33 bytes).
+const IN_PROGRESS: [u8; 33] = [b'P'; 33];
 
 fn setup() -> Setup {
     let server = RedisServer::start();
@@ -47,13 +60,19 @@ fn setup() -> Setup {
         .enable_all()
         .build()
         .expect("runtime");
-    let (idem, raw) = runtime.block_on(async {
+    let (idem, raw, complete_sha) = runtime.block_on(async {
         let store = RedisStore::connect(&server.url()).await.expect("store");
         let raw = ConnectionManager::new(redis::Client::open(server.url()).expect("client"))
             .await
             .expect("raw connection");
         let idem = Idempotency::new(store.clone());
         print_memory_usage(&server, &store).await;
+        let complete_sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(COMPLETE)
+            .query_async(&mut raw.clone())
+            .await
+            .expect("SCRIPT LOAD");
         for i in 0..REPLAY_KEYS {
             engine_call(&idem, &format!("replay-{i}")).await;
             let _: () = redis::cmd("SET")
@@ -62,14 +81,17 @@ fn setup() -> Setup {
                 .query_async(&mut raw.clone())
                 .await
                 .expect("SET");
+            floor_claim(&mut raw.clone(), &floor_key("replay", i)).await;
+            floor_complete(&mut raw.clone(), &complete_sha, &floor_key("replay", i)).await;
         }
-        (idem, raw)
+        (idem, raw, complete_sha)
     });
     Setup {
         _server: server,
         runtime,
         idem,
         raw,
+        complete_sha,
         next: Arc::new(AtomicU64::new(0)),
     }
 }
@@ -116,6 +138,51 @@ async fn engine_call(idem: &Idempotency, key: &str) {
         .run(async { Ok::<_, Error>(RESPONSE.to_owned()) })
         .await
         .expect("engine call");
+}
+
+/// A Redis key of the shape and length of the engine's
+/// (`{}` and a storage key: namespace, operation and key, each with its length).
+fn floor_key(path: &str, n: u64) -> String {
+    let key = format!("floor-{path}-{n}");
+    format!("{{}}4:idem0:12:bench.charge{}:{key}", key.len())
+}
+
+/// The store's claim: the in-progress record if the key is free, and
+/// otherwise the record that is there.
+async fn floor_claim(raw: &mut ConnectionManager, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(&IN_PROGRESS[..])
+        .arg("NX")
+        .arg("PX")
+        .arg(30_000)
+        .arg("GET")
+        .query_async(raw)
+        .await
+        .expect("SET NX GET")
+}
+
+/// The store's completion: its script, with a record of the size the
+/// engine writes ('C', a fingerprint, the response as JSON).
+async fn floor_complete(raw: &mut ConnectionManager, sha: &str, key: &str) {
+    let mut completed = Vec::with_capacity(19 + RESPONSE.len());
+    completed.push(b'C');
+    completed.extend_from_slice(&[0; 16]);
+    completed.push(b'"');
+    completed.extend_from_slice(RESPONSE.as_bytes());
+    completed.push(b'"');
+    let answer: i64 = redis::cmd("EVALSHA")
+        .arg(sha)
+        .arg(1)
+        .arg(key)
+        .arg(&IN_PROGRESS[..])
+        .arg(completed)
+        .arg(86_400_000)
+        .arg("idempotent:done")
+        .query_async(raw)
+        .await
+        .expect("EVALSHA");
+    assert_eq!(answer, 1, "the floor's completion held its lease");
 }
 
 /// Runs `ops` operations on `tasks` tasks; returns the elapsed time. The
@@ -211,6 +278,28 @@ fn bench(c: &mut Criterion) {
                                     .query_async(&mut raw)
                                     .await
                                     .expect("GET");
+                            }
+                        }
+                    })
+                });
+            });
+            group.bench_with_input(BenchmarkId::new("floor", tasks), &tasks, |b, &tasks| {
+                b.iter_custom(|ops| {
+                    let raw = setup.raw.clone();
+                    let sha = setup.complete_sha.clone();
+                    run_concurrent(&setup, tasks, ops, move |n| {
+                        let mut raw = raw.clone();
+                        let sha = sha.clone();
+                        async move {
+                            if path == "fresh" {
+                                let key = floor_key("fresh", n);
+                                let claimed = floor_claim(&mut raw, &key).await;
+                                assert!(claimed.is_none(), "a fresh key");
+                                floor_complete(&mut raw, &sha, &key).await;
+                            } else {
+                                let key = floor_key("replay", n % REPLAY_KEYS);
+                                let record = floor_claim(&mut raw, &key).await;
+                                assert!(record.is_some_and(|r| r[0] == b'C'), "a completed record");
                             }
                         }
                     })
