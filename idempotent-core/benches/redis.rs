@@ -14,6 +14,7 @@
 //! source). It is what the store's protocol costs on this server, so
 //! `engine / floor` is the engine's own overhead and `floor / raw` what the
 //! fenced protocol costs against the unfenced baseline.
+//!
 //! Before the groups run, it prints `MEMORY USAGE` of one record holding a
 //! 200-byte response.
 //!

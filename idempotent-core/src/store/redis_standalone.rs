@@ -25,9 +25,10 @@ use super::Heard;
 pub(super) struct Standalone {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// Read on every call without a lock: with a mutex, a worker thread
-    /// preempted while holding it (two processes on two cores) stalled the
-    /// other worker's calls.
+    /// Read on every call without a lock. Under a mutex, a worker preempted
+    /// while holding it can stall every other worker's calls; on a 2-vCPU
+    /// host shared with `redis-server`, replay runs fell to half speed now
+    /// and then, and have not since (BENCHMARKS.md).
     current: ArcSwap<Current>,
     /// Serializes replacements of `current`.
     replacing: Mutex<()>,
