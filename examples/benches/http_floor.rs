@@ -1,10 +1,12 @@
 //! A floor for the HTTP layer's fresh-key benchmark: `payments-server
 //! --unprotected`'s routes behind a hand-written middleware that does only
 //! what any idempotency middleware must do for a fresh key, and nothing else:
-//! read the key and the whole body, fingerprint them, insert an in-progress
-//! entry in a sharded map, run the handler, read its whole answer, and store
-//! it. No expiry, lease, scope, metrics, tracing or problem bodies; a
-//! duplicate gets a bare 409, a replay the stored bytes. It is not a product:
+//! read the key and the whole body, fingerprint the method, path and body,
+//! insert an in-progress entry in a sharded map, run the handler, read its
+//! whole answer, and store it. No expiry, lease, scope, metrics, tracing or
+//! problem bodies; a duplicate gets a bare 409, and a replay (not what it
+//! measures) gets the stored bytes as a 200's body, with no fingerprint
+//! check. It is not a product:
 //! it tells how much of the layer's cost any implementation would pay on
 //! this machine (`scripts/bench-http` runs it beside the two servers).
 //!
@@ -22,16 +24,21 @@ use axum::response::{IntoResponse, Response};
 use examples::payments::{Config, app};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
+/// Locks of their own, so that the two workers rarely meet.
 const SHARDS: usize = 64;
+/// The layer's default body and response limit.
 const LIMIT: usize = 8 << 20;
 
+/// What a key holds: a request in flight, or its stored answer.
 enum Entry {
     InProgress,
     Done(Bytes),
 }
 
+/// Entries by key, in shards; each with its fingerprint.
 type Map = Arc<Vec<Mutex<HashMap<Box<[u8]>, (u128, Entry)>>>>;
 
+/// The middleware: a claim before the handler, the answer stored after it.
 async fn floor(State(map): State<Map>, request: Request, next: Next) -> Response {
     let key = match request.headers().get("idempotency-key") {
         Some(key) if request.method() == Method::POST => Box::<[u8]>::from(key.as_bytes()),

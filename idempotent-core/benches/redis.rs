@@ -141,11 +141,10 @@ async fn engine_call(idem: &Idempotency, key: &str) {
         .expect("engine call");
 }
 
-/// A Redis key of the shape and length of the engine's
-/// (`{}` and a storage key: namespace, operation and key, each with its length).
+/// A Redis key as the store writes one: `{}` and a storage key
+/// (namespace, scope and operation, each after its length, then the key).
 fn floor_key(path: &str, n: u64) -> String {
-    let key = format!("floor-{path}-{n}");
-    format!("{{}}4:idem0:12:bench.charge{}:{key}", key.len())
+    format!("{{}}4:idem|0:|12:bench.charge|floor-{path}-{n}")
 }
 
 /// The store's claim: the in-progress record if the key is free, and
@@ -164,11 +163,13 @@ async fn floor_claim(raw: &mut ConnectionManager, key: &str) -> Option<Vec<u8>> 
 }
 
 /// The store's completion: its script, with a record of the size the
-/// engine writes ('C', a fingerprint, the response as JSON).
+/// engine writes ('C', a fingerprint, the engine's `O` tag of an `Ok`, the
+/// response as JSON).
 async fn floor_complete(raw: &mut ConnectionManager, sha: &str, key: &str) {
-    let mut completed = Vec::with_capacity(19 + RESPONSE.len());
+    let mut completed = Vec::with_capacity(20 + RESPONSE.len());
     completed.push(b'C');
     completed.extend_from_slice(&[0; 16]);
+    completed.push(b'O');
     completed.push(b'"');
     completed.extend_from_slice(RESPONSE.as_bytes());
     completed.push(b'"');

@@ -355,11 +355,9 @@ impl RedisStoreBuilder {
         let (connection, pubsub_clients) = if self.cluster.is_empty() {
             let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
             let client = self.client(url)?;
-            // No response timeout of redis-rs's own: `bounded` bounds every
-            // call already, and a second timer on every call only costs.
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
-                .set_response_timeout(None)
+                .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(timeout);
             let standalone =

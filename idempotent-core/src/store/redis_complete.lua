@@ -1,3 +1,5 @@
+-- The completion script of the Redis store: see `COMPLETE` in redis.rs for
+-- its arguments. The Redis bench's floor sends this file too.
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] and v ~= ARGV[1] .. 'w' then
   if v == ARGV[2] then

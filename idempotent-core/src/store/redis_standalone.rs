@@ -25,10 +25,8 @@ use super::Heard;
 pub(super) struct Standalone {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    /// Read on every call without a lock. Under a mutex, a worker preempted
-    /// while holding it can stall every other worker's calls; on a 2-vCPU
-    /// host shared with `redis-server`, replay runs fell to half speed now
-    /// and then, and have not since (BENCHMARKS.md).
+    /// Read on every call without a lock, so that a worker preempted while
+    /// holding one cannot stall the other workers' calls.
     current: ArcSwap<Current>,
     /// Serializes replacements of `current`.
     replacing: Mutex<()>,
