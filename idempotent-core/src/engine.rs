@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
+use crate::deferred::Deferred;
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, KeyError, StorageKey};
@@ -704,7 +705,7 @@ where
             // Disarmed only once the release has answered: a caller that
             // drops this future while the release is on its way (a timeout
             // around the call) still frees the key, through the guard.
-            release(store, operation, &storage_key, token).await;
+            release(runtime.store(), operation, &storage_key, token).await;
             guard.disarm();
             return fresh(value);
         }
@@ -732,10 +733,30 @@ where
         Err(StoreError::LeaseLost) => Err(Error::LeaseLost {
             key: key.to_string(),
         }),
+        Err(error) if error.is_transient() => {
+            // The body ran: its value is real, so the caller gets it, and
+            // the key stays held until the store takes the result.
+            tracing::warn!(
+                %error,
+                "the body ran but its result could not be stored yet; the key stays held \
+                 and the result is stored once the store is back"
+            );
+            Deferred {
+                store: Arc::clone(runtime.store()),
+                key: storage_key,
+                token,
+                fingerprint: guard.fingerprint,
+                bytes,
+                ttl,
+                lease,
+                metrics: operation.metrics().clone(),
+            }
+            .spawn();
+            fresh(value)
+        }
         Err(error) => {
-            // The body ran: its value is real, so the caller gets it.
-            // The record stays in progress until its lease runs out.
-            tracing::error!(%error, "the body ran but its result could not be stored");
+            operation.metrics().lost.increment(1);
+            tracing::error!(%error, "the body ran but the store refused its result");
             fresh(value)
         }
     }
@@ -757,9 +778,26 @@ pub(crate) fn store_error(operation: &Operation, error: StoreError) -> Error {
     }
 }
 
-async fn release(store: &dyn Store, operation: &Operation, key: &StorageKey, token: LeaseToken) {
-    if let Err(error) = timed(operation, StoreCall::Release, store.release(key, token)).await {
-        tracing::warn!(%error, "could not release the key; it is freed when its lease runs out");
+/// Frees the key after a body whose result is not stored. If the store
+/// cannot be reached, the release goes on in the background until it can
+/// (see [`Store::release_detached`]), so a retry waits for the store, not
+/// for the lease to run out.
+async fn release(
+    store: &Arc<dyn Store>,
+    operation: &Operation,
+    key: &StorageKey,
+    token: LeaseToken,
+) {
+    let released = timed(operation, StoreCall::Release, store.release(key, token)).await;
+    match released {
+        Ok(()) => {}
+        Err(error) if error.is_transient() => {
+            tracing::warn!(%error, "could not release the key; trying again until the store answers");
+            Arc::clone(store).release_detached(key.clone(), token);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not release the key; it is freed when its lease runs out");
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 /// Counter: bodies actually executed.
 pub const EXECUTED: &str = "idempotent_executed_total";
@@ -20,6 +20,13 @@ pub const MISMATCH: &str = "idempotent_mismatch_total";
 pub const STORE_ERRORS: &str = "idempotent_store_errors_total";
 /// Histogram: store call latency in seconds (label `call`: claim, complete, release).
 pub const STORE_LATENCY: &str = "idempotent_store_latency_seconds";
+/// Gauge: results of bodies that ran, waiting for the store to take them
+/// (it was down or slow when they finished); their keys stay held.
+pub const PENDING: &str = "idempotent_pending_results";
+/// Counter: results of bodies that ran and were never stored, because the
+/// lease ran out or was taken over before the store took them: a retry of
+/// such a key runs the body again. Alert on it.
+pub const LOST: &str = "idempotent_lost_results_total";
 
 /// The store calls timed by [`STORE_LATENCY`] (the values of its `call` label).
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +58,14 @@ impl StoreCall {
 #[derive(Default)]
 pub(crate) struct Metrics(OnceLock<Handles>);
 
+#[derive(Clone)]
 pub(crate) struct Handles {
     pub(crate) executed: Counter,
     pub(crate) replayed: Counter,
     pub(crate) in_flight: Counter,
     pub(crate) mismatch: Counter,
+    pub(crate) pending: Gauge,
+    pub(crate) lost: Counter,
     latency: [Histogram; 3],
     errors: [Counter; 3],
 }
@@ -72,6 +82,8 @@ impl Metrics {
             replayed: metrics::counter!(REPLAYED, "operation" => operation),
             in_flight: metrics::counter!(IN_FLIGHT, "operation" => operation),
             mismatch: metrics::counter!(MISMATCH, "operation" => operation),
+            pending: metrics::gauge!(PENDING, "operation" => operation),
+            lost: metrics::counter!(LOST, "operation" => operation),
             latency: StoreCall::ALL.map(|call| {
                 metrics::histogram!(STORE_LATENCY, "operation" => operation, "call" => call.label())
             }),

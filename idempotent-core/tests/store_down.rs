@@ -3,6 +3,7 @@
 mod support;
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use idempotent_core::{
     Store, StoreError,
 };
 use support::bank::Bank;
-use support::faulty::{Fault, Faulty, refused};
+use support::faulty::{Fault, Faulty, Outage, refused};
 
 /// A fault injector: every call fails as an unreachable server's would.
 struct FailingStore;
@@ -110,16 +111,36 @@ impl From<Error> for StoreDown {
     }
 }
 
+/// Runs `call` until it answers something other than "the store is down"
+/// or "in progress", sleeping 100 ms between tries, as a client retries.
+async fn settled<F, Fut>(call: F) -> Result<idempotent_core::Executed<usize>, Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<idempotent_core::Executed<usize>, Error>>,
+{
+    loop {
+        match call().await {
+            Err(error) if error.is_store_unavailable() || error.is_in_progress() => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_body_that_ran_returns_its_value_even_if_the_store_cannot_record_it() {
+async fn a_result_the_store_could_not_take_is_stored_when_it_is_back_and_replayed() {
     static OP: Operation = Operation::new("down.complete").lease(Duration::from_secs(2));
-    let idem = Idempotency::new(Faulty::new(Fault::CompletionFails));
+    let outage = Outage::default();
+    let idem = Idempotency::new(Faulty::new(Fault::Outage(outage.clone())));
     let runs = AtomicUsize::new(0);
     let call = || {
-        idem.call(&OP)
-            .key("order-1")
-            .payload(&1)
-            .run(async { Ok::<_, Error>(runs.fetch_add(1, Ordering::SeqCst) + 1) })
+        idem.call(&OP).key("order-1").payload(&1).run(async {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            // The store goes down while the body runs.
+            outage.start();
+            Ok::<_, Error>(run)
+        })
     };
     let first = call().await.unwrap();
     assert_eq!(
@@ -127,12 +148,98 @@ async fn a_body_that_ran_returns_its_value_even_if_the_store_cannot_record_it() 
         (1, false),
         "the body ran: its value is real"
     );
-    // The key stays held until the lease runs out: no second run meanwhile.
-    let retry = call().await.unwrap_err();
-    assert!(retry.is_in_progress(), "{retry:?}");
+    // Down for most of the lease; retries meanwhile are refused, never run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = call().await.unwrap_err();
+    assert!(during.is_store_unavailable(), "{during:?}");
+    outage.end();
+    let retry = settled(call).await.unwrap();
+    assert_eq!(
+        (retry.value, retry.replayed),
+        (1, true),
+        "stored once the store was back, and replayed"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    tokio::time::advance(Duration::from_millis(2001)).await;
-    assert_eq!(call().await.unwrap().value, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_waiting_for_the_store_keeps_the_key_held_past_its_first_lease() {
+    static OP: Operation = Operation::new("down.renewed").lease(Duration::from_secs(2));
+    let outage = Outage::default();
+    let store = Arc::new(Faulty::new(Fault::Outage(outage.clone())));
+    let idem = Idempotency::new(Arc::clone(&store));
+    let runs = AtomicUsize::new(0);
+    let call = || {
+        idem.call(&OP).key("order-1").payload(&1).run(async {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            outage.start();
+            Ok::<_, Error>(run)
+        })
+    };
+    call().await.unwrap();
+    // Back for a moment, then down again: long enough for the background
+    // completion to fail and renew the lease, never to complete.
+    store.fail_completions(true);
+    outage.end();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let retry = call().await.unwrap_err();
+        assert!(retry.is_in_progress(), "the key stays held: {retry:?}");
+    }
+    store.fail_completions(false);
+    let retry = settled(call).await.unwrap();
+    assert_eq!((retry.value, retry.replayed), (1, true));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_longer_than_the_lease_loses_the_result_and_a_retry_runs_again() {
+    // What remains at risk, and what the README says to size the lease for.
+    static OP: Operation = Operation::new("down.lost").lease(Duration::from_secs(2));
+    let outage = Outage::default();
+    let idem = Idempotency::new(Faulty::new(Fault::Outage(outage.clone())));
+    let runs = AtomicUsize::new(0);
+    let call = || {
+        idem.call(&OP).key("order-1").payload(&1).run(async {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            outage.start();
+            Ok::<_, Error>(run)
+        })
+    };
+    call().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    outage.end();
+    let retry = settled(call).await.unwrap();
+    assert_eq!((retry.value, retry.replayed), (2, false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_the_store_could_not_take_frees_the_key_once_it_is_back() {
+    static OP: Operation = Operation::new("down.release").lease(Duration::from_secs(30));
+    let outage = Outage::default();
+    let idem = Idempotency::new(Faulty::new(Fault::Outage(outage.clone())));
+    let runs = AtomicUsize::new(0);
+    let call = || {
+        idem.call(&OP).key("order-1").payload(&1).run(async {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            if run == 1 {
+                outage.start();
+                return Err(Error::NotConfigured);
+            }
+            Ok::<_, Error>(run)
+        })
+    };
+    assert!(call().await.is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    outage.end();
+    let started = tokio::time::Instant::now();
+    let retry = settled(call).await.unwrap();
+    assert_eq!((retry.value, retry.replayed), (2, false));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the retry waited {:?} for a key whose lease is 30 s",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -55,7 +55,10 @@ fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
             DebugValue::Histogram(samples) => {
                 latencies.insert(label("call").unwrap(), samples.len());
             }
-            DebugValue::Gauge(_) => panic!("no gauges"),
+            DebugValue::Gauge(value) => {
+                assert_eq!(key.name(), telemetry::PENDING);
+                assert_eq!(value.into_inner(), 0.0, "no result waits for the store");
+            }
         }
     }
     assert_eq!(counters.get(telemetry::EXECUTED), Some(&1));
@@ -63,6 +66,7 @@ fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
     assert_eq!(counters.get(telemetry::MISMATCH), Some(&1));
     assert_eq!(counters.get(telemetry::IN_FLIGHT), Some(&0));
     assert_eq!(counters.get(telemetry::STORE_ERRORS), Some(&0));
+    assert_eq!(counters.get(telemetry::LOST), Some(&0));
     assert_eq!(latencies.get("claim"), Some(&4), "every call claims");
     assert_eq!(
         latencies.get("complete"),

@@ -112,26 +112,72 @@ pub trait Store: Send + Sync + 'static {
     /// Releases a lease from synchronous code (a `Drop` impl, when a body
     /// panicked or its future was dropped), without waiting for the answer.
     ///
-    /// The default spawns [`release`](Store::release) on the current tokio
-    /// runtime, if there is one; otherwise the lease simply runs out. Stores
-    /// that can release synchronously override it.
+    /// The default releases in a task on the current tokio runtime, if there
+    /// is one (otherwise the lease simply runs out), and tries again with
+    /// backoff for as long as the store cannot be reached, so that a retry
+    /// finds the key free soon after the store is back rather than when the
+    /// lease runs out. Fencing keeps it safe: a release of a lease that ran
+    /// out or was taken over is refused and ends the task. Stores that can
+    /// release synchronously override it.
     fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                match self.release(&key, token).await {
-                    Ok(()) => {}
-                    // Nothing to release: a call dropped while its completion
-                    // was on the way (it landed), or a lease that ran out.
-                    Err(StoreError::LeaseLost) => {
-                        tracing::debug!(%key, "an abandoned lease was no longer held");
-                    }
-                    Err(error) => {
-                        tracing::warn!(%key, %error, "could not release an abandoned lease; it will expire");
-                    }
-                }
-            });
+            handle.spawn(release_until_answered(self, key, token));
         }
     }
+}
+
+/// Releases `key` for `token`, again and again while the store cannot be
+/// reached; ends on any answer from it.
+pub(crate) async fn release_until_answered<S: Store + ?Sized>(
+    store: Arc<S>,
+    key: StorageKey,
+    token: LeaseToken,
+) {
+    let mut delays = backoff(MAX_RETRY_DELAY);
+    let mut failures = 0_u32;
+    loop {
+        match store.release(&key, token).await {
+            Ok(()) if failures > 0 => {
+                tracing::info!(%key, failures, "released a key once the store was back");
+                return;
+            }
+            Ok(()) => return,
+            // Nothing to release: a call dropped while its completion was
+            // on the way (it landed), or a lease that ran out.
+            Err(StoreError::LeaseLost) => {
+                tracing::debug!(%key, "an abandoned lease was no longer held");
+                return;
+            }
+            Err(error) if error.is_transient() => {
+                if failures == 0 {
+                    tracing::warn!(%key, %error, "could not release a key; trying again until the store answers");
+                }
+                failures = failures.saturating_add(1);
+            }
+            Err(error) => {
+                tracing::warn!(%key, %error, "could not release a key; it is freed when its lease runs out");
+                return;
+            }
+        }
+        tokio::time::sleep(delays.next().unwrap_or(MAX_RETRY_DELAY)).await;
+    }
+}
+
+/// The longest pause between two tries of a write the store could not take.
+pub(crate) const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The pauses between tries of a write the store could not take (a release,
+/// a result to store): from 25 ms (or `max`, if less), doubling, at most
+/// `max`, jittered so that the writes of many calls do not all arrive
+/// together when it is back.
+pub(crate) fn backoff(max: Duration) -> impl Iterator<Item = Duration> + Send {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(25).min(max))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Why a store could not answer.
@@ -182,6 +228,13 @@ impl StoreError {
     /// Whether this is [`StoreError::LeaseLost`].
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, Self::LeaseLost)
+    }
+
+    /// Whether the same call may succeed later: the store was unreachable
+    /// or full. A fenced lease, a corrupt record and a key the store
+    /// cannot hold stay as they are.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::CapacityExceeded { .. })
     }
 }
 

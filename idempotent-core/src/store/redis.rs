@@ -485,29 +485,13 @@ impl RedisStore {
         key: &StorageKey,
         args: &[&[u8]],
     ) -> Result<Value, StoreError> {
-        async fn run(
-            connection: &mut impl redis::aio::ConnectionLike,
-            command: impl Fn(bool) -> redis::Cmd,
-        ) -> redis::RedisResult<Value> {
-            match command(true).query_async(connection).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    command(false).query_async(connection).await
-                }
-                answer => answer,
-            }
-        }
         let command = |by_hash| self.script_command(lua, by_hash, key, args);
+        let request = Request::Script(&command);
         match &self.inner.connection {
-            Connection::Single(c) => {
-                let (mut connection, generation) = c.get();
-                let answer = bounded(self.inner.timeout, run(&mut connection, command)).await;
-                c.replace_after(generation, answer)
-            }
+            Connection::Single(c) => c.call(self.inner.timeout, &request).await,
             Connection::Cluster(c) => {
                 bounded(self.inner.timeout, async {
-                    run(&mut c.get().await?, command).await
+                    request.send(&mut c.get().await?).await
                 })
                 .await
                 .1
@@ -564,16 +548,12 @@ impl RedisStore {
     }
 
     async fn query(&self, command: &redis::Cmd) -> Result<Value, StoreError> {
+        let request = Request::Command(command);
         match &self.inner.connection {
-            Connection::Single(c) => {
-                let (mut connection, generation) = c.get();
-                let answer =
-                    bounded(self.inner.timeout, command.query_async(&mut connection)).await;
-                c.replace_after(generation, answer)
-            }
+            Connection::Single(c) => c.call(self.inner.timeout, &request).await,
             Connection::Cluster(c) => {
                 bounded(self.inner.timeout, async {
-                    command.query_async(&mut c.get().await?).await
+                    request.send(&mut c.get().await?).await
                 })
                 .await
                 .1
@@ -630,6 +610,36 @@ impl redis::ToRedisArgs for RedisKey<'_> {
         let _ = arg.write_all(self.0.as_bytes());
         let _ = arg.write_all(NO_TAG.as_bytes());
         let _ = arg.write_all(self.1.as_bytes());
+    }
+}
+
+/// What a call sends: a command, or a script by its hash, then (if the
+/// server does not know it) by its source.
+enum Request<'a> {
+    Command(&'a redis::Cmd),
+    /// The script's command, by hash (`true`) or by source.
+    Script(&'a (dyn Fn(bool) -> redis::Cmd + Sync)),
+}
+
+impl Request<'_> {
+    /// Sends the request once. A server that does not know a script
+    /// (`NOSCRIPT`: restarted or flushed) gets `EVAL` with the source,
+    /// which runs it and caches it there.
+    async fn send(
+        &self,
+        connection: &mut impl redis::aio::ConnectionLike,
+    ) -> redis::RedisResult<Value> {
+        match self {
+            Self::Command(command) => command.query_async(connection).await,
+            Self::Script(command) => match command(true).query_async(connection).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    command(false).query_async(connection).await
+                }
+                answer => answer,
+            },
+        }
     }
 }
 

@@ -16,11 +16,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::Heard;
+use super::{Heard, Request, bounded};
+use crate::store::StoreError;
 
 pub(super) struct Standalone {
     client: redis::Client,
@@ -62,14 +65,42 @@ impl Standalone {
 
     /// The connection to send a call on, and its generation for
     /// [`replace_after`](Self::replace_after).
-    pub(super) fn get(&self) -> (ConnectionManager, u64) {
+    fn get(&self) -> (ConnectionManager, u64) {
         let current = self.current.load();
         (current.manager.clone(), current.generation)
     }
 
+    /// Sends one call, bounded by `timeout`.
+    ///
+    /// A call that fails without an answer (a refused or dropped
+    /// connection) is sent once more within what is left of `timeout`:
+    /// redis-rs hands every call the outcome of its last connection attempt
+    /// until a call fails on it, and only then connects again, so after an
+    /// outage the first call would fail with the outage's stale error
+    /// although Redis is back. The second sending waits for that new
+    /// connection. Every call of the store may be sent twice: a claim finds
+    /// its own record (see `is_own_claim`), a completion its own result, and
+    /// a release or renewal does nothing more the second time.
+    pub(super) async fn call(
+        &self,
+        timeout: Duration,
+        request: &Request<'_>,
+    ) -> Result<Value, StoreError> {
+        let started = tokio::time::Instant::now();
+        let (mut connection, generation) = self.get();
+        let mut answer = bounded(timeout, request.send(&mut connection)).await;
+        if answer.0 == Heard::Failure {
+            let left = timeout.saturating_sub(started.elapsed());
+            if !left.is_zero() {
+                answer = bounded(left, request.send(&mut connection)).await;
+            }
+        }
+        self.replace_after(generation, answer)
+    }
+
     /// The answer of a call sent on the connection of `generation`, from
     /// `bounded`: if it timed out, that connection is replaced.
-    pub(super) fn replace_after<T>(&self, generation: u64, answer: (Heard, T)) -> T {
+    fn replace_after<T>(&self, generation: u64, answer: (Heard, T)) -> T {
         let (heard, answer) = answer;
         match heard {
             Heard::Answer if self.answered.load(Ordering::Relaxed) <= generation => {

@@ -2,6 +2,8 @@
 //! fault under the engine (a stalled process, a store that goes down while
 //! a body runs, a slow network).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,21 +12,46 @@ use idempotent_core::{
 };
 
 /// The call that goes wrong.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Fault {
     /// Lease renewals never arrive, as when a process stalls.
     LostRenewals,
-    /// Completions fail as an unreachable server's would (the store went
-    /// down while the body ran).
-    CompletionFails,
+    /// While the switch is on, every call fails as an unreachable server's
+    /// would (the store is down); the records stay, as a server's that
+    /// comes back with its data (Redis with AOF, PostgreSQL).
+    Outage(Outage),
     /// Releases take this long to arrive.
     SlowRelease(Duration),
+}
+
+/// The switch of a [`Fault::Outage`].
+#[derive(Clone, Debug, Default)]
+pub struct Outage(Arc<AtomicBool>);
+
+impl Outage {
+    /// The store goes down.
+    pub fn start(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// The store is back.
+    pub fn end(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        Ok(())
+    }
 }
 
 /// A `MemoryStore` with `fault`; every other call is the store's own.
 pub struct Faulty {
     store: MemoryStore,
     fault: Fault,
+    completions_fail: AtomicBool,
 }
 
 impl Faulty {
@@ -32,7 +59,14 @@ impl Faulty {
         Self {
             store: MemoryStore::new(),
             fault,
+            completions_fail: AtomicBool::new(false),
         }
+    }
+
+    /// Whether completions fail as an unreachable server's would, while
+    /// every other call works (a store too slow for a large result, say).
+    pub fn fail_completions(&self, fail: bool) {
+        self.completions_fail.store(fail, Ordering::SeqCst);
     }
 }
 
@@ -44,6 +78,15 @@ pub fn refused() -> StoreError {
     ))
 }
 
+impl Faulty {
+    fn down(&self) -> Result<(), StoreError> {
+        match &self.fault {
+            Fault::Outage(outage) => outage.check(),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[async_trait]
 impl Store for Faulty {
     async fn claim(
@@ -52,6 +95,7 @@ impl Store for Faulty {
         fp: Fingerprint,
         lease: Duration,
     ) -> Result<ClaimOutcome, StoreError> {
+        self.down()?;
         self.store.claim(key, fp, lease).await
     }
     async fn complete(
@@ -62,7 +106,8 @@ impl Store for Faulty {
         response: &[u8],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        if let Fault::CompletionFails = self.fault {
+        self.down()?;
+        if self.completions_fail.load(Ordering::SeqCst) {
             return Err(refused());
         }
         self.store.complete(key, token, fp, response, ttl).await
@@ -71,6 +116,7 @@ impl Store for Faulty {
         if let Fault::SlowRelease(delay) = self.fault {
             tokio::time::sleep(delay).await;
         }
+        self.down()?;
         self.store.release(key, token).await
     }
     async fn renew(
@@ -82,6 +128,7 @@ impl Store for Faulty {
         if let Fault::LostRenewals = self.fault {
             return Ok(());
         }
+        self.down()?;
         self.store.renew(key, token, lease).await
     }
 }

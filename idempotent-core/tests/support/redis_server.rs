@@ -106,7 +106,18 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port (empty: it keeps nothing on disk).
+    /// Stops the server as an operator would (`SHUTDOWN`): a server with
+    /// `--appendonly yes` writes its data out first and has it back on
+    /// [`restart`](Self::restart).
+    pub fn shutdown(&mut self) {
+        let _ = self.command(&["SHUTDOWN"]);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory: empty, unless it was
+    /// started with `--appendonly yes` (then with what it had written).
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -152,8 +163,15 @@ impl RedisCluster {
             .status()
             .expect(MISSING);
         assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Returns once every node says the cluster is ok.
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !nodes.iter().all(|n| {
+        while !self.nodes.iter().all(|n| {
             n.command(&["CLUSTER", "INFO"])
                 .is_some_and(|i| i.contains("cluster_state:ok"))
         }) {
@@ -163,7 +181,13 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { nodes }
+    }
+
+    /// Starts every node again (each keeps its `nodes.conf`, so the cluster
+    /// comes back as it was, empty) and returns once it is ok.
+    pub fn restart(&mut self) {
+        self.nodes.iter_mut().for_each(RedisServer::restart);
+        self.wait_ready();
     }
 
     /// The seed list as a `redis+cluster://` URL.
