@@ -28,13 +28,13 @@ pub struct Run {
     pub wrong_receipts: usize,
 }
 
-async fn serve(protected: bool) -> SocketAddr {
+async fn serve(store: StoreChoice, protected: bool) -> SocketAddr {
     let config = Config {
-        store: StoreChoice::Memory,
+        store,
         work: Duration::from_millis(5),
         protected,
     };
-    let router = app(&config).await.expect("the in-memory app starts");
+    let router = app(&config).await.expect("the app starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a loopback port");
@@ -44,9 +44,50 @@ async fn serve(protected: bool) -> SocketAddr {
 }
 
 /// Sends `intents` payments, `concurrency` at a time, through a proxy with
-/// `faults`, to the app with or without the idempotency layer.
+/// `faults`, to the app on the in-memory store, with or without the
+/// idempotency layer.
 pub async fn run(intents: u64, concurrency: usize, faults: Faults, protected: bool) -> Run {
-    let server = serve(protected).await;
+    let scenario = Scenario {
+        intents,
+        concurrency,
+        faults,
+        protected,
+        store: StoreChoice::Memory,
+        retry_for: Duration::ZERO,
+    };
+    run_with(scenario, std::future::ready(())).await
+}
+
+/// A run's settings, for [`run_with`].
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Payments sent, one intent each.
+    pub intents: u64,
+    /// How many are in flight at once.
+    pub concurrency: usize,
+    /// What the proxy does to connections.
+    pub faults: Faults,
+    /// Whether the routes sit behind the idempotency layer.
+    pub protected: bool,
+    /// Where idempotency records live.
+    pub store: StoreChoice,
+    /// How long the client keeps retrying an intent, beyond the default 30
+    /// attempts (a run with a store outage needs its intents to outlast it).
+    pub retry_for: Duration,
+}
+
+/// Runs `scenario`, with `during` running beside the payments (a store
+/// outage, say).
+pub async fn run_with(scenario: Scenario, during: impl std::future::Future<Output = ()>) -> Run {
+    let Scenario {
+        intents,
+        concurrency,
+        faults,
+        protected,
+        store,
+        retry_for,
+    } = scenario;
+    let server = serve(store, protected).await;
     let (proxy, _) = fault_proxy::start(server, faults)
         .await
         .expect("the proxy starts");
@@ -63,7 +104,10 @@ pub async fn run(intents: u64, concurrency: usize, faults: Faults, protected: bo
             RetryPolicy::default()
                 .initial_interval(Duration::from_millis(5))
                 .max_interval(Duration::from_millis(100))
-                .max_attempts(30)
+                // About 50 ms apart on average (full jitter under 100 ms).
+                .max_attempts(
+                    30_u32.max(u32::try_from(retry_for.as_millis() / 50).unwrap_or(u32::MAX)),
+                )
                 .jitter_seed(faults.seed),
         )
         // 40% of attempts fail here on purpose: more than the default
@@ -73,22 +117,26 @@ pub async fn run(intents: u64, concurrency: usize, faults: Faults, protected: bo
         .build()
         .expect("the client");
     let permits = Arc::new(Semaphore::new(concurrency));
-    let mut sends = Vec::new();
-    for i in 0..intents {
-        let permit = Arc::clone(&permits).acquire_owned().await.expect("open");
-        let client = client.clone();
-        let url = format!("http://{proxy}/payments");
-        sends.push(tokio::spawn(async move {
-            let sent = client
-                .post(url)
-                .json(&serde_json::json!({ "amount": 1000 + i, "currency": "USD" }))
-                .intent(format!("payment-{i}"))
-                .send()
-                .await;
-            drop(permit);
-            sent
-        }));
-    }
+    let sending = async {
+        let mut sends = Vec::new();
+        for i in 0..intents {
+            let permit = Arc::clone(&permits).acquire_owned().await.expect("open");
+            let client = client.clone();
+            let url = format!("http://{proxy}/payments");
+            sends.push(tokio::spawn(async move {
+                let sent = client
+                    .post(url)
+                    .json(&serde_json::json!({ "amount": 1000 + i, "currency": "USD" }))
+                    .intent(format!("payment-{i}"))
+                    .send()
+                    .await;
+                drop(permit);
+                sent
+            }));
+        }
+        sends
+    };
+    let (sends, ()) = tokio::join!(sending, during);
     let mut attempts = 0;
     let mut succeeded = 0;
     let mut receipts: HashMap<String, Payment> = HashMap::new();

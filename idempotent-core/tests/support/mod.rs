@@ -2,7 +2,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod bank;
+pub mod blackout;
 pub mod faulty;
+#[cfg(feature = "postgres")]
+pub mod postgres_schema;
 pub mod redis_server;
 
 use std::sync::Arc;

@@ -71,6 +71,11 @@ impl Drop for Schema {
 }
 
 impl Schema {
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
     /// A plain connection in this schema, for the test's own queries.
     pub async fn connection(&self) -> sqlx::PgConnection {
         let options = url()
