@@ -141,12 +141,18 @@ pub async fn app(config: &Config) -> Result<Router, StoreError> {
     let payments = match &config.store {
         StoreChoice::Postgres(url) => postgres::routes(url, config.work, config.protected).await?,
         _ if !config.protected => payments,
-        StoreChoice::Memory => {
-            payments.route_layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())))
-        }
-        StoreChoice::Redis(url) => payments.route_layer(IdempotencyLayer::new(Idempotency::new(
-            RedisStore::builder().url(url.clone()).build().await?,
-        ))),
+        StoreChoice::Memory => payments.route_layer(
+            IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+                .single_tenant()
+                .build(),
+        ),
+        StoreChoice::Redis(url) => payments.route_layer(
+            IdempotencyLayer::builder(Idempotency::new(
+                RedisStore::builder().url(url.clone()).build().await?,
+            ))
+            .single_tenant()
+            .build(),
+        ),
     };
     Ok(payments
         .route("/metrics", get(render_metrics))

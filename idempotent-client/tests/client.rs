@@ -52,7 +52,11 @@ async fn server() -> (String, Counters) {
     let app = Router::new()
         .route("/payments", post(charge))
         .with_state(counters.clone())
-        .layer(IdempotencyLayer::new(Idempotency::new(MemoryStore::new())));
+        .layer(
+            IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+                .single_tenant()
+                .build(),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -550,6 +554,7 @@ async fn a_replayed_answer_is_final_even_with_a_retryable_status() {
     };
     // This server stores every status it may (a 429 included).
     let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+        .single_tenant()
         .store_status(|_| true)
         .build();
     let app = Router::new().route("/payments", post(handler)).layer(layer);

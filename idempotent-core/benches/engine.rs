@@ -90,7 +90,7 @@ impl Payments {
 
     /// A service whose store holds the keys `0..keys`, each completed.
     fn filled(rt: &Runtime, keys: u64) -> Arc<Self> {
-        let store = MemoryStore::new();
+        let store = MemoryStore::builder().unbounded().build();
         let payments = Arc::new(Self {
             idem: Idempotency::new(store.clone()),
             store,

@@ -102,10 +102,10 @@ pub use store::{
     Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MAX_POSTGRES_KEY_BYTES, MIGRATION, PURGE,
     PostgresStore, PurgeTask, TxBody,
 };
+#[cfg(feature = "memory")]
+pub use store::{DEFAULT_MAX_ENTRIES, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use store::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};
-#[cfg(feature = "memory")]
-pub use store::{MemoryStore, MemoryStoreBuilder};
 pub use store::{Store, StoreError};
 
 // The README's examples use every store and the HTTP layer.

@@ -1,7 +1,8 @@
 //! Metric names, and the one place that records them.
 //!
 //! Everything goes through the [`metrics`] facade, so any exporter works
-//! (Prometheus, StatsD, ...). Every metric carries an `operation` label.
+//! (Prometheus, StatsD, ...). Every metric carries an `operation` label,
+//! but [`EVICTED`], which the store counts (label `store`).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -20,6 +21,9 @@ pub const MISMATCH: &str = "idempotent_mismatch_total";
 pub const STORE_ERRORS: &str = "idempotent_store_errors_total";
 /// Histogram: store call latency in seconds (label `call`: claim, complete, release).
 pub const STORE_LATENCY: &str = "idempotent_store_latency_seconds";
+/// Counter: completed records a bounded store evicted to make room, before
+/// their TTL (label `store`); a retry of an evicted key runs the body again.
+pub const EVICTED: &str = "idempotent_evicted_total";
 /// Gauge: results of bodies that ran, waiting for the store to take them
 /// (it was down or slow when they finished); their keys stay held.
 pub const PENDING: &str = "idempotent_pending_results";

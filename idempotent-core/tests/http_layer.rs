@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode};
 use axum::routing::post;
 use http_body_util::BodyExt;
-use idempotent_core::http::{IdempotencyLayer, IdempotencyLayerBuilder, InFlight};
+use idempotent_core::http::{Handled, IdempotencyLayer, IdempotencyLayerBuilder, InFlight};
 use idempotent_core::{Fingerprint, Idempotency, IdempotencyKey, MemoryStore, StorageKey, Store};
 use tower::ServiceExt;
 
@@ -27,7 +27,8 @@ impl Calls {
 }
 
 /// Answers with the status in the `x-status` request header (default 201),
-/// a body naming the call number, a custom header and a `Date`.
+/// a body naming the call number, a custom header and a `Date`; marked as
+/// the handler's own answer (`Handled`) if the request has `x-handled`.
 async fn handler(State(calls): State<Calls>, headers: HeaderMap, body: String) -> Response<Body> {
     let n = calls.0.fetch_add(1, Ordering::SeqCst) + 1;
     assert!(!headers.contains_key("x-panic"), "the handler panics");
@@ -38,13 +39,17 @@ async fn handler(State(calls): State<Calls>, headers: HeaderMap, body: String) -
     let status = headers
         .get("x-status")
         .map_or(201, |s| s.to_str().unwrap().parse().unwrap());
-    Response::builder()
+    let mut response = Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("x-charge", n.to_string())
         .header("date", format!("call {n}"))
         .body(Body::from(format!("{{\"call\":{n},\"body\":{body:?}}}")))
-        .unwrap()
+        .unwrap();
+    if headers.contains_key("x-handled") {
+        response.extensions_mut().insert(Handled);
+    }
+    response
 }
 
 fn app(layer: IdempotencyLayerBuilder) -> (Router, Calls) {
@@ -58,7 +63,7 @@ fn app(layer: IdempotencyLayerBuilder) -> (Router, Calls) {
 }
 
 fn memory() -> IdempotencyLayerBuilder {
-    IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+    IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant()
 }
 
 fn post_with(key: Option<&str>) -> axum::http::request::Builder {
@@ -614,7 +619,9 @@ async fn a_client_that_disconnects_does_not_cancel_the_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_waits_for_the_handlers_of_callers_that_left() {
     let store = MemoryStore::new(); // clones share their records
-    let layer = IdempotencyLayer::new(Idempotency::new(store.clone()));
+    let layer = IdempotencyLayer::builder(Idempotency::new(store.clone()))
+        .single_tenant()
+        .build();
     let handlers = layer.handlers();
     let calls = Calls::default();
     let app = Router::new()
@@ -703,7 +710,9 @@ async fn a_handler_that_panics_passes_the_panic_on_and_frees_its_key() {
 #[tokio::test]
 async fn under_route_layer_unknown_paths_pass_through_and_store_nothing() {
     let store = MemoryStore::new(); // clones share their records
-    let layer = IdempotencyLayer::new(Idempotency::new(store.clone()));
+    let layer = IdempotencyLayer::builder(Idempotency::new(store.clone()))
+        .single_tenant()
+        .build();
     let app: Router = Router::new()
         .route(
             "/payments",
@@ -846,7 +855,7 @@ async fn the_default_policy_stores_final_client_errors_but_not_try_again_answers
         );
     }
     assert_eq!(calls.get(), 8);
-    for status in ["200", "302", "400", "404"] {
+    for status in ["200", "302", "402", "404"] {
         let key = format!("final-{status}");
         send(&app, with_status(&key, status)).await;
         let (got, headers, _) = send(&app, with_status(&key, status)).await;
@@ -854,6 +863,22 @@ async fn the_default_policy_stores_final_client_errors_but_not_try_again_answers
         assert_eq!(headers["idempotent-replayed"], "true", "{status} is stored");
     }
     assert_eq!(calls.get(), 12);
+    // A status a framework also answers is stored when marked the handler's.
+    let handled = |key: &str| {
+        post_with(Some(key))
+            .header("x-status", "400")
+            .header("x-handled", "1")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    send(&app, handled("final-400")).await;
+    let (got, headers, _) = send(&app, handled("final-400")).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        headers["idempotent-replayed"], "true",
+        "a marked 400 is stored"
+    );
+    assert_eq!(calls.get(), 13);
 }
 
 #[tokio::test]
@@ -897,7 +922,7 @@ async fn another_header_name_and_other_guarded_methods_can_be_configured() {
 async fn a_corrupt_stored_response_is_a_500_problem_not_a_panic_or_a_rerun() {
     let store = MemoryStore::new();
     let runtime = Idempotency::new(store.clone());
-    let (app, calls) = app(IdempotencyLayer::builder(runtime.clone()));
+    let (app, calls) = app(IdempotencyLayer::builder(runtime.clone()).single_tenant());
     // Something else wrote garbage where the layer keeps this request's record.
     let key: IdempotencyKey = "k".parse().unwrap();
     let storage_key = StorageKey::new(runtime.namespace(), "", "POST /payments", &key);
@@ -939,7 +964,7 @@ async fn a_store_that_is_down_gives_503_and_the_handler_never_runs() {
         .build()
         .await
         .expect("a lazy connection is built without reaching Redis");
-    let (app, calls) = app(IdempotencyLayer::builder(Idempotency::new(store)));
+    let (app, calls) = app(IdempotencyLayer::builder(Idempotency::new(store)).single_tenant());
     let (status, headers, body) = send(&app, request(Some("k"), "{}")).await;
     problem(status, &headers, &body, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");

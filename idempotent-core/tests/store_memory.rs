@@ -223,6 +223,43 @@ async fn the_bound_evicts_completed_records_and_never_one_in_progress() {
     }
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn the_default_store_is_bounded_and_counts_its_evictions() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The store registers its counter when it is built.
+    let store = metrics::with_local_recorder(&recorder, MemoryStore::new);
+    let beyond = 500;
+    for i in 0..idempotent_core::DEFAULT_MAX_ENTRIES + beyond {
+        let token = acquire(&store, &key(i), LEASE).await;
+        store
+            .complete(&key(i), token, FP, b"r", Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    // The bound holds per shard: a full shard evicts while others have room.
+    let held = store.len();
+    assert!(held <= idempotent_core::DEFAULT_MAX_ENTRIES, "{held}");
+    let evicted: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == idempotent_core::telemetry::EVICTED)
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            other => panic!("{other:?}"),
+        })
+        .sum();
+    assert!(evicted >= beyond as u64, "{evicted}");
+    assert_eq!(
+        evicted,
+        (idempotent_core::DEFAULT_MAX_ENTRIES + beyond - held) as u64,
+        "each eviction is counted"
+    );
+}
+
 /// Leases are much shorter than retention, so in the deadline order every
 /// running call comes before every completed record: eviction must still
 /// find the completed one, however many calls are running.

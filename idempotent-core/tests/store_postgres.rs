@@ -621,7 +621,11 @@ async fn through_the_http_layer_a_key_postgresql_cannot_hold_is_a_400() {
     };
     let app = axum::Router::new()
         .route("/accounts/{id}", axum::routing::post(handler))
-        .layer(idempotent_core::http::IdempotencyLayer::builder(Idempotency::new(store)).build());
+        .layer(
+            idempotent_core::http::IdempotencyLayer::builder(Idempotency::new(store))
+                .single_tenant()
+                .build(),
+        );
     let send = |path: String| {
         let request = Request::post(path)
             .header("idempotency-key", "k-1")

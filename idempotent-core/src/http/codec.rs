@@ -22,6 +22,10 @@ const VERSION: u8 = 1;
 pub(crate) enum Outcome<E, B> {
     /// The handler answered now.
     Fresh(response::Parts, Bytes),
+    /// The framework refused the request before any handler ran (a
+    /// rejection status without the `Handled` mark): passed on untouched,
+    /// not stored (the key is released, so the corrected retry runs).
+    Refused(http::Response<B>),
     /// The handler answered now with a body over the response limit, known
     /// before reading it: passed on untouched; a problem is stored instead
     /// if the status is one the layer stores.

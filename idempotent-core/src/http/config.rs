@@ -1,6 +1,7 @@
 //! The layer and its settings.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub(crate) struct Config {
     pub(crate) body_limit: usize,
     pub(crate) response_limit: usize,
     pub(crate) storable: Arc<StatusFn>,
+    pub(crate) rejection: Arc<StatusFn>,
     pub(crate) scope: Option<Arc<ScopeFn>>,
     pub(crate) handlers: Handlers,
 }
@@ -51,6 +53,54 @@ impl Config {
     /// policy says.
     pub(crate) fn stores(&self, status: http::StatusCode) -> bool {
         !status.is_server_error() && (self.storable)(status)
+    }
+
+    /// Whether a response may be the framework's refusal of a request
+    /// before any handler ran: a rejection status without the [`Handled`]
+    /// mark.
+    pub(crate) fn refused<B>(&self, response: &http::Response<B>) -> bool {
+        (self.rejection)(response.status()) && response.extensions().get::<Handled>().is_none()
+    }
+}
+
+/// Marks a response as the handler's own answer, for the statuses that a
+/// framework also answers when it refuses a request before any handler runs
+/// (400, 413, 415 and 422 by default: a wrong `Content-Type`, JSON that does
+/// not parse or does not fit the handler's type, a body over axum's limit).
+///
+/// The layer cannot tell such a refusal from a handler's own answer by its
+/// status, and they must be kept apart: a refused request never started, so
+/// nothing is stored and the corrected retry with the same key runs
+/// (Stripe's rule), while an answer the handler gave (a business `422`,
+/// say) is stored and replayed like any other. So a response with one of
+/// these statuses is stored only when it carries this mark, in its
+/// extensions; other statuses need none. With axum, put it in the answer:
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use axum::response::IntoResponse;
+/// use idempotent_core::http::Handled;
+///
+/// async fn transfer() -> impl IntoResponse {
+///     // Stored: a retry with the same key gets this answer back.
+///     (StatusCode::UNPROCESSABLE_ENTITY, Handled, "insufficient funds")
+/// }
+/// ```
+///
+/// Elsewhere, insert it: `response.extensions_mut().insert(Handled)`. The
+/// statuses are [`IdempotencyLayerBuilder::rejection_status`]'s to change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handled;
+
+impl axum::response::IntoResponseParts for Handled {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut parts: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        parts.extensions_mut().insert(self);
+        Ok(parts)
     }
 }
 
@@ -81,14 +131,16 @@ impl IdempotencyLayer {
         self.config.handlers.clone()
     }
 
-    /// The layer with every default, on `runtime`.
-    pub fn new(runtime: Idempotency) -> Self {
-        Self::builder(runtime).build()
-    }
-
     /// Starts configuring a layer on `runtime` (its store, namespace, TTL and
     /// lease are the defaults).
-    pub fn builder(runtime: Idempotency) -> IdempotencyLayerBuilder {
+    ///
+    /// The layer is built once its scope is chosen: the caller's identity
+    /// ([`scope`](IdempotencyLayerBuilder::scope)), or none, for a service
+    /// with a single tenant ([`single_tenant`](IdempotencyLayerBuilder::single_tenant)).
+    /// The IETF draft asks that a key be combined with the client's
+    /// identity: without a scope, two callers who send the same key share
+    /// one record, and the second gets the first one's response.
+    pub fn builder(runtime: Idempotency) -> IdempotencyLayerBuilder<ScopeUnchosen> {
         IdempotencyLayerBuilder {
             runtime,
             name: "http",
@@ -101,7 +153,9 @@ impl IdempotencyLayer {
             body_limit: DEFAULT_BODY_LIMIT,
             response_limit: DEFAULT_RESPONSE_LIMIT,
             storable: Arc::new(default_storable),
+            rejection: Arc::new(default_rejection),
             scope: None,
+            chosen: PhantomData,
         }
     }
 }
@@ -119,9 +173,38 @@ fn default_storable(status: StatusCode) -> bool {
     (200..500).contains(&status.as_u16()) && !matches!(status.as_u16(), 408 | 409 | 425 | 429)
 }
 
-/// Configures an [`IdempotencyLayer`].
+/// What axum's extractors answer when they refuse a request: 400, 413, 415, 422.
+fn default_rejection(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 415 | 422)
+}
+
+/// A builder whose scope is not chosen yet: it cannot build a layer.
+#[derive(Debug)]
+pub struct ScopeUnchosen;
+
+/// A builder whose scope is chosen: a scope function, or a single tenant.
+#[derive(Debug)]
+pub struct ScopeChosen;
+
+/// Whether a builder's scope is chosen; see [`IdempotencyLayer::builder`].
+#[diagnostic::on_unimplemented(
+    message = "the layer's scope is not chosen",
+    label = "choose it before `build()`",
+    note = "call `.scope(|request| ...)` with the caller's identity (a tenant, an authenticated principal), or `.single_tenant()` for a service with a single tenant"
+)]
+pub trait Scope: sealed::Sealed {}
+
+impl Scope for ScopeChosen {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ScopeChosen {}
+}
+
+/// Configures an [`IdempotencyLayer`]. `S` says whether its scope is
+/// chosen: [`build`](Self::build) needs it to be.
 #[must_use]
-pub struct IdempotencyLayerBuilder {
+pub struct IdempotencyLayerBuilder<S = ScopeChosen> {
     runtime: Idempotency,
     name: &'static str,
     ttl: Option<Duration>,
@@ -133,10 +216,12 @@ pub struct IdempotencyLayerBuilder {
     body_limit: usize,
     response_limit: usize,
     storable: Arc<StatusFn>,
+    rejection: Arc<StatusFn>,
     scope: Option<Arc<ScopeFn>>,
+    chosen: PhantomData<S>,
 }
 
-impl fmt::Debug for IdempotencyLayerBuilder {
+impl<S> fmt::Debug for IdempotencyLayerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayerBuilder")
             .field("name", &self.name)
@@ -146,7 +231,7 @@ impl fmt::Debug for IdempotencyLayerBuilder {
     }
 }
 
-impl IdempotencyLayerBuilder {
+impl<S> IdempotencyLayerBuilder<S> {
     /// The methods guarded (default POST and PATCH); others pass through.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
@@ -227,15 +312,61 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// The scope of a request (the tenant or authenticated principal, say),
-    /// from its head; `None` is the empty scope. The same key in two scopes
-    /// is two keys.
-    pub fn scope(
+    /// Which statuses a framework answers when it refuses a request before
+    /// any handler runs (default 400, 413, 415 and 422, what axum's
+    /// extractors answer). A response with one of them is stored only when
+    /// the handler marks it [`Handled`]; unmarked, the key is released and
+    /// the corrected retry runs. `|_| false` stores every status the
+    /// [`store_status`](Self::store_status) policy allows, marked or not.
+    pub fn rejection_status(
         mut self,
-        scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+        rejection: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.scope = Some(Arc::new(scope));
+        self.rejection = Arc::new(rejection);
         self
+    }
+
+    /// The scope of a request: the caller's identity (a tenant, an
+    /// authenticated principal), from its head; `None` is the empty scope,
+    /// shared by every request that has none. The same key in two scopes is
+    /// two keys, so one caller never gets another's response.
+    pub fn scope(
+        self,
+        scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> IdempotencyLayerBuilder<ScopeChosen> {
+        IdempotencyLayerBuilder {
+            scope: Some(Arc::new(scope)),
+            ..self.chosen()
+        }
+    }
+
+    /// No scope: every caller shares one space of keys. Only for a service
+    /// with a single tenant, or whose callers are all trusted to pick keys
+    /// that never collide (UUIDs); otherwise use [`scope`](Self::scope).
+    pub fn single_tenant(self) -> IdempotencyLayerBuilder<ScopeChosen> {
+        IdempotencyLayerBuilder {
+            scope: None,
+            ..self.chosen()
+        }
+    }
+
+    fn chosen(self) -> IdempotencyLayerBuilder<ScopeChosen> {
+        IdempotencyLayerBuilder {
+            runtime: self.runtime,
+            name: self.name,
+            ttl: self.ttl,
+            lease: self.lease,
+            in_flight: self.in_flight,
+            methods: self.methods,
+            header: self.header,
+            required: self.required,
+            body_limit: self.body_limit,
+            response_limit: self.response_limit,
+            storable: self.storable,
+            rejection: self.rejection,
+            scope: self.scope,
+            chosen: PhantomData,
+        }
     }
 
     /// The operation name used in metrics and traces (default `http`). It is
@@ -249,8 +380,11 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// Builds the layer.
-    pub fn build(self) -> IdempotencyLayer {
+    /// Builds the layer, once its scope is chosen.
+    pub fn build(self) -> IdempotencyLayer
+    where
+        S: Scope,
+    {
         let mut operation = Operation::new(self.name);
         if let Some(ttl) = self.ttl {
             operation = operation.ttl(ttl);
@@ -271,6 +405,7 @@ impl IdempotencyLayerBuilder {
                 body_limit: self.body_limit,
                 response_limit: self.response_limit,
                 storable: self.storable,
+                rejection: self.rejection,
                 scope: self.scope,
                 handlers: Handlers::new(),
             }),
@@ -281,6 +416,16 @@ impl IdempotencyLayerBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rejection_statuses_are_what_axum_extractors_answer() {
+        for rejection in [400, 413, 415, 422] {
+            assert!(default_rejection(StatusCode::from_u16(rejection).unwrap()));
+        }
+        for other in [200, 201, 401, 402, 403, 404, 409, 500] {
+            assert!(!default_rejection(StatusCode::from_u16(other).unwrap()));
+        }
+    }
 
     #[test]
     fn the_default_policy_stores_final_answers_only() {

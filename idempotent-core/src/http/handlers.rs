@@ -30,7 +30,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 ///
 /// # async fn serve(listener: tokio::net::TcpListener, stop: tokio::sync::oneshot::Receiver<()>)
 /// #     -> std::io::Result<()> {
-/// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
+/// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
 /// let handlers = layer.handlers();
 /// let app: Router = Router::new()
 ///     .route("/payments", post(|| async { "charged" }))
@@ -59,7 +59,7 @@ impl Handlers {
     /// ```
     /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
     ///
-    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
+    /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
     /// assert_eq!(layer.handlers().len(), 0);
     /// assert!(layer.handlers().is_empty());
     /// ```
@@ -80,7 +80,7 @@ impl Handlers {
     /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
+    /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
     /// layer.handlers().wait().await; // nothing runs: at once
     /// # }
     /// ```

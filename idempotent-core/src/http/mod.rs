@@ -7,6 +7,7 @@
 //! | situation | answer |
 //! |---|---|
 //! | first request with a key | the handler's response, stored (see below) |
+//! | refused before any handler ran (400, 413, 415 or 422 without the [`Handled`] mark: axum's extractor rejections) | passed on untouched and not stored, so the corrected retry with the same key runs |
 //! | same key, same request, completed | the stored response, byte for byte, plus `Idempotent-Replayed: true` |
 //! | same key, same request, still running | `409 Conflict` with `Retry-After` (or wait and replay, see [`InFlight`]) |
 //! | same key, same route, different query or body | `422 Unprocessable Content` |
@@ -26,23 +27,40 @@
 //! through untouched.
 //!
 //! **What is stored**: the first response's status, its headers minus the
-//! hop-by-hop ones (those `Connection` names included), `Date` and `Set-Cookie` (a replay may go to another caller
-//! of the same scope), and its body, for the TTL; by default only
-//! statuses 200 to 499 except 408, 409, 425 and 429 (answers that say "try
-//! again"), and never a handler's 5xx: an unstored answer releases the key,
-//! so a retry runs the handler again. The fingerprint covers the method, the
-//! path and query, and the body bytes; the key is scoped to the method and
-//! path and to the [scope](IdempotencyLayerBuilder::scope) of the request, so
-//! a key sent to one endpoint, or by one tenant, never replays another's
-//! response. The path is the one the client sent, also for a layer inside
-//! axum 0.8's `Router::nest`, which strips the prefix before the nested routes
-//! see the request (the layer reads axum's `OriginalUri`; other middleware
-//! that rewrites the path should sit inside the layer). The scope function
-//! gets the request as the layer's service does, prefix stripped: read
-//! `OriginalUri` from its extensions for the full path. Request headers are not
-//! part of the request: `Vary` is not consulted, and an answer about a header
-//! (a `401`, or a `415` for a missing `Content-Type`) is stored like any other
-//! 4xx; put authentication outside the layer, or leave such statuses out with
+//! hop-by-hop ones (those `Connection` names included), `Date` and
+//! `Set-Cookie` (a replay may go to another caller of the same scope), and
+//! its body, for the TTL; by default only statuses 200 to 499 except 408,
+//! 409, 425 and 429 (answers that say "try again"), and never a handler's
+//! 5xx: an unstored answer releases the key, so a retry runs the handler
+//! again.
+//!
+//! **Refused, or answered?** A framework refuses some requests before any
+//! handler runs: axum's `Json` extractor answers a wrong `Content-Type` with
+//! 415, JSON that does not parse with 400, JSON that does not fit the
+//! handler's type with 422, a body over its limit with 413. Such a request
+//! never started, so nothing is stored (Stripe's rule) and the corrected
+//! retry with the same key runs. The layer tells a refusal from a handler's
+//! own answer by a mark: a response with one of those statuses is stored
+//! only if the handler put [`Handled`] in it (a business 422, say); every
+//! other status needs no mark. The statuses are
+//! [`rejection_status`](IdempotencyLayerBuilder::rejection_status)'s to
+//! change.
+//!
+//! **Keys and scope**: the fingerprint covers the method, the path and
+//! query, and the body bytes; the key is scoped to the method and path and
+//! to the [scope](IdempotencyLayerBuilder::scope) of the request, so a key
+//! sent to one endpoint, or by one tenant, never replays another's
+//! response. The builder asks for the scope before it builds: the caller's
+//! identity, or [`single_tenant`](IdempotencyLayerBuilder::single_tenant).
+//! The path is the one the client sent, also for a layer inside axum 0.8's
+//! `Router::nest`, which strips the prefix before the nested routes see the
+//! request (the layer reads axum's `OriginalUri`; other middleware that
+//! rewrites the path should sit inside the layer). The scope function gets
+//! the request as the layer's service does, prefix stripped: read
+//! `OriginalUri` from its extensions for the full path. Other request
+//! headers are not part of the request: `Vary` is not consulted, and an
+//! answer about a header (a `401`) is stored like any other 4xx; put
+//! authentication outside the layer, or leave such statuses out with
 //! [`store_status`](IdempotencyLayerBuilder::store_status).
 //!
 //! ```
@@ -76,7 +94,8 @@ mod problem;
 mod service;
 
 pub use config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder, InFlight,
+    DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, Handled, IdempotencyLayer, IdempotencyLayerBuilder,
+    InFlight, Scope, ScopeChosen, ScopeUnchosen,
 };
 pub use handlers::Handlers;
 pub use service::IdempotencyService;

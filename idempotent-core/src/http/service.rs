@@ -145,30 +145,6 @@ where
 
     let request = Request::from_parts(parts, ReqBody::from(body));
     let response_limit = config.response_limit;
-    let run = async move {
-        match inner.call(request).await {
-            Ok(response) => {
-                let declared = response
-                    .headers()
-                    .get(CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    .max(response.body().size_hint().lower());
-                if declared > response_limit as u64 {
-                    return Outcome::Oversized(response);
-                }
-                let (parts, body) = response.into_parts();
-                match Limited::new(body, response_limit).collect().await {
-                    Ok(collected) => Outcome::Fresh(parts, collected.to_bytes()),
-                    Err(error) if error.is::<LengthLimitError>() => {
-                        Outcome::OverLimit(parts.status)
-                    }
-                    Err(error) => Outcome::BodyFailed(parts.status, error.to_string()),
-                }
-            }
-            Err(error) => Outcome::Failed(error),
-        }
-    };
     // A client that disconnects drops this future, and the handler must not
     // be dropped with it (which would release the key half-way through, so
     // that the client's retry ran it again): `RunToEnd` runs it here and, if
@@ -177,6 +153,33 @@ where
     let task_config = Arc::clone(&config);
     let executed = RunToEnd::new(&config.handlers, async move {
         let config = task_config;
+        let run = async {
+            match inner.call(request).await {
+                // Refused before any handler ran (see `Handled`): passed on
+                // untouched, and not stored.
+                Ok(response) if config.refused(&response) => Outcome::Refused(response),
+                Ok(response) => {
+                    let declared = response
+                        .headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        .max(response.body().size_hint().lower());
+                    if declared > response_limit as u64 {
+                        return Outcome::Oversized(response);
+                    }
+                    let (parts, body) = response.into_parts();
+                    match Limited::new(body, response_limit).collect().await {
+                        Ok(collected) => Outcome::Fresh(parts, collected.to_bytes()),
+                        Err(error) if error.is::<LengthLimitError>() => {
+                            Outcome::OverLimit(parts.status)
+                        }
+                        Err(error) => Outcome::BodyFailed(parts.status, error.to_string()),
+                    }
+                }
+                Err(error) => Outcome::Failed(error),
+            }
+        };
         let codec = HttpCodec(&config);
         execute(
             &config.runtime,
@@ -209,6 +212,10 @@ where
             Outcome::Failed(error) => return Err(error),
             Outcome::BodyFailed(status, detail) => {
                 problem::response_failed(&detail, config.stores(status))
+            }
+            Outcome::Refused(mut response) => {
+                response.headers_mut().remove(IDEMPOTENT_REPLAYED);
+                response
             }
             Outcome::Oversized(mut response) => {
                 response.headers_mut().remove(IDEMPOTENT_REPLAYED);

@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use crate::key::StorageKey;
 use crate::record::{
     self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis, Record, RecordState,
 };
+
+/// The bound on records of [`MemoryStore::new`]: 100,000, about 40 MB with
+/// 200-byte responses (about 400 bytes a record).
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 /// Responses up to this size are kept in the same allocation as their key.
 const INLINE_RESPONSE: usize = 1024;
@@ -35,11 +40,14 @@ const PURGE_BATCH: usize = 64;
 ///   passed (at most a small batch per call).
 /// - Callers waiting on an in-flight key are woken when it completes, is
 ///   released or is taken over (a [`Notify`] per waited-on key, no polling).
-/// - An optional bound on entries ([`MemoryStoreBuilder::max_entries`]) evicts
-///   the completed record closest to expiry; it never evicts a record in
-///   progress and refuses the claim instead ([`StoreError::CapacityExceeded`]).
-///   Evicting a completed record shortens its deduplication window, so size
-///   the bound for the traffic of one TTL.
+/// - A bound on records ([`MemoryStoreBuilder::max_entries`], by default
+///   [`DEFAULT_MAX_ENTRIES`]) evicts the completed record closest to
+///   expiry; it never evicts a record in progress and refuses the claim
+///   instead ([`StoreError::CapacityExceeded`]). Evicting a completed record
+///   shortens its deduplication window (a retry of its key runs again), so
+///   size the bound for the traffic of one TTL. Each eviction is counted
+///   ([`EVICTED`](crate::telemetry::EVICTED)) and logged as a warning, at
+///   most once a minute.
 ///
 /// The clock is tokio's, so tests can use `tokio::time::pause`.
 /// Cloning is cheap and shares the records.
@@ -47,7 +55,7 @@ const PURGE_BATCH: usize = 64;
 /// ```
 /// use idempotent_core::MemoryStore;
 ///
-/// let store = MemoryStore::builder().shards(16).max_entries(100_000).build();
+/// let store = MemoryStore::builder().shards(16).max_entries(1_000_000).build();
 /// assert!(store.is_empty());
 /// ```
 #[derive(Clone)]
@@ -62,7 +70,21 @@ struct Inner {
     /// The bound on records, if any (shard `i` holds at most
     /// [`MemoryStore::shard_limit`] of them).
     max_entries: Option<usize>,
+    evictions: Evictions,
 }
+
+/// Completed records evicted to make room: counted, and logged at most once
+/// a minute.
+struct Evictions {
+    counter: metrics::Counter,
+    /// Evictions since the last warning.
+    unreported: AtomicU64,
+    /// When the last warning was logged ([`MemoryStore::now`]), plus one (0: never).
+    warned: AtomicU64,
+}
+
+/// How often, at most, evictions are logged.
+const EVICTION_WARNING_EVERY: Millis = 60_000;
 
 #[derive(Default)]
 struct Shard {
@@ -202,7 +224,7 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// Bounds the number of records kept (default: unbounded).
+    /// Bounds the number of records kept (default [`DEFAULT_MAX_ENTRIES`]).
     ///
     /// The bound is applied per shard (`max_entries / shards`, the
     /// remainder spread over the first shards, so that the shards' bounds
@@ -214,6 +236,13 @@ impl MemoryStoreBuilder {
     /// in an almost empty store.
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = Some(max_entries.max(1));
+        self
+    }
+
+    /// No bound on the number of records: the store grows with the keys of
+    /// one TTL, whatever their number.
+    pub fn unbounded(mut self) -> Self {
+        self.max_entries = None;
         self
     }
 
@@ -231,6 +260,11 @@ impl MemoryStoreBuilder {
                 hasher: foldhash::fast::RandomState::default(),
                 epoch: Instant::now(),
                 max_entries: self.max_entries,
+                evictions: Evictions {
+                    counter: metrics::counter!(crate::telemetry::EVICTED, "store" => "memory"),
+                    unreported: AtomicU64::new(0),
+                    warned: AtomicU64::new(0),
+                },
             }),
         }
     }
@@ -252,7 +286,7 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An unbounded store with 64 shards.
+    /// A store of at most [`DEFAULT_MAX_ENTRIES`] records, in 64 shards.
     pub fn new() -> Self {
         Self::builder().build()
     }
@@ -261,7 +295,7 @@ impl MemoryStore {
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
             shards: 64,
-            max_entries: None,
+            max_entries: Some(DEFAULT_MAX_ENTRIES),
         }
     }
 
@@ -293,6 +327,30 @@ impl MemoryStore {
     /// low and top-7 bits inside the table, which is fine to share.
     fn shard_index(&self, hash: u64) -> usize {
         (hash >> 32) as usize & (self.inner.shards.len() - 1)
+    }
+
+    /// Counts an eviction, and logs the evictions so far if none was logged
+    /// in the last minute.
+    fn evicted(&self, max: usize, now: Millis) {
+        let evictions = &self.inner.evictions;
+        evictions.counter.increment(1);
+        evictions.unreported.fetch_add(1, Ordering::Relaxed);
+        let warned = evictions.warned.load(Ordering::Relaxed);
+        let due = warned == 0 || now.saturating_sub(warned - 1) >= EVICTION_WARNING_EVERY;
+        if due
+            && evictions
+                .warned
+                .compare_exchange(warned, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let evicted = evictions.unreported.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                max_entries = max,
+                evicted,
+                "the memory store is full: evicted the completed records closest to expiry, \
+                 whose keys can now run again; raise `max_entries` to keep a whole TTL"
+            );
+        }
     }
 
     /// With a bound on entries, how many records the shard of `hash` may
@@ -357,13 +415,13 @@ impl Shard {
 
     /// Makes room for one more record, evicting the completed record closest
     /// to expiry. Records in progress are never evicted.
-    fn make_room(&mut self, limit: usize, now: Millis) -> bool {
+    fn make_room(&mut self, limit: usize, now: Millis) -> Room {
         if self.table.len() < limit {
-            return true;
+            return Room::Free;
         }
         self.purge(now, usize::MAX);
         if self.table.len() < limit {
-            return true;
+            return Room::Free;
         }
         // Every entry popped here is either evicted or stale, so the work is
         // paid for by the pushes that created the entries.
@@ -374,11 +432,21 @@ impl Shard {
             let found = slot.get();
             if matches!(found.state, SlotState::Completed { .. }) && found.deadline() == d.at {
                 slot.remove();
-                return true;
+                return Room::Evicted;
             }
         }
-        false
+        Room::Full
     }
+}
+
+/// What making room for a record took.
+enum Room {
+    /// There was room.
+    Free,
+    /// A completed record was evicted.
+    Evicted,
+    /// Every record is in progress: none may be evicted.
+    Full,
 }
 
 /// A shard's heaps are rebuilt when they hold more than this many entries
@@ -487,8 +555,10 @@ impl Store for MemoryStore {
             let is_new = current.is_none();
             if is_new {
                 if let (Some(limit), Some(max)) = (self.shard_limit(hash), self.inner.max_entries) {
-                    if !shard.make_room(limit, now) {
-                        return Err(StoreError::CapacityExceeded { limit: max });
+                    match shard.make_room(limit, now) {
+                        Room::Free => {}
+                        Room::Evicted => self.evicted(max, now),
+                        Room::Full => return Err(StoreError::CapacityExceeded { limit: max }),
                     }
                 }
             }

@@ -26,7 +26,7 @@ mod redis;
 pub use self::redis::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use memory::{MemoryStore, MemoryStoreBuilder};
+pub use memory::{DEFAULT_MAX_ENTRIES, MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     DEFAULT_POSTGRES_TIMEOUT, MAX_POSTGRES_KEY_BYTES, MIGRATION, PURGE, PostgresStore, PurgeTask,
