@@ -6,31 +6,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{FromRequest as _, Request, State};
-use axum::http::header::CONTENT_LENGTH;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use idempotent_core::http::{
-    DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, missing_key_response,
-    too_large_response,
+    DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, fingerprint,
+    missing_key_response, read_key, too_large_response,
 };
-use idempotent_core::{
-    Begun, Error, Idempotency, IdempotencyKey, Operation, PostgresStore, PurgeTask, StoreError,
-};
+use idempotent_core::{Begun, Error, Idempotency, Operation, PostgresStore, PurgeTask, StoreError};
+use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use super::{LedgerEntry, NewPayment, Payment, invalid_currency};
+use super::{LedgerEntry, NewPayment, Payment, Tenant, invalid, problem, refused};
 
-/// The ledger: one row per charge actually executed.
+/// The ledger: one row per charge actually executed, with its tenant.
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS payments_ledger (
     id BIGSERIAL PRIMARY KEY,
     idempotency_key TEXT,
     amount BIGINT NOT NULL,
     currency TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)";
+);
+ALTER TABLE payments_ledger ADD COLUMN IF NOT EXISTS tenant TEXT NOT NULL DEFAULT 'anonymous'";
 
 /// One charge per key; no wait: a duplicate in flight gets 409 at once, as
 /// behind the layer.
@@ -55,7 +57,8 @@ pub(super) async fn routes<S>(
 ) -> Result<Router<S>, StoreError> {
     let store = PostgresStore::connect(url).await?;
     store.migrate().await?;
-    sqlx::query(LEDGER)
+    // Two statements: the simple protocol.
+    sqlx::raw_sql(LEDGER)
         .execute(store.pool())
         .await
         .map_err(StoreError::unavailable)?;
@@ -71,80 +74,168 @@ pub(super) async fn routes<S>(
         .with_state(db))
 }
 
-async fn charge(State(db): State<Db>, request: Request) -> Response {
-    // The layer's limit and answer for bodies over it: at once for a
-    // declared length (before any of the body is read), else once the
-    // reading passes axum's own limit, which is the same 2 MiB.
-    let declared = request
-        .headers()
+/// What a charge answered: stored with the ledger row in one commit, and
+/// replayed as it was (a `201` with the charge, or the handler's own `422`).
+#[derive(Debug, Serialize, Deserialize)]
+struct Answer {
+    status: u16,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    fn charged(payment: &Payment) -> Self {
+        Self {
+            status: StatusCode::CREATED.as_u16(),
+            body: serde_json::to_value(payment).unwrap_or_default(),
+        }
+    }
+
+    fn into_response(self, replayed: bool) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let content_type = if status.is_success() {
+            "application/json"
+        } else {
+            "application/problem+json"
+        };
+        let mut response = (
+            status,
+            [(CONTENT_TYPE, content_type)],
+            self.body.to_string(),
+        )
+            .into_response();
+        if replayed {
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// Why a transactional charge ended without an answer to store.
+enum Unstored {
+    /// The body was refused (not stored: the corrected retry runs).
+    Refused(Response),
+    /// The library's error (answered as the layer would).
+    Idempotency(Error),
+}
+
+impl From<Error> for Unstored {
+    fn from(error: Error) -> Self {
+        Self::Idempotency(error)
+    }
+}
+
+/// `POST /payments`, deciding as the layer does, in its order: the key
+/// (missing, repeated or malformed: `400`), the body (`413` over the
+/// limit), then the claim, with the fingerprint of the method, path and
+/// body bytes (another body under a used key: `422`; in flight: `409`;
+/// done: the stored answer, replayed). A body the `Json` extractor refuses
+/// is answered like the layer's handler answers it, after the claim, and
+/// nothing is stored.
+async fn charge(
+    State(db): State<Db>,
+    Extension(tenant): Extension<Tenant>,
+    request: Request,
+) -> Response {
+    let key = if db.protected {
+        match read_key(
+            request.headers(),
+            &IDEMPOTENCY_KEY.parse().expect("a header name"),
+        ) {
+            Ok(Some(key)) => Some(key),
+            Ok(None) => return missing_key_response(IDEMPOTENCY_KEY),
+            Err(refused) => return refused,
+        }
+    } else {
+        None
+    };
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > DEFAULT_BODY_LIMIT as u64) {
         return too_large_response(DEFAULT_BODY_LIMIT);
     }
-    let headers = request.headers().clone();
-    let new = match Json::<NewPayment>::from_request(request, &()).await {
-        Ok(Json(new)) => new,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let body = match Limited::new(body, DEFAULT_BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => {
             return too_large_response(DEFAULT_BODY_LIMIT);
         }
-        Err(rejection) => return rejection.into_response(),
+        Err(error) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable body",
+                &format!("the request body could not be read: {error}"),
+            );
+        }
     };
-    if let Some(invalid) = invalid_currency(&new) {
-        return invalid;
-    }
-    if i64::try_from(new.amount).is_err() {
-        let problem = serde_json::json!({
-            "type": "urn:payments:invalid-amount",
-            "title": "Invalid amount",
-            "status": 422,
-            "detail": format!("amount must be at most {} cents", i64::MAX),
-        });
-        return (StatusCode::UNPROCESSABLE_ENTITY, Json(problem)).into_response();
-    }
-    // Lossy: a byte outside ASCII becomes U+FFFD, which the key parser
-    // refuses with a clear message.
-    let header = headers
-        .get(IDEMPOTENCY_KEY)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    if !db.protected {
-        return match insert(&db, db.store.pool(), header.as_deref(), &new).await {
-            Ok(payment) => charged(payment),
+    let fingerprint = fingerprint(&parts.method, &parts.uri, &body);
+    let idempotency_key = key.as_ref().map(|key| key.as_str().to_owned());
+    let read = || async {
+        let request = Request::from_parts(parts.clone(), Body::from(body.clone()));
+        Json::<NewPayment>::from_request(request, &()).await
+    };
+    let Some(key) = key else {
+        // Unprotected: every request charges.
+        let new = match read().await {
+            Ok(Json(new)) => new,
+            Err(rejection) => return refused(&rejection),
+        };
+        if let Some((status, body)) = invalid(&new) {
+            return Answer {
+                status: status.as_u16(),
+                body,
+            }
+            .into_response(false);
+        }
+        return match insert(&db, db.store.pool(), &tenant, None, &new).await {
+            Ok(payment) => charged(&payment),
             Err(error) => error_response(&error),
         };
-    }
-    let key = match header.as_deref().map(IdempotencyKey::parse) {
-        Some(Ok(key)) => key,
-        Some(Err(error)) => return error_response(&Error::InvalidKey(error)),
-        None => return missing_key_response(IDEMPOTENCY_KEY),
     };
     let call = db
         .runtime
         .call(&CHARGE)
         .key(key.as_str())
-        .payload(&(new.amount, &new.currency));
-    let mut tx = match db.store.begin::<Payment>(call).await {
+        .scope(&tenant.0)
+        .fingerprint(fingerprint);
+    let mut tx = match db.store.begin::<Answer>(call).await {
         Ok(Begun::Fresh(tx)) => tx,
-        Ok(Begun::Replayed(payment)) => {
-            let mut response = (StatusCode::CREATED, Json(payment)).into_response();
-            response
-                .headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            return response;
-        }
+        Ok(Begun::Replayed(answer)) => return answer.into_response(true),
         Err(error) => return error_response(&error),
     };
-    let payment = insert(&db, &mut *tx, Some(key.as_str()), &new).await;
-    match tx.finish(payment).await {
-        Ok(done) => charged(done.value),
-        Err(error) => error_response(&error),
+    let answer = match read().await {
+        Err(rejection) => Err(Unstored::Refused(refused(&rejection))),
+        Ok(Json(new)) => match invalid(&new) {
+            Some((status, body)) => Ok(Answer {
+                status: status.as_u16(),
+                body,
+            }),
+            None => insert(&db, &mut *tx, &tenant, idempotency_key.as_deref(), &new)
+                .await
+                .map(|payment| Answer::charged(&payment))
+                .map_err(Unstored::Idempotency),
+        },
+    };
+    match tx.finish(answer).await {
+        Ok(done) => {
+            if done.value.status == StatusCode::CREATED.as_u16() {
+                metrics::counter!("payments_charged_total").increment(1);
+            }
+            done.value.into_response(false)
+        }
+        Err(Unstored::Refused(response)) => response,
+        Err(Unstored::Idempotency(error)) => error_response(&error),
     }
 }
 
-/// 201 with the charge, counted once it is committed.
-fn charged(payment: Payment) -> Response {
+/// 201 with the charge, counted.
+fn charged(payment: &Payment) -> Response {
     metrics::counter!("payments_charged_total").increment(1);
-    (StatusCode::CREATED, Json(payment)).into_response()
+    Answer::charged(payment).into_response(false)
 }
 
 /// The charge itself: the simulated work, then the ledger row (in the
@@ -152,17 +243,20 @@ fn charged(payment: Payment) -> Response {
 async fn insert<'c>(
     db: &Db,
     executor: impl sqlx::PgExecutor<'c>,
+    tenant: &Tenant,
     key: Option<&str>,
     new: &NewPayment,
 ) -> Result<Payment, Error> {
     if !db.work.is_zero() {
         tokio::time::sleep(db.work).await;
     }
-    // `charge` refused amounts beyond `i64::MAX`.
+    // `invalid` refused amounts beyond `i64::MAX`.
     let amount = i64::try_from(new.amount).unwrap_or(i64::MAX);
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO payments_ledger (idempotency_key, amount, currency) VALUES ($1, $2, $3) RETURNING id",
+        "INSERT INTO payments_ledger (tenant, idempotency_key, amount, currency)
+         VALUES ($1, $2, $3, $4) RETURNING id",
     )
+    .bind(&tenant.0)
     .bind(key)
     .bind(amount)
     .bind(&new.currency)
@@ -177,10 +271,12 @@ async fn insert<'c>(
     })
 }
 
-async fn list(State(db): State<Db>) -> Response {
+async fn list(State(db): State<Db>, Extension(tenant): Extension<Tenant>) -> Response {
     let rows = sqlx::query(
-        "SELECT id, idempotency_key, amount, currency FROM payments_ledger ORDER BY id",
+        "SELECT id, idempotency_key, amount, currency FROM payments_ledger
+         WHERE tenant = $1 ORDER BY id",
     )
+    .bind(&tenant.0)
     .fetch_all(db.store.pool())
     .await;
     let rows = match rows {

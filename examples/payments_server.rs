@@ -1,5 +1,6 @@
 //! `cargo run --example payments-server -- [--addr 127.0.0.1:3000]
-//! [--store memory|redis://...|postgres://...] [--work-ms N] [--unprotected]`
+//! [--store memory|redis://...|postgres://...] [--work-ms N] [--unprotected]
+//! [--memory-records N]`
 //!
 //! A payment API behind the idempotency layer (see `examples/payments.rs`).
 //! With a `postgres://` store the ledger is a table in that database and
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use examples::payments::{Config, StoreChoice, app};
 
-const USAGE: &str = "usage: payments-server [--addr 127.0.0.1:3000] [--store memory|redis://HOST:PORT|postgres://USER@HOST/DB] [--work-ms N] [--unprotected]";
+const USAGE: &str = "usage: payments-server [--addr 127.0.0.1:3000] [--store memory|redis://HOST:PORT|postgres://USER@HOST/DB] [--work-ms N] [--unprotected] [--memory-records N (default 100000)]";
 
 struct Args {
     addr: SocketAddr,
@@ -33,6 +34,12 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 config.work = Duration::from_millis(ms);
             }
             "--unprotected" => config.protected = false,
+            "--memory-records" => {
+                let records = value()?
+                    .parse()
+                    .map_err(|e| format!("--memory-records: {e}"))?;
+                config.memory_records = Some(records);
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }

@@ -33,6 +33,7 @@ async fn serve(store: StoreChoice, protected: bool) -> SocketAddr {
         store,
         work: Duration::from_millis(5),
         protected,
+        ..Config::default()
     };
     let router = app(&config).await.expect("the app starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

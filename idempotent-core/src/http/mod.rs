@@ -91,6 +91,7 @@ mod codec;
 mod config;
 mod handlers;
 mod problem;
+mod request;
 mod service;
 
 pub use config::{
@@ -98,6 +99,7 @@ pub use config::{
     InFlight, Scope, ScopeChosen, ScopeUnchosen,
 };
 pub use handlers::Handlers;
+pub use request::{fingerprint, read_key};
 pub use service::IdempotencyService;
 
 /// The request header carrying the key, by default.

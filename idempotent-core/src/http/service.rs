@@ -17,8 +17,9 @@ use super::codec::{HttpCodec, Outcome};
 use super::config::Config;
 use super::handlers::RunToEnd;
 use super::problem::{self, problem};
+use super::request::{fingerprint, read_key};
+use crate::StorageKey;
 use crate::engine::{Executed, execute};
-use crate::{Fingerprint, IdempotencyKey, StorageKey};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -84,22 +85,11 @@ where
     if !config.methods.contains(request.method()) {
         return inner.call(request).await;
     }
-    let mut values = request.headers().get_all(&config.header).iter();
-    let key = match (values.next(), values.next()) {
-        (None, _) if config.required => return Ok(problem::missing_key(config.header.as_str())),
-        (None, _) => return inner.call(request).await,
-        (Some(_), Some(_)) => {
-            let detail = format!("the `{}` header must be sent once", config.header);
-            return Ok(problem(problem::MALFORMED_KEY, &detail));
-        }
-        (Some(value), None) => match value.to_str().map(IdempotencyKey::parse) {
-            Ok(Ok(key)) => key,
-            Ok(Err(error)) => return Ok(problem::malformed_key(&error)),
-            Err(_) => {
-                let detail = "the idempotency key must be visible ASCII characters";
-                return Ok(problem(problem::MALFORMED_KEY, detail));
-            }
-        },
+    let key = match read_key(request.headers(), &config.header) {
+        Ok(Some(key)) => key,
+        Ok(None) if config.required => return Ok(problem::missing_key(config.header.as_str())),
+        Ok(None) => return inner.call(request).await,
+        Err(refused) => return Ok(refused),
     };
 
     let (parts, body) = request.into_parts();
@@ -128,12 +118,7 @@ where
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or(&parts.uri, |original| &original.0);
-    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let fingerprint = Fingerprint::from_parts([
-        parts.method.as_str().as_bytes(),
-        path_and_query.as_bytes(),
-        &body,
-    ]);
+    let fingerprint = fingerprint(&parts.method, uri, &body);
     let route = format!("{} {}", parts.method, uri.path());
     let scope = config.scope.as_ref().and_then(|scope| scope(&parts));
     let storage_key = StorageKey::new(

@@ -1,0 +1,68 @@
+//! What the layer reads from a request: its key and its fingerprint. Public,
+//! so that a handler which runs the engine itself (the PostgreSQL
+//! same-transaction mode, say) decides exactly as the layer does.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, Response, Uri};
+
+use super::problem::{self, problem};
+use crate::{Fingerprint, IdempotencyKey};
+
+/// The idempotency key of a request, read from `header` as
+/// [`IdempotencyLayer`](super::IdempotencyLayer) reads it: `Ok(None)` when
+/// the header is absent, else the key, or the layer's `400` problem answer
+/// when the header is sent more than once or the key is malformed (not 1 to
+/// 255 visible ASCII characters, or a bad RFC 8941 sf-string).
+///
+/// ```
+/// use http::{HeaderMap, HeaderName};
+/// use idempotent_core::http::{IDEMPOTENCY_KEY, read_key};
+///
+/// let header = HeaderName::from_static(IDEMPOTENCY_KEY);
+/// let mut headers = HeaderMap::new();
+/// assert!(matches!(read_key::<Vec<u8>>(&headers, &header), Ok(None)));
+/// headers.insert(&header, "\"order-42\"".parse().unwrap());
+/// let key = read_key::<Vec<u8>>(&headers, &header).unwrap().unwrap();
+/// assert_eq!(key.as_str(), "order-42");
+/// headers.append(&header, "order-43".parse().unwrap());
+/// assert_eq!(read_key::<Vec<u8>>(&headers, &header).unwrap_err().status(), 400);
+/// ```
+pub fn read_key<B: From<Bytes>>(
+    headers: &HeaderMap,
+    header: &HeaderName,
+) -> Result<Option<IdempotencyKey>, Response<B>> {
+    let mut values = headers.get_all(header).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => {
+            let detail = format!("the `{header}` header must be sent once");
+            Err(problem(problem::MALFORMED_KEY, &detail))
+        }
+        (Some(value), None) => match value.to_str().map(IdempotencyKey::parse) {
+            Ok(Ok(key)) => Ok(Some(key)),
+            Ok(Err(error)) => Err(problem::malformed_key(&error)),
+            Err(_) => {
+                let detail = "the idempotency key must be visible ASCII characters";
+                Err(problem(problem::MALFORMED_KEY, detail))
+            }
+        },
+    }
+}
+
+/// The fingerprint of a request as the layer computes it: its method, its
+/// path and query as the client sent them, and its body bytes. The same key
+/// with another fingerprint is a key reused for another request (`422`).
+///
+/// ```
+/// use http::{Method, Uri};
+/// use idempotent_core::http::fingerprint;
+///
+/// let uri: Uri = "/payments?currency=USD".parse().unwrap();
+/// let a = fingerprint(&Method::POST, &uri, br#"{"amount":100}"#);
+/// assert_eq!(a, fingerprint(&Method::POST, &uri, br#"{"amount":100}"#));
+/// assert_ne!(a, fingerprint(&Method::POST, &uri, br#"{"amount": 100}"#));
+/// ```
+pub fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> Fingerprint {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Fingerprint::from_parts([method.as_str().as_bytes(), path_and_query.as_bytes(), body])
+}
