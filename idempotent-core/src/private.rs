@@ -86,29 +86,48 @@ impl OperationCell {
 }
 
 /// The default operation name of an annotated function, from where it is
-/// defined: `site` is `type_name_of_val` of an item the macro declares in
-/// the function's body (`shop::Payments::charge::__idempotent_site`), and
-/// `self_type` is `type_name::<Self>()` for a method.
+/// defined: `module` is `module_path!()` and `function` the function's name,
+/// both written at expansion; `site` is `type_name_of_val` of an item the
+/// macro declares in the function's body
+/// (`shop::Payments::charge::__idempotent_site`), and `self_type` is
+/// `type_name::<Self>()` for a method.
 ///
-/// The definition's own path tells apart every two functions: an inherent
-/// method (`shop::Payments::charge`) from a trait's
+/// A free function is named `module::function`, from the two strings
+/// written at expansion: no compiler upgrade can change it. `site` only
+/// tells whether the function is free: its path starts with the module and
+/// the function's own name, whatever the compiler prints after that.
+///
+/// A function inside an `impl` (a method, an associated function) is named
+/// by its definition's path, which tells apart every two of them: an
+/// inherent method (`shop::Payments::charge`) from a trait's
 /// (`<shop::Payments as shop::Charge>::charge`), associated functions of
 /// two types in one module (`shop::A::create`, `shop::B::create`), and
-/// the impls of a trait for `Svc<Cards>` and for `Svc<Transfers>`. Generic
-/// arguments that are only placeholders are left out (`shop::Svc<_>` is
-/// `shop::Svc`): the instances of one generic impl are one function, and
-/// share records. A method whose path does not name its `Self` type (a
-/// trait's default method, a blanket impl) is one function for several
-/// types, so the type is added, whole (`shop::Charge::charge for
-/// shop::Desk<shop::Cards>`).
+/// the impls of a trait for `Svc<Cards>` and for `Svc<Transfers>`. Only the
+/// compiler knows that path, and `type_name` does not promise to print it
+/// the same way across compiler versions: give such an operation an
+/// explicit `name` (its current one, to keep its records) where its records
+/// must outlive a toolchain upgrade. Generic arguments that are only
+/// placeholders are left out (`shop::Svc<_>` is `shop::Svc`): the
+/// instances of one generic impl are one function, and share records. A
+/// method whose path does not name its `Self` type (a trait's default
+/// method, a blanket impl) is one function for several types, so the type
+/// is added, whole (`shop::Charge::charge for shop::Desk<shop::Cards>`).
 ///
 /// Built once per name and kept for the life of the process.
-pub fn operation_name(site: &'static str, self_type: Option<&'static str>) -> &'static str {
+pub fn operation_name(
+    module: &'static str,
+    function: &'static str,
+    site: &'static str,
+    self_type: Option<&'static str>,
+) -> &'static str {
     type Names = HashMap<(&'static str, Option<&'static str>), &'static str>;
     static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
     let names = NAMES.get_or_init(Default::default);
     let mut names = names.lock().unwrap_or_else(PoisonError::into_inner);
     names.entry((site, self_type)).or_insert_with(|| {
+        if is_free(module, function, site) {
+            return Box::leak(format!("{module}::{function}").into_boxed_str());
+        }
         let path = definition_path(site);
         let name = match self_type {
             Some(ty) if !names_path(&path, type_path(ty)) => format!("{path} for {ty}"),
@@ -118,12 +137,28 @@ pub fn operation_name(site: &'static str, self_type: Option<&'static str>) -> &'
     })
 }
 
+/// Whether `site` is inside a free function `function` of `module`: its
+/// path goes on from the module with the function's name, not with a type
+/// or a trait's `<...>` (an `impl`), nor with another function (nested).
+fn is_free(module: &str, function: &str, site: &str) -> bool {
+    site.strip_prefix(module)
+        .and_then(|rest| rest.strip_prefix("::"))
+        .and_then(|rest| rest.split("::").next())
+        .is_some_and(|first| first == function)
+}
+
 /// The path of the function holding `site`: without the site's own name,
 /// the `{{closure}}` segments of an `async` body, and generic argument
 /// lists that hold only placeholders (`<_>`, `<'_>`, `<_, '_, _>`).
 fn definition_path(site: &str) -> String {
     let site = site.strip_suffix("::__idempotent_site").unwrap_or(site);
-    let site = site.replace("::{{closure}}", "");
+    // The body of an `async fn` is a closure in the path, printed
+    // `{{closure}}` today (and `{{closure}}#1`, `{closure#0}` elsewhere).
+    let site = site
+        .split("::")
+        .filter(|segment| !is_closure(segment))
+        .collect::<Vec<_>>()
+        .join("::");
     let mut path = String::with_capacity(site.len());
     let mut rest = site.as_str();
     while let Some(open) = rest.find('<') {
@@ -139,6 +174,13 @@ fn definition_path(site: &str) -> String {
     }
     path.push_str(rest);
     path
+}
+
+/// Whether a path segment is a closure's, in any of the ways rustc prints
+/// one.
+fn is_closure(segment: &str) -> bool {
+    let inner = segment.trim_start_matches('{').trim_end_matches('}');
+    inner == "closure" || inner.starts_with("closure#") || segment.starts_with("{{closure}}#")
 }
 
 /// Whether `path` holds `ty` as a whole path (not as part of a longer name).
@@ -244,9 +286,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_free_functions_name_is_its_module_and_name_whatever_the_compiler_prints() {
+        for site in [
+            "shop::orders::charge::{{closure}}::__idempotent_site",
+            "shop::orders::charge::{{closure}}#0::__idempotent_site",
+            "shop::orders::charge::{closure#0}::__idempotent_site",
+            "shop::orders::charge::__idempotent_site",
+            "shop::orders::charge::{{something new}}::__idempotent_site",
+        ] {
+            assert_eq!(
+                operation_name("shop::orders", "charge", site, None),
+                "shop::orders::charge",
+                "{site}"
+            );
+        }
+        // Not free: an associated function, a trait's, a nested function.
+        assert_eq!(
+            operation_name("shop", "create", "shop::A::create::__idempotent_site", None),
+            "shop::A::create"
+        );
+        assert_eq!(
+            operation_name(
+                "shop",
+                "go",
+                "<shop::Svc as shop::Charge>::go::{closure#0}::__idempotent_site",
+                Some("shop::Svc")
+            ),
+            "<shop::Svc as shop::Charge>::go"
+        );
+        assert_eq!(
+            operation_name(
+                "shop",
+                "inner",
+                "shop::outer::inner::__idempotent_site",
+                None
+            ),
+            "shop::outer::inner"
+        );
+        // A module whose name starts like another's.
+        assert!(!is_free(
+            "shop::api",
+            "create",
+            "shop::api_types::X::create::__idempotent_site"
+        ));
+    }
+
+    #[test]
     fn default_names_follow_the_definition() {
-        let name = |site: &'static str, self_type| operation_name(site, self_type);
-        // A free function (an `async fn` body is a closure in the path).
+        // The module and function names given are those of the site; a
+        // free function's name is built from them alone (see `free_functions`).
+        let name = |site: &'static str, self_type| operation_name("shop", "", site, self_type);
         assert_eq!(
             name("shop::charge::{{closure}}::__idempotent_site", None),
             "shop::charge"

@@ -314,7 +314,11 @@ fn operation_name(args: &Args, func: &ItemFn, private: &TokenStream) -> TokenStr
     } else {
         quote!(::core::option::Option::None)
     };
+    // As the compiler prints it: `r#type` is `type`.
+    let function = syn::ext::IdentExt::unraw(&func.sig.ident).to_string();
     quote!(#private::operation_name(
+        ::core::module_path!(),
+        #function,
         ::core::any::type_name_of_val(&__idempotent_site),
         #self_type,
     ))
