@@ -58,6 +58,10 @@ pub mod telemetry;
 #[path = "private.rs"]
 pub mod __private;
 
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 /// Runs an `async fn` once per idempotency key; see the crate documentation.
 ///
 /// Options, all but `key` optional:

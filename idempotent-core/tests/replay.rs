@@ -134,3 +134,31 @@ async fn a_free_function_with_a_runtime_argument_runs_once_per_key() {
     assert_ne!(other, first);
     assert_eq!(FREE_RUNS.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_replayed_float_is_the_fresh_one_to_the_last_bit() {
+    // Found by the `result_record` fuzz target: serde_json's default float
+    // parser reads `0.9999999929999999` (what it writes for that f64) back
+    // as the next f64, `0.999999993`.
+    static OP: Operation = Operation::new("replay.float");
+    let idem = Idempotency::new(MemoryStore::new());
+    for (i, fresh) in [
+        0.999_999_992_999_999_9_f64,
+        0.999_999_993,
+        0.1 + 0.2,
+        1e-308,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let call = || {
+            idem.call(&OP)
+                .key(&format!("k{i}"))
+                .run(async { Ok::<_, Error>(fresh) })
+        };
+        assert!(!call().await.unwrap().replayed);
+        let replayed = call().await.unwrap();
+        assert!(replayed.replayed);
+        assert_eq!(replayed.value.to_bits(), fresh.to_bits(), "{fresh:?}");
+    }
+}

@@ -87,7 +87,7 @@
 //! # let _ = app;
 //! ```
 
-mod codec;
+pub(crate) mod codec;
 mod config;
 mod handlers;
 mod problem;

@@ -34,6 +34,12 @@ pub use postgres::{
 #[cfg(feature = "postgres")]
 pub use postgres_tx::{Begun, KeyTransaction, TxBody};
 
+// The record decoders, for the fuzz entry points (`crate::__fuzz`).
+#[cfg(feature = "redis")]
+pub(crate) use self::redis::decode as decode_redis_value;
+#[cfg(feature = "postgres")]
+pub(crate) use postgres::decode_columns as decode_postgres_columns;
+
 /// A backend holding idempotency records.
 ///
 /// Usable generically (`S: Store`) and as a trait object (`Arc<dyn Store>`).
@@ -77,6 +83,13 @@ pub trait Store: Send + Sync + 'static {
     /// it into the completed record instead of reading it back (the Redis
     /// store does). Another fingerprint is refused as
     /// [`StoreError::LeaseLost`], like another token, and changes nothing.
+    ///
+    /// A store may acknowledge a completion whose record is already stored
+    /// byte for byte (same fingerprint, same response), whatever its token,
+    /// instead of refusing it: nothing changes either way, and a completion
+    /// sent twice (its first answer lost with a connection) then succeeds
+    /// twice. The Redis store does; the model test (`tests/model.rs`) holds
+    /// every store to the rest.
     async fn complete(
         &self,
         key: &StorageKey,

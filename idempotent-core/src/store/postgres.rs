@@ -312,17 +312,35 @@ pub(crate) fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError
 /// relative to "now" = 0).
 pub(crate) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError> {
     let get = |e: sqlx::Error| corrupt(key, e.to_string());
-    let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(get)?;
-    let token: Option<Vec<u8>> = row.try_get("token").map_err(get)?;
-    let response: Option<Vec<u8>> = row.try_get("response").map_err(get)?;
-    let remaining: i64 = row.try_get("remaining_ms").map_err(get)?;
-    let fingerprint = <[u8; 16]>::try_from(fingerprint.as_slice())
+    decode_columns(
+        key,
+        &row.try_get::<Vec<u8>, _>("fingerprint").map_err(get)?,
+        row.try_get::<Option<Vec<u8>>, _>("token")
+            .map_err(get)?
+            .as_deref(),
+        row.try_get::<Option<Vec<u8>>, _>("response")
+            .map_err(get)?
+            .as_deref(),
+        row.try_get("remaining_ms").map_err(get)?,
+    )
+}
+
+/// A record from the columns of its row: whatever they hold, a record or
+/// [`StoreError::Corrupt`], never a panic.
+pub(crate) fn decode_columns(
+    key: &StorageKey,
+    fingerprint: &[u8],
+    token: Option<&[u8]>,
+    response: Option<&[u8]>,
+    remaining_ms: i64,
+) -> Result<Record, StoreError> {
+    let fingerprint = <[u8; 16]>::try_from(fingerprint)
         .map_err(|_| corrupt(key, "the fingerprint is not 16 bytes"))?;
-    let deadline = u64::try_from(remaining.max(1)).unwrap_or(1);
+    let deadline = u64::try_from(remaining_ms.max(1)).unwrap_or(1);
     let state = match (token, response) {
         (Some(token), None) => RecordState::InProgress {
             token: LeaseToken::from_u128(u128::from_be_bytes(
-                <[u8; 16]>::try_from(token.as_slice())
+                <[u8; 16]>::try_from(token)
                     .map_err(|_| corrupt(key, "the lease token is not 16 bytes"))?,
             )),
             lease_until: deadline,

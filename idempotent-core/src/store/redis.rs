@@ -90,12 +90,14 @@ end
 /// the substrings and the concatenation of `fenced!`: 3.5 µs of Redis CPU
 /// per completion with a 200-byte response, against 4.0 µs.
 ///
-/// A record that already holds exactly ARGV[2] answers 1 too: redis-rs's
-/// cluster client sends a command again when its connection drops before
-/// the answer arrives, and the first sending may have completed the record.
-/// (A stale owner whose completion is byte for byte the one stored is told
-/// it succeeded as well: nothing is overwritten, and its value is the one
-/// every retry gets.)
+/// A record that already holds exactly ARGV[2] answers 1 too, whatever
+/// token ARGV[1] carries: redis-rs's cluster client, the standalone
+/// connection's second sending and a completion retried once Redis is back
+/// (see `deferred`) all send a completion again when a connection drops
+/// before its answer arrives, and the first sending may have completed the
+/// record. (A stale owner, or any token, whose completion is byte for byte
+/// the one stored is told it succeeded as well: nothing is overwritten, the
+/// TTL is not extended, and its value is the one every retry gets.)
 ///
 /// In a file of its own, so that the Redis bench's `floor` sends this very
 /// script.
@@ -726,7 +728,7 @@ fn is_own_claim(stored: &[u8], ours: &[u8; IN_PROGRESS_LEN]) -> bool {
 
 /// Decodes a stored value into a [`Record`] whose deadline is "alive" (Redis
 /// keeps the expiry itself and only hands out live keys).
-fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreError> {
+pub(crate) fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreError> {
     let u128_at = |at: usize| {
         let raw: [u8; 16] = bytes[at..at + 16].try_into().unwrap_or_default();
         u128::from_be_bytes(raw)
