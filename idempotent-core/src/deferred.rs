@@ -5,27 +5,40 @@
 //! a retry run the body again. When storing the result fails for a reason
 //! that may pass (the store is down, or did not answer in time), the engine
 //! hands the result to a [`Deferred`] completion: a task of its own that
-//! stores it as soon as the store is back, trying again with backoff, and
-//! renews the lease meanwhile whenever the store answers. It gives up only
-//! when the store fences it (the lease ran out or was taken over: counted
-//! as [`LOST`](crate::telemetry::LOST)), when the store refuses the record
-//! for good (corrupt, or a key it cannot hold), or when the process ends.
+//! stores it as soon as the store is back, trying again every
+//! [`retry_delay`] at most, and renews the lease whenever a third of it has
+//! passed since the last renewal that worked. It gives up when the store
+//! fences it (the lease was taken over), when the lease has run out on the
+//! store's clock (past the last renewal that worked, by the lease and a
+//! margin), when the store refuses the record for good (corrupt, or a key
+//! it cannot hold), or when the process ends; each is counted as
+//! [`LOST`](crate::telemetry::LOST) and logged.
 //!
 //! What remains at risk: an outage longer than the lease's remaining time
 //! (Redis and PostgreSQL expire the lease on their own clock), or a process
-//! that ends before the store is back. Size the lease for the outages the
-//! store is expected to have.
+//! that ends before the store is back
+//! ([`Idempotency::settled`](crate::Idempotency::settled) waits for them at
+//! shutdown). Size the lease for the outages the store is expected to have.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::LeaseToken;
+use crate::runtime::{Idempotency, PendingResult};
 use crate::store::{MAX_RETRY_DELAY, Store, StoreError, backoff};
 use crate::telemetry::{Handles, StoreCall};
+
+/// The longest pause between two tries of a write for a key whose lease is
+/// `lease`: a tenth of it (so that a store back with little of the lease
+/// left still gets the write in time), at most a second.
+pub(crate) fn retry_delay(lease: Duration) -> Duration {
+    (lease / 10).clamp(Duration::from_millis(5), MAX_RETRY_DELAY)
+}
 
 /// A result to store once the store takes it.
 pub(crate) struct Deferred {
@@ -35,19 +48,36 @@ pub(crate) struct Deferred {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) bytes: Vec<u8>,
     pub(crate) ttl: Duration,
-    /// The lease the key was claimed with, renewed every third of it.
+    /// The lease the key was claimed with.
     pub(crate) lease: Duration,
+    /// When the last renewal that worked (or the claim) was sent.
+    pub(crate) renewed: Instant,
     pub(crate) metrics: Handles,
 }
 
+/// How a deferred completion ended.
+enum Outcome {
+    Stored,
+    /// Fenced, or the lease ran out first.
+    LeaseLost,
+    /// The store refused the record for good.
+    Refused(StoreError),
+}
+
 impl Deferred {
-    /// Stores the result in a task of its own, in the current span. Outside
-    /// a tokio runtime (nothing to run it on), the result is lost.
-    pub(crate) fn spawn(self) {
+    /// Stores the result in a task of its own, in the current span, counted
+    /// by `runtime` until it ends. Outside a tokio runtime (nothing to run
+    /// it on), the result is lost.
+    pub(crate) fn spawn(self, runtime: &Idempotency) {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 self.metrics.pending.increment(1.0);
-                handle.spawn(self.run().in_current_span());
+                let task = Task {
+                    deferred: self,
+                    _pending: runtime.pending_result(),
+                    ended: false,
+                };
+                handle.spawn(task.run().in_current_span());
             }
             Err(_) => {
                 self.metrics.lost.increment(1);
@@ -59,61 +89,110 @@ impl Deferred {
         }
     }
 
-    async fn run(self) {
-        // Often enough that a store back with little of the lease left
-        // still gets the result in time: a tenth of the lease, at most a
-        // second.
-        let max_delay = (self.lease / 10).clamp(Duration::from_millis(5), MAX_RETRY_DELAY);
+    async fn complete(&self) -> Result<(), StoreError> {
+        let started = quanta::Instant::now();
+        let completed = self
+            .store
+            .complete(
+                &self.key,
+                self.token,
+                self.fingerprint,
+                &self.bytes,
+                self.ttl,
+            )
+            .await;
+        self.metrics
+            .store_call(StoreCall::Complete, started.elapsed(), completed.is_ok());
+        completed
+    }
+
+    async fn store(&mut self) -> (Outcome, u32) {
+        let max_delay = retry_delay(self.lease);
         let mut delays = backoff(max_delay);
         let renew_every = self.lease / 3;
-        let mut renewed = tokio::time::Instant::now();
         let mut tries = 1_u32;
-        let outcome = loop {
+        loop {
             tokio::time::sleep(delays.next().unwrap_or(max_delay)).await;
             tries = tries.saturating_add(1);
-            let started = quanta::Instant::now();
-            let completed = self
-                .store
-                .complete(
-                    &self.key,
-                    self.token,
-                    self.fingerprint,
-                    &self.bytes,
-                    self.ttl,
-                )
-                .await;
-            self.metrics
-                .store_call(StoreCall::Complete, started.elapsed(), completed.is_ok());
-            match completed {
-                Ok(()) => break Ok(()),
-                Err(error) if !error.is_transient() => break Err(error),
+            match self.complete().await {
+                Ok(()) => return (Outcome::Stored, tries),
+                Err(StoreError::LeaseLost) => return (Outcome::LeaseLost, tries),
+                Err(error) if !error.is_transient() => return (Outcome::Refused(error), tries),
                 Err(_) => {}
             }
-            // The store may answer other calls while this one keeps failing
-            // (a slow write of a large result): keep the key held meanwhile.
-            if renewed.elapsed() >= renew_every {
+            // Past the lease on the store's clock (with a margin for the
+            // clocks' difference): the record is gone or anybody's, so no
+            // completion can land any more.
+            if self.renewed.elapsed() >= self.lease + max_delay {
+                return (Outcome::LeaseLost, tries);
+            }
+            // The store may answer other calls while completions fail (a
+            // slow write of a large result): keep the key held meanwhile.
+            if self.renewed.elapsed() >= renew_every {
+                let sent = Instant::now();
                 match self.store.renew(&self.key, self.token, self.lease).await {
-                    Ok(()) => renewed = tokio::time::Instant::now(),
-                    Err(error) if !error.is_transient() => break Err(error),
+                    Ok(()) => self.renewed = sent,
+                    // A completion that timed out may have landed after
+                    // all: the record is no longer in progress, and a
+                    // completion sent again is acknowledged if so.
+                    Err(StoreError::LeaseLost) => {
+                        tries = tries.saturating_add(1);
+                        return match self.complete().await {
+                            Ok(()) => (Outcome::Stored, tries),
+                            Err(_) => (Outcome::LeaseLost, tries),
+                        };
+                    }
                     Err(_) => {}
                 }
             }
-        };
-        self.metrics.pending.decrement(1.0);
+        }
+    }
+}
+
+/// A deferred completion in its task. Dropped before it ended (the runtime
+/// shut down: the process is ending), its result is lost, and said so.
+struct Task {
+    deferred: Deferred,
+    _pending: PendingResult,
+    ended: bool,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let (outcome, tries) = self.deferred.store().await;
+        self.ended = true;
+        let metrics = &self.deferred.metrics;
         match outcome {
-            Ok(()) => tracing::info!(tries, "stored the result of a body once the store was back"),
-            Err(StoreError::LeaseLost) => {
-                self.metrics.lost.increment(1);
+            Outcome::Stored => {
+                tracing::info!(tries, "stored the result of a body once the store was back");
+            }
+            Outcome::LeaseLost => {
+                metrics.lost.increment(1);
                 tracing::error!(
                     tries,
-                    "the body ran but its lease ran out before the store was back: its result is \
-                     lost, and a retry runs the body again (a longer lease covers longer outages)"
+                    "the body ran but its lease ran out before the store took its result: the \
+                     result is lost, and a retry runs the body again (a longer lease rides out \
+                     longer outages)"
                 );
             }
-            Err(error) => {
-                self.metrics.lost.increment(1);
+            Outcome::Refused(error) => {
+                metrics.lost.increment(1);
                 tracing::error!(tries, %error, "the body ran but the store refused its result");
             }
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.deferred.metrics.pending.decrement(1.0);
+        if !self.ended {
+            self.deferred.metrics.lost.increment(1);
+            tracing::error!(
+                key = %self.deferred.key,
+                "a result still waiting for the store was dropped (the runtime shut down): it is \
+                 lost, and a retry after the lease runs out runs the body again"
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-use crate::deferred::Deferred;
+use crate::deferred::{Deferred, retry_delay};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, KeyError, StorageKey};
@@ -611,6 +611,11 @@ where
                     key: storage_key,
                     token: acquired.token,
                     fingerprint,
+                    // Read once the claim answered: later than the store
+                    // started the lease by a round trip at most, which the
+                    // lease's margins cover (renewals at a third of it).
+                    renewed: tokio::time::Instant::now(),
+                    lease,
                     armed: true,
                 };
                 // Boxed: the running state (body, renewal timer, encoding)
@@ -692,7 +697,16 @@ where
     let store = runtime.store().as_ref();
     let token = guard.token;
     let storage_key = guard.key.clone();
-    let value = with_renewal(store, &storage_key, token, lease, operation, body).await;
+    let value = with_renewal(
+        store,
+        &storage_key,
+        token,
+        lease,
+        operation,
+        &mut guard.renewed,
+        body,
+    )
+    .await;
     let fresh = |value| {
         Ok(Executed {
             value,
@@ -705,7 +719,14 @@ where
             // Disarmed only once the release has answered: a caller that
             // drops this future while the release is on its way (a timeout
             // around the call) still frees the key, through the guard.
-            release(runtime.store(), operation, &storage_key, token).await;
+            release(
+                runtime.store(),
+                operation,
+                &storage_key,
+                token,
+                guard.lease_left(),
+            )
+            .await;
             guard.disarm();
             return fresh(value);
         }
@@ -749,9 +770,10 @@ where
                 bytes,
                 ttl,
                 lease,
+                renewed: guard.renewed,
                 metrics: operation.metrics().clone(),
             }
-            .spawn();
+            .spawn(runtime);
             fresh(value)
         }
         Err(error) => {
@@ -787,13 +809,19 @@ async fn release(
     operation: &Operation,
     key: &StorageKey,
     token: LeaseToken,
+    lease_left: Duration,
 ) {
     let released = timed(operation, StoreCall::Release, store.release(key, token)).await;
     match released {
         Ok(()) => {}
+        // A release sent twice (the connection dropped before the first
+        // answer) finds the key released already.
+        Err(StoreError::LeaseLost) => {
+            tracing::debug!("the key was no longer held: released already, or its lease ran out");
+        }
         Err(error) if error.is_transient() => {
             tracing::warn!(%error, "could not release the key; trying again until the store answers");
-            Arc::clone(store).release_detached(key.clone(), token);
+            Arc::clone(store).release_detached(key.clone(), token, lease_left);
         }
         Err(error) => {
             tracing::warn!(%error, "could not release the key; it is freed when its lease runs out");
@@ -819,32 +847,36 @@ type Renewal<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 
 
 /// Polls `body` and, once it has had to wait, renews the lease every third
 /// of its length, in the same task: no spawn, and nothing at all on the fast
-/// path of a body that finishes on its first poll.
+/// path of a body that finishes on its first poll. A renewal that fails is
+/// tried again sooner ([`retry_delay`]), and `renewed` is when the last one
+/// that worked was sent.
 async fn with_renewal<F: Future>(
     store: &dyn Store,
     key: &StorageKey,
     token: LeaseToken,
     lease: Duration,
     operation: &Operation,
+    renewed: &mut tokio::time::Instant,
     body: F,
 ) -> F::Output {
     let mut body = pin!(body);
     let interval = (lease / 3).max(Duration::from_millis(1));
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut renewal: Option<Renewal<'_>> = None;
+    let mut renewal: Option<(tokio::time::Instant, Renewal<'_>)> = None;
     let mut lost = false;
     poll_fn(|cx| {
         if let Poll::Ready(value) = body.as_mut().poll(cx) {
             return Poll::Ready(value);
         }
         loop {
-            if let Some(pending) = renewal.as_mut() {
+            if let Some((sent, pending)) = renewal.as_mut() {
                 let Poll::Ready(result) = pending.as_mut().poll(cx) else {
                     return Poll::Pending;
                 };
+                let sent = *sent;
                 renewal = None;
                 match result {
-                    Ok(()) => {}
+                    Ok(()) => *renewed = sent,
                     Err(StoreError::LeaseLost) => {
                         lost = true;
                         tracing::warn!(
@@ -854,6 +886,11 @@ async fn with_renewal<F: Future>(
                     }
                     Err(error) => {
                         tracing::warn!(%error, "could not renew the lease; retrying");
+                        if let Some(timer) = timer.as_mut() {
+                            timer
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + retry_delay(lease));
+                        }
                     }
                 }
             }
@@ -864,8 +901,9 @@ async fn with_renewal<F: Future>(
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            timer.as_mut().reset(tokio::time::Instant::now() + interval);
-            renewal = Some(store.renew(key, token, lease));
+            let now = tokio::time::Instant::now();
+            timer.as_mut().reset(now + interval);
+            renewal = Some((now, store.renew(key, token, lease)));
         }
     })
     .await
@@ -879,6 +917,9 @@ struct LeaseGuard {
     token: LeaseToken,
     /// The fingerprint the lease was claimed with, for `complete`.
     fingerprint: Fingerprint,
+    /// When the lease was last known to be renewed (or claimed).
+    renewed: tokio::time::Instant,
+    lease: Duration,
     armed: bool,
 }
 
@@ -886,12 +927,18 @@ impl LeaseGuard {
     fn disarm(&mut self) {
         self.armed = false;
     }
+
+    /// How long the lease may still be live on the store.
+    fn lease_left(&self) -> Duration {
+        (self.renewed + self.lease).saturating_duration_since(tokio::time::Instant::now())
+    }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         if self.armed {
-            Arc::clone(&self.store).release_detached(self.key.clone(), self.token);
+            let lease_left = self.lease_left();
+            Arc::clone(&self.store).release_detached(self.key.clone(), self.token, lease_left);
         }
     }
 }

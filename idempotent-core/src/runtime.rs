@@ -1,8 +1,11 @@
 //! The runtime handle: which store, which defaults, set once at start-up.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::store::Store;
@@ -47,6 +50,28 @@ struct Inner {
     namespace: Box<str>,
     ttl: Duration,
     lease: Duration,
+    pending: Pending,
+}
+
+/// Results of bodies that ran, waiting in tasks of their own for the store
+/// to take them (see [`Idempotency::settled`]).
+#[derive(Default)]
+pub(crate) struct Pending {
+    count: AtomicUsize,
+    /// Woken when `count` falls to zero.
+    settled: Notify,
+}
+
+/// One pending result, counted until dropped.
+pub(crate) struct PendingResult(Idempotency);
+
+impl Drop for PendingResult {
+    fn drop(&mut self) {
+        let pending = &self.0.inner.pending;
+        if pending.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            pending.settled.notify_waiters();
+        }
+    }
 }
 
 impl fmt::Debug for Idempotency {
@@ -104,6 +129,7 @@ impl IdempotencyBuilder {
                 namespace: self.namespace,
                 ttl: self.ttl,
                 lease: self.lease,
+                pending: Pending::default(),
             }),
         }
     }
@@ -160,6 +186,49 @@ impl Idempotency {
     /// The default lease.
     pub fn lease(&self) -> Duration {
         self.inner.lease
+    }
+
+    /// How many results of bodies that ran are waiting for the store to
+    /// take them (it was down, or slow, when they finished); their keys
+    /// stay held meanwhile. See [`settled`](Self::settled).
+    pub fn pending_results(&self) -> usize {
+        self.inner.pending.count.load(Ordering::Acquire)
+    }
+
+    /// Returns once no result of this runtime waits for the store: each was
+    /// stored, or given up (its lease ran out first). Call it at shutdown,
+    /// once the service takes no more calls (after the HTTP layer's
+    /// `handlers().wait()`), under a timeout: while the store is down, it
+    /// waits. A result still waiting when the process ends is lost: its key
+    /// is freed when its lease runs out, and a retry runs the body again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_core::{Idempotency, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let idempotency = Idempotency::new(MemoryStore::new());
+    /// // ... serve, then stop taking calls ...
+    /// let settled = tokio::time::timeout(Duration::from_secs(30), idempotency.settled()).await;
+    /// assert!(settled.is_ok());
+    /// assert_eq!(idempotency.pending_results(), 0);
+    /// # }
+    /// ```
+    pub async fn settled(&self) {
+        let pending = &self.inner.pending;
+        loop {
+            let settled = pending.settled.notified();
+            if pending.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
+
+    /// Counts a pending result until the returned value is dropped.
+    pub(crate) fn pending_result(&self) -> PendingResult {
+        self.inner.pending.count.fetch_add(1, Ordering::AcqRel);
+        PendingResult(self.clone())
     }
 }
 

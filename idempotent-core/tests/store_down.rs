@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idempotent_core::{
     ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MemoryStore, Operation, StorageKey,
-    Store, StoreError,
+    Store, StoreError, telemetry,
 };
 use support::bank::Bank;
 use support::faulty::{Fault, Faulty, Outage, refused};
@@ -112,15 +112,21 @@ impl From<Error> for StoreDown {
 }
 
 /// Runs `call` until it answers something other than "the store is down"
-/// or "in progress", sleeping 100 ms between tries, as a client retries.
+/// or "in progress", sleeping 100 ms between tries, as a client retries;
+/// for at most a minute of the (paused) clock.
 async fn settled<F, Fut>(call: F) -> Result<idempotent_core::Executed<usize>, Error>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<idempotent_core::Executed<usize>, Error>>,
 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match call().await {
             Err(error) if error.is_store_unavailable() || error.is_in_progress() => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never settled: {error:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return other,
@@ -128,8 +134,53 @@ where
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_result_the_store_could_not_take_is_stored_when_it_is_back_and_replayed() {
+/// The counters and gauges recorded so far, summed over their labels. (A
+/// snapshot hands out what changed since the last one.)
+struct Recorded {
+    snapshotter: metrics_util::debugging::Snapshotter,
+    totals: std::cell::RefCell<std::collections::HashMap<String, f64>>,
+}
+
+impl Recorded {
+    fn get(&self, name: &str) -> f64 {
+        use metrics_util::debugging::DebugValue;
+        let mut totals = self.totals.borrow_mut();
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let change = match value {
+                DebugValue::Counter(n) => n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => continue,
+            };
+            *totals.entry(key.key().name().to_owned()).or_default() += change;
+        }
+        totals.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `test` on a paused current-thread runtime, with a metrics recorder
+/// of its own.
+fn with_metrics<F: std::future::Future<Output = ()>>(test: impl FnOnce(Recorded) -> F) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let recorded = Recorded {
+        snapshotter: recorder.snapshotter(),
+        totals: Default::default(),
+    };
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(test(recorded));
+    });
+}
+
+#[test]
+fn a_result_the_store_could_not_take_is_stored_when_it_is_back_and_replayed() {
+    with_metrics(a_result_stored_when_the_store_is_back);
+}
+
+async fn a_result_stored_when_the_store_is_back(metrics: Recorded) {
     static OP: Operation = Operation::new("down.complete").lease(Duration::from_secs(2));
     let outage = Outage::default();
     let idem = Idempotency::new(Faulty::new(Fault::Outage(outage.clone())));
@@ -152,6 +203,8 @@ async fn a_result_the_store_could_not_take_is_stored_when_it_is_back_and_replaye
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = call().await.unwrap_err();
     assert!(during.is_store_unavailable(), "{during:?}");
+    assert_eq!(idem.pending_results(), 1);
+    assert_eq!(metrics.get(telemetry::PENDING), 1.0);
     outage.end();
     let retry = settled(call).await.unwrap();
     assert_eq!(
@@ -160,6 +213,10 @@ async fn a_result_the_store_could_not_take_is_stored_when_it_is_back_and_replaye
         "stored once the store was back, and replayed"
     );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+    idem.settled().await;
+    assert_eq!(idem.pending_results(), 0);
+    assert_eq!(metrics.get(telemetry::PENDING), 0.0);
+    assert_eq!(metrics.get(telemetry::LOST), 0.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -177,8 +234,8 @@ async fn a_result_waiting_for_the_store_keeps_the_key_held_past_its_first_lease(
         })
     };
     call().await.unwrap();
-    // Back for a moment, then down again: long enough for the background
-    // completion to fail and renew the lease, never to complete.
+    // Back, but completions keep failing (a result too large to write in
+    // time, say) while renewals work: the key stays held.
     store.fail_completions(true);
     outage.end();
     for _ in 0..10 {
@@ -192,8 +249,12 @@ async fn a_result_waiting_for_the_store_keeps_the_key_held_past_its_first_lease(
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_outage_longer_than_the_lease_loses_the_result_and_a_retry_runs_again() {
+#[test]
+fn an_outage_longer_than_the_lease_loses_the_result_and_a_retry_runs_again() {
+    with_metrics(an_outage_longer_than_the_lease);
+}
+
+async fn an_outage_longer_than_the_lease(metrics: Recorded) {
     // What remains at risk, and what the README says to size the lease for.
     static OP: Operation = Operation::new("down.lost").lease(Duration::from_secs(2));
     let outage = Outage::default();
@@ -202,7 +263,9 @@ async fn an_outage_longer_than_the_lease_loses_the_result_and_a_retry_runs_again
     let call = || {
         idem.call(&OP).key("order-1").payload(&1).run(async {
             let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            outage.start();
+            if run == 1 {
+                outage.start();
+            }
             Ok::<_, Error>(run)
         })
     };
@@ -211,6 +274,56 @@ async fn an_outage_longer_than_the_lease_loses_the_result_and_a_retry_runs_again
     outage.end();
     let retry = settled(call).await.unwrap();
     assert_eq!((retry.value, retry.replayed), (2, false));
+    idem.settled().await;
+    assert_eq!(
+        metrics.get(telemetry::LOST),
+        1.0,
+        "the lost result is counted"
+    );
+    assert_eq!(metrics.get(telemetry::PENDING), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_resume_as_soon_as_the_store_answers_again() {
+    // The store is down for most of the body's run, so the last renewal
+    // that worked is old when the body ends; then it answers everything but
+    // completions. The lease must be renewed at once, not a third of a
+    // lease after the hand-off, or it runs out and a retry runs again.
+    static OP: Operation = Operation::new("down.stale").lease(Duration::from_secs(3));
+    let outage = Outage::default();
+    let store = Arc::new(Faulty::new(Fault::Outage(outage.clone())));
+    let idem = Idempotency::new(Arc::clone(&store));
+    let runs = AtomicUsize::new(0);
+    let call = || {
+        idem.call(&OP).key("order-1").payload(&1).run(async {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            if run == 1 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                outage.start();
+                tokio::time::sleep(Duration::from_millis(1600)).await;
+                store.fail_completions(true);
+            }
+            Ok::<_, Error>(run)
+        })
+    };
+    let (first, ()) = tokio::join!(call(), async {
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        outage.end();
+    });
+    let first = first.unwrap();
+    assert_eq!(first.value, 1);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let retry = call().await;
+        assert!(
+            retry.as_ref().is_err_and(Error::is_in_progress),
+            "the key stays held: {retry:?}"
+        );
+    }
+    store.fail_completions(false);
+    let retry = settled(call).await.unwrap();
+    assert_eq!((retry.value, retry.replayed), (1, true));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -312,7 +312,7 @@ async fn expiry_removes_records_once_a_call_touches_their_shard() {
 async fn a_detached_release_frees_the_key_at_once() {
     let store = Arc::new(MemoryStore::new());
     let token = acquire(&store, &key(0), LEASE).await;
-    Arc::clone(&store).release_detached(key(0), token);
+    Arc::clone(&store).release_detached(key(0), token, LEASE);
     // No task, no time: the very next claim acquires.
     acquire(&store, &key(0), LEASE).await;
 }

@@ -676,7 +676,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
+    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken, _: Duration) {
         // Releasing is synchronous here: no task, no waiting for the lease.
         let _ = self.release_now(&key, token);
     }

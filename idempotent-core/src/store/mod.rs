@@ -125,26 +125,32 @@ pub trait Store: Send + Sync + 'static {
     /// Releases a lease from synchronous code (a `Drop` impl, when a body
     /// panicked or its future was dropped), without waiting for the answer.
     ///
+    /// `lease_left` is how long the lease may still be live: after it, the
+    /// store frees the key by itself, and a release is moot.
+    ///
     /// The default releases in a task on the current tokio runtime, if there
     /// is one (otherwise the lease simply runs out), and tries again with
-    /// backoff for as long as the store cannot be reached, so that a retry
-    /// finds the key free soon after the store is back rather than when the
-    /// lease runs out. Fencing keeps it safe: a release of a lease that ran
-    /// out or was taken over is refused and ends the task. Stores that can
-    /// release synchronously override it.
-    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
+    /// backoff while the store cannot be reached, until it answers or the
+    /// lease is over, so that a retry finds the key free soon after the
+    /// store is back rather than when the lease runs out. Fencing keeps it
+    /// safe: a release of a lease that ran out or was taken over is refused
+    /// and ends the task. Stores that can release synchronously override it.
+    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken, lease_left: Duration) {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(release_until_answered(self, key, token));
+            let until = tokio::time::Instant::now() + lease_left;
+            handle.spawn(release_until_answered(self, key, token, until));
         }
     }
 }
 
 /// Releases `key` for `token`, again and again while the store cannot be
-/// reached; ends on any answer from it.
-pub(crate) async fn release_until_answered<S: Store + ?Sized>(
+/// reached; ends on any answer from it, or once `until` (the end of the
+/// lease) is past.
+async fn release_until_answered<S: Store + ?Sized>(
     store: Arc<S>,
     key: StorageKey,
     token: LeaseToken,
+    until: tokio::time::Instant,
 ) {
     let mut delays = backoff(MAX_RETRY_DELAY);
     let mut failures = 0_u32;
@@ -162,6 +168,10 @@ pub(crate) async fn release_until_answered<S: Store + ?Sized>(
                 return;
             }
             Err(error) if error.is_transient() => {
+                if tokio::time::Instant::now() >= until {
+                    tracing::warn!(%key, %error, "could not release a key before its lease ran out");
+                    return;
+                }
                 if failures == 0 {
                     tracing::warn!(%key, %error, "could not release a key; trying again until the store answers");
                 }
@@ -292,7 +302,7 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         (**self).wait(key, timeout).await
     }
 
-    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken) {
-        Arc::clone(&*self).release_detached(key, token);
+    fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken, lease_left: Duration) {
+        Arc::clone(&*self).release_detached(key, token, lease_left);
     }
 }
