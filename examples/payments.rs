@@ -125,8 +125,9 @@ pub struct LedgerEntry {
 /// idempotency scope, and whose charges `GET /payments` lists.
 ///
 /// The token names the tenant in this example; a real service would use
-/// the authenticated principal's id. Only a digest of the token is kept,
-/// so no credential reaches the idempotency store or the ledger.
+/// the authenticated principal's id. The store and the ledger keep a
+/// 128-bit XXH3 digest of the token, not the token (a real service that
+/// must derive a scope from a secret would use a keyed hash, HMAC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant(pub String);
 
@@ -140,9 +141,13 @@ impl Tenant {
         let Some(value) = headers.get(AUTHORIZATION) else {
             return Some(Self(ANONYMOUS.to_owned()));
         };
-        let token = value.to_str().ok()?.strip_prefix("Bearer ").filter(|t| {
-            !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic())
-        })?;
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+        let token = Some(token)
+            .filter(|_| scheme.eq_ignore_ascii_case("bearer"))
+            .filter(|t| {
+                !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic())
+            })?;
         Some(Self(format!("tenant-{:032x}", xxh3_128(token.as_bytes()))))
     }
 }

@@ -8,21 +8,21 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest as _, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use idempotent_core::http::{
     DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, fingerprint,
-    missing_key_response, read_key, too_large_response,
+    missing_key_response, read_body, read_key,
 };
 use idempotent_core::{Begun, Error, Idempotency, Operation, PostgresStore, PurgeTask, StoreError};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sqlx::Row as _;
 
-use super::{LedgerEntry, NewPayment, Payment, Tenant, invalid, problem, refused};
+use super::{LedgerEntry, NewPayment, Payment, Tenant, invalid, refused};
 
 /// The ledger: one row per charge actually executed, with its tenant.
 const LEDGER: &str = "CREATE TABLE IF NOT EXISTS payments_ledger (
@@ -75,19 +75,30 @@ pub(super) async fn routes<S>(
 }
 
 /// What a charge answered: stored with the ledger row in one commit, and
-/// replayed as it was (a `201` with the charge, or the handler's own `422`).
+/// replayed as it was, byte for byte (a `201` with the charge, or the
+/// handler's own `422`).
 #[derive(Debug, Serialize, Deserialize)]
 struct Answer {
     status: u16,
-    body: serde_json::Value,
+    body: Box<RawValue>,
 }
 
 impl Answer {
-    fn charged(payment: &Payment) -> Self {
-        Self {
+    /// A `201` with the charge, its fields in the order the layer's path
+    /// writes them.
+    fn charged(payment: &Payment) -> Result<Self, Error> {
+        Ok(Self {
             status: StatusCode::CREATED.as_u16(),
-            body: serde_json::to_value(payment).unwrap_or_default(),
-        }
+            body: raw(payment)?,
+        })
+    }
+
+    /// The handler's own refusal of a payment it cannot charge.
+    fn refused(status: StatusCode, problem: &serde_json::Value) -> Result<Self, Error> {
+        Ok(Self {
+            status: status.as_u16(),
+            body: raw(problem)?,
+        })
     }
 
     fn into_response(self, replayed: bool) -> Response {
@@ -97,12 +108,8 @@ impl Answer {
         } else {
             "application/problem+json"
         };
-        let mut response = (
-            status,
-            [(CONTENT_TYPE, content_type)],
-            self.body.to_string(),
-        )
-            .into_response();
+        let body = String::from(Box::<str>::from(self.body));
+        let mut response = (status, [(CONTENT_TYPE, content_type)], body).into_response();
         if replayed {
             response
                 .headers_mut()
@@ -151,26 +158,9 @@ async fn charge(
         None
     };
     let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > DEFAULT_BODY_LIMIT as u64) {
-        return too_large_response(DEFAULT_BODY_LIMIT);
-    }
-    let body = match Limited::new(body, DEFAULT_BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => {
-            return too_large_response(DEFAULT_BODY_LIMIT);
-        }
-        Err(error) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "unreadable-body",
-                "Unreadable body",
-                &format!("the request body could not be read: {error}"),
-            );
-        }
+    let body = match read_body(&parts.headers, body, DEFAULT_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let fingerprint = fingerprint(&parts.method, &parts.uri, &body);
     let idempotency_key = key.as_ref().map(|key| key.as_str().to_owned());
@@ -184,15 +174,18 @@ async fn charge(
             Ok(Json(new)) => new,
             Err(rejection) => return refused(&rejection),
         };
-        if let Some((status, body)) = invalid(&new) {
-            return Answer {
-                status: status.as_u16(),
-                body,
-            }
-            .into_response(false);
+        if let Some((status, problem)) = invalid(&new) {
+            return match Answer::refused(status, &problem) {
+                Ok(answer) => answer.into_response(false),
+                Err(error) => error_response(&error),
+            };
         }
-        return match insert(&db, db.store.pool(), &tenant, None, &new).await {
-            Ok(payment) => charged(&payment),
+        let charged = insert(&db, db.store.pool(), &tenant, None, &new).await;
+        return match charged.and_then(|payment| Answer::charged(&payment)) {
+            Ok(answer) => {
+                metrics::counter!("payments_charged_total").increment(1);
+                answer.into_response(false)
+            }
             Err(error) => error_response(&error),
         };
     };
@@ -210,14 +203,11 @@ async fn charge(
     let answer = match read().await {
         Err(rejection) => Err(Unstored::Refused(refused(&rejection))),
         Ok(Json(new)) => match invalid(&new) {
-            Some((status, body)) => Ok(Answer {
-                status: status.as_u16(),
-                body,
-            }),
+            Some((status, problem)) => Answer::refused(status, &problem).map_err(Unstored::from),
             None => insert(&db, &mut *tx, &tenant, idempotency_key.as_deref(), &new)
                 .await
-                .map(|payment| Answer::charged(&payment))
-                .map_err(Unstored::Idempotency),
+                .and_then(|payment| Answer::charged(&payment))
+                .map_err(Unstored::from),
         },
     };
     match tx.finish(answer).await {
@@ -232,10 +222,13 @@ async fn charge(
     }
 }
 
-/// 201 with the charge, counted.
-fn charged(payment: &Payment) -> Response {
-    metrics::counter!("payments_charged_total").increment(1);
-    Answer::charged(payment).into_response(false)
+/// `value` as raw JSON, kept byte for byte.
+fn raw(value: &impl Serialize) -> Result<Box<RawValue>, Error> {
+    serde_json::value::to_raw_value(value).map_err(|e| Error::Codec {
+        action: "encode",
+        operation: CHARGE.name().to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 /// The charge itself: the simulated work, then the ledger row (in the

@@ -134,6 +134,11 @@ async fn replays_reuse_and_duplicates_in_flight_answer_the_same_on_every_store()
             (StatusCode::CREATED, false),
             "{base}"
         );
+        assert!(
+            first.body.starts_with(r#"{"id":"#),
+            "the same fields in the same order on {base}: {}",
+            first.body
+        );
         let retry = post(base, &key, PAYMENT).await;
         assert_eq!(
             (retry.status, retry.replayed),

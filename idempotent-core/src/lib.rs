@@ -58,6 +58,7 @@ pub mod telemetry;
 #[path = "private.rs"]
 pub mod __private;
 
+#[cfg(feature = "fuzz")]
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;

@@ -27,9 +27,11 @@ pub const EVICTED: &str = "idempotent_evicted_total";
 /// Gauge: results of bodies that ran, waiting for the store to take them
 /// (it was down or slow when they finished); their keys stay held.
 pub const PENDING: &str = "idempotent_pending_results";
-/// Counter: results of bodies that ran and were never stored, because the
-/// lease ran out or was taken over before the store took them: a retry of
-/// such a key runs the body again. Alert on it.
+/// Counter: results of bodies that ran and were never stored: the lease ran
+/// out or was taken over before the store took them, the store refused
+/// them for good, or the process ended first (the runtime shut down, or
+/// there was none to retry on). A retry of such a key runs the body again
+/// once its lease is over. Alert on it.
 pub const LOST: &str = "idempotent_lost_results_total";
 
 /// The store calls timed by [`STORE_LATENCY`] (the values of its `call` label).

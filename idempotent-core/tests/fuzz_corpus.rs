@@ -4,7 +4,12 @@
 //! decoder is checked on every `cargo test`, so a regression fails here even
 //! where cargo-fuzz is not installed. `scripts/test` also fuzzes each target
 //! for a while.
-#![cfg(all(feature = "http", feature = "redis", feature = "postgres"))]
+#![cfg(all(
+    feature = "fuzz",
+    feature = "http",
+    feature = "redis",
+    feature = "postgres"
+))]
 
 use std::path::Path;
 

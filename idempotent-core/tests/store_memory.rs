@@ -229,13 +229,26 @@ async fn the_default_store_is_bounded_and_counts_its_evictions() {
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    // The store registers its counter when it is built.
-    let store = metrics::with_local_recorder(&recorder, MemoryStore::new);
+    let store = MemoryStore::new();
     let beyond = 500;
+    // The memory store answers at once: polled once, under the recorder
+    // (its eviction counter is registered with the recorder installed at
+    // the first eviction).
+    let now = |claim: std::pin::Pin<&mut dyn std::future::Future<Output = _>>| {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match metrics::with_local_recorder(&recorder, || claim.poll(&mut context)) {
+            std::task::Poll::Ready(answer) => answer,
+            std::task::Poll::Pending => panic!("the memory store answers at once"),
+        }
+    };
     for i in 0..idempotent_core::DEFAULT_MAX_ENTRIES + beyond {
-        let token = acquire(&store, &key(i), LEASE).await;
+        let key = key(i);
+        let claim = store.claim(&key, FP, LEASE);
+        let ClaimOutcome::Acquired(lease) = now(std::pin::pin!(claim)).unwrap() else {
+            panic!("a new key is acquired");
+        };
         store
-            .complete(&key(i), token, FP, b"r", Duration::from_secs(3600))
+            .complete(&key, lease.token, FP, b"r", Duration::from_secs(3600))
             .await
             .unwrap();
     }

@@ -178,15 +178,25 @@ fn default_rejection(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 413 | 415 | 422)
 }
 
-/// A builder whose scope is not chosen yet: it cannot build a layer.
+/// A builder whose scope is not chosen yet: it cannot build a layer. See
+/// [`IdempotencyLayer::builder`].
 #[derive(Debug)]
 pub struct ScopeUnchosen;
 
 /// A builder whose scope is chosen: a scope function, or a single tenant.
+/// See [`IdempotencyLayer::builder`].
 #[derive(Debug)]
 pub struct ScopeChosen;
 
 /// Whether a builder's scope is chosen; see [`IdempotencyLayer::builder`].
+/// A builder whose scope is not chosen has no `build()`:
+///
+/// ```compile_fail
+/// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+///
+/// // error: the layer's scope is not chosen
+/// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).build();
+/// ```
 #[diagnostic::on_unimplemented(
     message = "the layer's scope is not chosen",
     label = "choose it before `build()`",
@@ -318,6 +328,17 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// the handler marks it [`Handled`]; unmarked, the key is released and
     /// the corrected retry runs. `|_| false` stores every status the
     /// [`store_status`](Self::store_status) policy allows, marked or not.
+    ///
+    /// ```
+    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    ///
+    /// // A framework that answers refusals with 400 only.
+    /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+    ///     .rejection_status(|status| status == 400)
+    ///     .single_tenant()
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
     pub fn rejection_status(
         mut self,
         rejection: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
@@ -330,6 +351,18 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// authenticated principal), from its head; `None` is the empty scope,
     /// shared by every request that has none. The same key in two scopes is
     /// two keys, so one caller never gets another's response.
+    ///
+    /// ```
+    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    ///
+    /// #[derive(Clone)]
+    /// struct Account(String); // put in the request by the authentication middleware
+    ///
+    /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+    ///     .scope(|request| request.extensions.get::<Account>().map(|a| a.0.clone()))
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
     pub fn scope(
         self,
         scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
@@ -343,6 +376,15 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// No scope: every caller shares one space of keys. Only for a service
     /// with a single tenant, or whose callers are all trusted to pick keys
     /// that never collide (UUIDs); otherwise use [`scope`](Self::scope).
+    ///
+    /// ```
+    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    ///
+    /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+    ///     .single_tenant()
+    ///     .build();
+    /// # let _ = layer;
+    /// ```
     pub fn single_tenant(self) -> IdempotencyLayerBuilder<ScopeChosen> {
         IdempotencyLayerBuilder {
             scope: None,

@@ -99,7 +99,7 @@ pub use config::{
     InFlight, Scope, ScopeChosen, ScopeUnchosen,
 };
 pub use handlers::Handlers;
-pub use request::{fingerprint, read_key};
+pub use request::{fingerprint, read_body, read_key};
 pub use service::IdempotencyService;
 
 /// The request header carrying the key, by default.

@@ -1,9 +1,12 @@
-//! What the layer reads from a request: its key and its fingerprint. Public,
-//! so that a handler which runs the engine itself (the PostgreSQL
-//! same-transaction mode, say) decides exactly as the layer does.
+//! What the layer reads from a request: its key, its body and its
+//! fingerprint. Public, so that a handler which runs the engine itself (the
+//! PostgreSQL same-transaction mode, say) decides exactly as the layer does.
 
 use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, Method, Response, Uri};
+use http_body::Body;
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
 use super::problem::{self, problem};
 use crate::{Fingerprint, IdempotencyKey};
@@ -49,9 +52,54 @@ pub fn read_key<B: From<Bytes>>(
     }
 }
 
+/// The body of a request, read as the layer reads it: the layer's `413`
+/// problem at once if its `Content-Length` says it is over `limit` bytes,
+/// or once it goes over while it is read; its `400` if it cannot be read
+/// (the client's connection failed half-way).
+///
+/// ```
+/// use http::HeaderMap;
+/// use idempotent_core::http::read_body;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let body = http_body_util::Full::new(bytes::Bytes::from_static(b"{\"amount\":100}"));
+/// let read = read_body::<_, Vec<u8>>(&HeaderMap::new(), body, 1024).await.unwrap();
+/// assert_eq!(&read[..], b"{\"amount\":100}");
+/// let large = http_body_util::Full::new(bytes::Bytes::from(vec![0; 2048]));
+/// assert_eq!(read_body::<_, Vec<u8>>(&HeaderMap::new(), large, 1024).await.unwrap_err().status(), 413);
+/// # }
+/// ```
+pub async fn read_body<B, R>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<Bytes, Response<R>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R: From<Bytes>,
+{
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(problem::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(problem::too_large(limit)),
+        Err(error) => {
+            let detail = format!("the request body could not be read: {error}");
+            Err(problem(problem::UNREADABLE_BODY, &detail))
+        }
+    }
+}
+
 /// The fingerprint of a request as the layer computes it: its method, its
 /// path and query as the client sent them, and its body bytes. The same key
 /// with another fingerprint is a key reused for another request (`422`).
+/// Under axum's `Router::nest`, pass the path the client sent (axum's
+/// `OriginalUri`), as the layer does, not the nested route's.
 ///
 /// ```
 /// use http::{Method, Uri};

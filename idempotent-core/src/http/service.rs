@@ -15,9 +15,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::IDEMPOTENT_REPLAYED;
 use super::codec::{HttpCodec, Outcome};
 use super::config::Config;
+use super::config::Handled;
 use super::handlers::RunToEnd;
-use super::problem::{self, problem};
-use super::request::{fingerprint, read_key};
+use super::problem;
+use super::request::{fingerprint, read_body, read_key};
 use crate::StorageKey;
 use crate::engine::{Executed, execute};
 
@@ -93,21 +94,9 @@ where
     };
 
     let (parts, body) = request.into_parts();
-    let too_large = || problem::too_large(config.body_limit);
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > config.body_limit as u64) {
-        return Ok(too_large());
-    }
-    let body = match Limited::new(body, config.body_limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => return Ok(too_large()),
-        Err(error) => {
-            let detail = format!("the request body could not be read: {error}");
-            return Ok(problem(problem::UNREADABLE_BODY, &detail));
-        }
+    let body = match read_body(&parts.headers, body, config.body_limit).await {
+        Ok(body) => body,
+        Err(refused) => return Ok(refused),
     };
 
     // Under axum's `Router::nest`, a nested route sees its path without the
@@ -181,8 +170,10 @@ where
     Ok(match executed {
         Ok(Executed { value, .. }) => match value {
             Outcome::Fresh(mut parts, body) => {
-                // Only a replay is marked, whatever the handler set.
+                // Only a replay is marked, whatever the handler set; and a
+                // fresh answer carries no more than its replays do.
                 parts.headers.remove(IDEMPOTENT_REPLAYED);
+                parts.extensions.remove::<Handled>();
                 Response::from_parts(parts, ResBody::from(body))
             }
             Outcome::Replayed(stored) => {

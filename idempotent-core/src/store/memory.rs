@@ -21,7 +21,19 @@ use crate::record::{
 };
 
 /// The bound on records of [`MemoryStore::new`]: 100,000, about 40 MB with
-/// 200-byte responses (about 400 bytes a record).
+/// 200-byte responses (about 400 bytes a record). With the default 24-hour
+/// TTL, that holds every key of a day at about one new key a second; size
+/// [`max_entries`](MemoryStoreBuilder::max_entries) to your rate of new
+/// keys times the TTL.
+///
+/// ```
+/// use idempotent_core::{DEFAULT_MAX_ENTRIES, MemoryStore};
+///
+/// // Ten new keys a second, kept a day.
+/// let store = MemoryStore::builder().max_entries(10 * 24 * 3600).build();
+/// assert!(10 * 24 * 3600 > DEFAULT_MAX_ENTRIES);
+/// # let _ = store;
+/// ```
 pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
 
 /// Responses up to this size are kept in the same allocation as their key.
@@ -76,7 +88,9 @@ struct Inner {
 /// Completed records evicted to make room: counted, and logged at most once
 /// a minute.
 struct Evictions {
-    counter: metrics::Counter,
+    /// Registered on the first eviction, with whatever recorder is
+    /// installed then.
+    counter: std::sync::OnceLock<metrics::Counter>,
     /// Evictions since the last warning.
     unreported: AtomicU64,
     /// When the last warning was logged ([`MemoryStore::now`]), plus one (0: never).
@@ -241,6 +255,13 @@ impl MemoryStoreBuilder {
 
     /// No bound on the number of records: the store grows with the keys of
     /// one TTL, whatever their number.
+    ///
+    /// ```
+    /// use idempotent_core::MemoryStore;
+    ///
+    /// let store = MemoryStore::builder().unbounded().build();
+    /// # let _ = store;
+    /// ```
     pub fn unbounded(mut self) -> Self {
         self.max_entries = None;
         self
@@ -261,7 +282,7 @@ impl MemoryStoreBuilder {
                 epoch: Instant::now(),
                 max_entries: self.max_entries,
                 evictions: Evictions {
-                    counter: metrics::counter!(crate::telemetry::EVICTED, "store" => "memory"),
+                    counter: std::sync::OnceLock::new(),
                     unreported: AtomicU64::new(0),
                     warned: AtomicU64::new(0),
                 },
@@ -333,7 +354,10 @@ impl MemoryStore {
     /// in the last minute.
     fn evicted(&self, max: usize, now: Millis) {
         let evictions = &self.inner.evictions;
-        evictions.counter.increment(1);
+        evictions
+            .counter
+            .get_or_init(|| metrics::counter!(crate::telemetry::EVICTED, "store" => "memory"))
+            .increment(1);
         evictions.unreported.fetch_add(1, Ordering::Relaxed);
         let warned = evictions.warned.load(Ordering::Relaxed);
         let due = warned == 0 || now.saturating_sub(warned - 1) >= EVICTION_WARNING_EVERY;

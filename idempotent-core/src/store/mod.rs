@@ -35,9 +35,9 @@ pub use postgres::{
 pub use postgres_tx::{Begun, KeyTransaction, TxBody};
 
 // The record decoders, for the fuzz entry points (`crate::__fuzz`).
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "fuzz", feature = "redis"))]
 pub(crate) use self::redis::decode as decode_redis_value;
-#[cfg(feature = "postgres")]
+#[cfg(all(feature = "fuzz", feature = "postgres"))]
 pub(crate) use postgres::decode_columns as decode_postgres_columns;
 
 /// A backend holding idempotency records.
@@ -256,6 +256,13 @@ impl StoreError {
     /// Whether the same call may succeed later: the store was unreachable
     /// or full. A fenced lease, a corrupt record and a key the store
     /// cannot hold stay as they are.
+    ///
+    /// ```
+    /// use idempotent_core::StoreError;
+    ///
+    /// assert!(StoreError::unavailable("connection refused").is_transient());
+    /// assert!(!StoreError::LeaseLost.is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::CapacityExceeded { .. })
     }
