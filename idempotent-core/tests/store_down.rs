@@ -175,6 +175,26 @@ fn with_metrics<F: std::future::Future<Output = ()>>(test: impl FnOnce(Recorded)
     });
 }
 
+/// A call of `operation` with the key `order-1` whose body answers its run
+/// number; the first run takes the store down (`outage`) as it finishes.
+fn first_run_takes_the_store_down<'a>(
+    idem: &'a Idempotency,
+    operation: &'static Operation,
+    runs: &'a AtomicUsize,
+    outage: &'a Outage,
+) -> impl std::future::Future<Output = Result<idempotent_core::Executed<usize>, Error>> + 'a {
+    idem.call(operation)
+        .key("order-1")
+        .payload(&1)
+        .run(async move {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            if run == 1 {
+                outage.start();
+            }
+            Ok::<_, Error>(run)
+        })
+}
+
 #[test]
 fn a_result_the_store_could_not_take_is_stored_when_it_is_back_and_replayed() {
     with_metrics(a_result_stored_when_the_store_is_back);
@@ -185,14 +205,7 @@ async fn a_result_stored_when_the_store_is_back(metrics: Recorded) {
     let outage = Outage::default();
     let idem = Idempotency::new(Faulty::new(Fault::Outage(outage.clone())));
     let runs = AtomicUsize::new(0);
-    let call = || {
-        idem.call(&OP).key("order-1").payload(&1).run(async {
-            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            // The store goes down while the body runs.
-            outage.start();
-            Ok::<_, Error>(run)
-        })
-    };
+    let call = || first_run_takes_the_store_down(&idem, &OP, &runs, &outage);
     let first = call().await.unwrap();
     assert_eq!(
         (first.value, first.replayed),
@@ -226,13 +239,7 @@ async fn a_result_waiting_for_the_store_keeps_the_key_held_past_its_first_lease(
     let store = Arc::new(Faulty::new(Fault::Outage(outage.clone())));
     let idem = Idempotency::new(Arc::clone(&store));
     let runs = AtomicUsize::new(0);
-    let call = || {
-        idem.call(&OP).key("order-1").payload(&1).run(async {
-            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            outage.start();
-            Ok::<_, Error>(run)
-        })
-    };
+    let call = || first_run_takes_the_store_down(&idem, &OP, &runs, &outage);
     call().await.unwrap();
     // Back, but completions keep failing (a result too large to write in
     // time, say) while renewals work: the key stays held.
@@ -260,15 +267,7 @@ async fn an_outage_longer_than_the_lease(metrics: Recorded) {
     let outage = Outage::default();
     let idem = Idempotency::new(Faulty::new(Fault::Outage(outage.clone())));
     let runs = AtomicUsize::new(0);
-    let call = || {
-        idem.call(&OP).key("order-1").payload(&1).run(async {
-            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            if run == 1 {
-                outage.start();
-            }
-            Ok::<_, Error>(run)
-        })
-    };
+    let call = || first_run_takes_the_store_down(&idem, &OP, &runs, &outage);
     call().await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     outage.end();

@@ -142,19 +142,21 @@ impl IdempotencyLayer {
     /// one record, and the second gets the first one's response.
     pub fn builder(runtime: Idempotency) -> IdempotencyLayerBuilder<ScopeUnchosen> {
         IdempotencyLayerBuilder {
-            runtime,
-            name: "http",
-            ttl: None,
-            lease: None,
-            in_flight: InFlight::Reject,
-            methods: vec![Method::POST, Method::PATCH],
-            header: HeaderName::from_static(IDEMPOTENCY_KEY),
-            required: true,
-            body_limit: DEFAULT_BODY_LIMIT,
-            response_limit: DEFAULT_RESPONSE_LIMIT,
-            storable: Arc::new(default_storable),
-            rejection: Arc::new(default_rejection),
-            scope: None,
+            settings: Settings {
+                runtime,
+                name: "http",
+                ttl: None,
+                lease: None,
+                in_flight: InFlight::Reject,
+                methods: vec![Method::POST, Method::PATCH],
+                header: HeaderName::from_static(IDEMPOTENCY_KEY),
+                required: true,
+                body_limit: DEFAULT_BODY_LIMIT,
+                response_limit: DEFAULT_RESPONSE_LIMIT,
+                storable: Arc::new(default_storable),
+                rejection: Arc::new(default_rejection),
+                scope: None,
+            },
             chosen: PhantomData,
         }
     }
@@ -215,6 +217,12 @@ mod sealed {
 /// chosen: [`build`](Self::build) needs it to be.
 #[must_use]
 pub struct IdempotencyLayerBuilder<S = ScopeChosen> {
+    settings: Settings,
+    chosen: PhantomData<S>,
+}
+
+/// What an [`IdempotencyLayerBuilder`] has been told, whatever its scope's state.
+struct Settings {
     runtime: Idempotency,
     name: &'static str,
     ttl: Option<Duration>,
@@ -228,15 +236,14 @@ pub struct IdempotencyLayerBuilder<S = ScopeChosen> {
     storable: Arc<StatusFn>,
     rejection: Arc<StatusFn>,
     scope: Option<Arc<ScopeFn>>,
-    chosen: PhantomData<S>,
 }
 
 impl<S> fmt::Debug for IdempotencyLayerBuilder<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayerBuilder")
-            .field("name", &self.name)
-            .field("methods", &self.methods)
-            .field("header", &self.header)
+            .field("name", &self.settings.name)
+            .field("methods", &self.settings.methods)
+            .field("header", &self.settings.header)
             .finish_non_exhaustive()
     }
 }
@@ -244,48 +251,48 @@ impl<S> fmt::Debug for IdempotencyLayerBuilder<S> {
 impl<S> IdempotencyLayerBuilder<S> {
     /// The methods guarded (default POST and PATCH); others pass through.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.methods = methods.into_iter().collect();
+        self.settings.methods = methods.into_iter().collect();
         self
     }
 
     /// The header carrying the key (default `Idempotency-Key`).
     pub fn header(mut self, header: HeaderName) -> Self {
-        self.header = header;
+        self.settings.header = header;
         self
     }
 
     /// Whether a guarded request without a key is refused with `400`
     /// (default `true`); when `false` it passes through unguarded.
     pub fn required(mut self, required: bool) -> Self {
-        self.required = required;
+        self.settings.required = required;
         self
     }
 
     /// How long a stored response is kept (default: the runtime's TTL; at
     /// most [`MAX_DURATION`](crate::MAX_DURATION)).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.settings.ttl = Some(ttl);
         self
     }
 
     /// The lease of a request being processed (default: the runtime's; at
     /// least [`MIN_LEASE`](crate::MIN_LEASE)).
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
+        self.settings.lease = Some(lease);
         self
     }
 
     /// What a duplicate of a request still running gets (default
     /// [`InFlight::Reject`]).
     pub fn in_flight(mut self, in_flight: InFlight) -> Self {
-        self.in_flight = in_flight;
+        self.settings.in_flight = in_flight;
         self
     }
 
     /// The largest request body accepted, in bytes (default
     /// [`DEFAULT_BODY_LIMIT`]); larger ones get `413`.
     pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
+        self.settings.body_limit = bytes;
         self
     }
 
@@ -306,7 +313,7 @@ impl<S> IdempotencyLayerBuilder<S> {
     ///
     /// Guard only routes whose answers are small enough to store.
     pub fn response_limit(mut self, bytes: usize) -> Self {
-        self.response_limit = bytes;
+        self.settings.response_limit = bytes;
         self
     }
 
@@ -318,7 +325,7 @@ impl<S> IdempotencyLayerBuilder<S> {
         mut self,
         storable: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.storable = Arc::new(storable);
+        self.settings.storable = Arc::new(storable);
         self
     }
 
@@ -343,7 +350,7 @@ impl<S> IdempotencyLayerBuilder<S> {
         mut self,
         rejection: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.rejection = Arc::new(rejection);
+        self.settings.rejection = Arc::new(rejection);
         self
     }
 
@@ -367,9 +374,11 @@ impl<S> IdempotencyLayerBuilder<S> {
         self,
         scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     ) -> IdempotencyLayerBuilder<ScopeChosen> {
+        let mut settings = self.settings;
+        settings.scope = Some(Arc::new(scope));
         IdempotencyLayerBuilder {
-            scope: Some(Arc::new(scope)),
-            ..self.chosen()
+            settings,
+            chosen: PhantomData,
         }
     }
 
@@ -386,27 +395,10 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// # let _ = layer;
     /// ```
     pub fn single_tenant(self) -> IdempotencyLayerBuilder<ScopeChosen> {
+        let mut settings = self.settings;
+        settings.scope = None;
         IdempotencyLayerBuilder {
-            scope: None,
-            ..self.chosen()
-        }
-    }
-
-    fn chosen(self) -> IdempotencyLayerBuilder<ScopeChosen> {
-        IdempotencyLayerBuilder {
-            runtime: self.runtime,
-            name: self.name,
-            ttl: self.ttl,
-            lease: self.lease,
-            in_flight: self.in_flight,
-            methods: self.methods,
-            header: self.header,
-            required: self.required,
-            body_limit: self.body_limit,
-            response_limit: self.response_limit,
-            storable: self.storable,
-            rejection: self.rejection,
-            scope: self.scope,
+            settings,
             chosen: PhantomData,
         }
     }
@@ -418,7 +410,7 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// service, say) share their records unless their runtimes'
     /// [namespaces](crate::IdempotencyBuilder::namespace) differ.
     pub fn name(mut self, name: &'static str) -> Self {
-        self.name = name;
+        self.settings.name = name;
         self
     }
 
@@ -427,28 +419,29 @@ impl<S> IdempotencyLayerBuilder<S> {
     where
         S: Scope,
     {
-        let mut operation = Operation::new(self.name);
-        if let Some(ttl) = self.ttl {
+        let settings = self.settings;
+        let mut operation = Operation::new(settings.name);
+        if let Some(ttl) = settings.ttl {
             operation = operation.ttl(ttl);
         }
-        if let Some(lease) = self.lease {
+        if let Some(lease) = settings.lease {
             operation = operation.lease(lease);
         }
-        if let InFlight::Wait(wait) = self.in_flight {
+        if let InFlight::Wait(wait) = settings.in_flight {
             operation = operation.wait(wait);
         }
         IdempotencyLayer {
             config: Arc::new(Config {
-                runtime: self.runtime,
+                runtime: settings.runtime,
                 operation,
-                methods: self.methods,
-                header: self.header,
-                required: self.required,
-                body_limit: self.body_limit,
-                response_limit: self.response_limit,
-                storable: self.storable,
-                rejection: self.rejection,
-                scope: self.scope,
+                methods: settings.methods,
+                header: settings.header,
+                required: settings.required,
+                body_limit: settings.body_limit,
+                response_limit: settings.response_limit,
+                storable: settings.storable,
+                rejection: settings.rejection,
+                scope: settings.scope,
                 handlers: Handlers::new(),
             }),
         }

@@ -4,6 +4,7 @@
 pub mod bank;
 pub mod blackout;
 pub mod faulty;
+pub mod outage;
 #[cfg(feature = "postgres")]
 pub mod postgres_schema;
 pub mod redis_server;
