@@ -50,7 +50,7 @@ struct Setup {
 }
 
 /// The store's completion script, the one `RedisStore` sends.
-const COMPLETE: &str = include_str!("../src/store/redis_complete.lua");
+const COMPLETE: &str = include_str!("../src/store/redis/complete.lua");
 /// What a claim writes: 'P', a fingerprint and a lease token (33 bytes).
 const IN_PROGRESS: [u8; 33] = [b'P'; 33];
 

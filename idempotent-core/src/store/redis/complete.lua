@@ -1,4 +1,4 @@
--- The completion script of the Redis store: see `COMPLETE` in redis.rs for
+-- The completion script of the Redis store: see `COMPLETE` in scripts.rs for
 -- its arguments. The Redis bench's floor sends this file too.
 local v = redis.call('GET', KEYS[1])
 if v ~= ARGV[1] and v ~= ARGV[1] .. 'w' then

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Heard, Request, bounded};
+use super::connection::{Heard, Request, bounded};
 use crate::store::StoreError;
 
 pub(super) struct Standalone {
