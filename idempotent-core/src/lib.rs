@@ -41,7 +41,6 @@
 //! process-wide [`Idempotency`] runtime, and [`telemetry`] names.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod deferred;
 mod engine;
 mod error;
 mod fingerprint;

@@ -1,0 +1,239 @@
+//! The execution engine: runs a body at most once per key, whatever the store.
+//!
+//! [`Call`] is the public entry point (the `#[idempotent]` attribute expands
+//! to it); [`execute`] is the loop behind it, generic over how a value is
+//! encoded for the store, so the HTTP layer reuses it unchanged.
+//!
+//! The files: `operation` (an operation's settings), `call` (a call, and
+//! what it checks), `codec` (how values are stored), this file (the claim
+//! and what its answer leads to), `owned` (the body under its lease, then
+//! its result stored or its key released), and `deferred` (results stored
+//! once the store is back).
+
+mod call;
+mod codec;
+mod deferred;
+mod operation;
+mod owned;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+#[cfg(feature = "postgres")]
+pub(crate) use call::Prepared;
+pub use call::{Call, Executed};
+use codec::codec_error;
+pub(crate) use codec::{Codec, ResultCodec, replay};
+pub use operation::Operation;
+use owned::{LeaseGuard, run_owned};
+
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
+use crate::key::{IdempotencyKey, KeyError, StorageKey};
+use crate::record::ClaimOutcome;
+use crate::runtime::Idempotency;
+use crate::store::{Store, StoreError};
+use crate::telemetry::StoreCall;
+
+/// Runs `body` at most once for `storage_key`: claims, then runs and
+/// completes, replays, waits, or refuses, as the claim answers.
+pub(crate) fn execute<'a, V, C, F>(
+    runtime: &'a Idempotency,
+    operation: &'a Operation,
+    key: &'a IdempotencyKey,
+    storage_key: StorageKey,
+    fingerprint: Fingerprint,
+    codec: &'a C,
+    body: F,
+) -> impl Future<Output = Result<Executed<V>, Error>> + 'a
+where
+    C: Codec<V>,
+    F: Future<Output = V> + 'a,
+    V: 'a,
+{
+    let span = tracing::info_span!(
+        "idempotent",
+        operation = operation.name,
+        key = %key,
+        outcome = tracing::field::Empty,
+    );
+    // No async block around it: a layer would be copied whole on each move.
+    execute_inner(
+        runtime,
+        operation,
+        key,
+        storage_key,
+        fingerprint,
+        codec,
+        body,
+        span.clone(),
+    )
+    .instrument(span)
+}
+
+fn outcome<V>(result: &Result<Executed<V>, Error>) -> &'static str {
+    match result {
+        Ok(Executed { replayed: true, .. }) => "replayed",
+        Ok(Executed {
+            replayed: false, ..
+        }) => "executed",
+        Err(Error::InProgress { .. }) => "in_progress",
+        Err(Error::KeyReused { .. }) => "mismatch",
+        Err(Error::StoreUnavailable(_)) => "store_unavailable",
+        Err(_) => "error",
+    }
+}
+
+/// The shortest pause between two claims of a waiting call.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "`execute`'s arguments and its span, for its one call"
+)]
+async fn execute_inner<V, C, F>(
+    runtime: &Idempotency,
+    operation: &Operation,
+    key: &IdempotencyKey,
+    storage_key: StorageKey,
+    fingerprint: Fingerprint,
+    codec: &C,
+    body: F,
+    span: tracing::Span,
+) -> Result<Executed<V>, Error>
+where
+    C: Codec<V>,
+    F: Future<Output = V>,
+{
+    // The trait object itself: called on the `Arc`, every call would go
+    // through `impl Store for Arc<S>` as well, one more boxed future each.
+    let store: &dyn Store = runtime.store().as_ref();
+    let lease = operation
+        .lease
+        .unwrap_or(runtime.lease())
+        .max(crate::MIN_LEASE);
+    let wait_until = operation.wait.map(|wait| {
+        let now = tokio::time::Instant::now();
+        // A bound too far away to represent (`Duration::MAX`) waits as long
+        // as the longest lease or TTL.
+        now.checked_add(wait)
+            .unwrap_or_else(|| now + crate::MAX_DURATION)
+    });
+    // Counted once per call, however many times a waiting call re-checks.
+    let mut met_in_flight = false;
+    let result = loop {
+        let claim = timed(
+            operation,
+            StoreCall::Claim,
+            store.claim(&storage_key, fingerprint, lease),
+        )
+        .await;
+        let claim = match claim {
+            Ok(claim) => claim,
+            Err(error) => break Err(store_error(operation, error)),
+        };
+        match claim {
+            ClaimOutcome::Acquired(acquired) => {
+                let guard = LeaseGuard {
+                    store: Arc::clone(runtime.store()),
+                    key: storage_key,
+                    token: acquired.token,
+                    fingerprint,
+                    // Read once the claim answered: later than the store
+                    // started the lease by a round trip at most, which the
+                    // lease's margins cover (renewals at a third of it).
+                    renewed: tokio::time::Instant::now(),
+                    lease,
+                    armed: true,
+                };
+                // Boxed: the running state (body, renewal timer, encoding)
+                // is large, and keeping it out of line keeps every caller's
+                // future small, so the replay path moves far fewer bytes.
+                break Box::pin(run_owned(
+                    runtime, operation, key, codec, guard, lease, body,
+                ))
+                .await;
+            }
+            ClaimOutcome::Completed(bytes) => {
+                operation.metrics().replayed.increment(1);
+                break replay(codec, &bytes, operation).map(|value| Executed {
+                    value,
+                    replayed: true,
+                });
+            }
+            ClaimOutcome::InFlight { retry_after } => {
+                if !std::mem::replace(&mut met_in_flight, true) {
+                    operation.metrics().in_flight.increment(1);
+                }
+                let now = tokio::time::Instant::now();
+                match wait_until {
+                    Some(until) if until > now => {
+                        // At least a millisecond between re-checks: a store
+                        // that answers "in flight, retry now" (a lease that
+                        // just ran out) must not make this loop spin.
+                        let timeout = retry_after.max(MIN_RECHECK).min(until - now);
+                        Box::pin(wait_for(store, &storage_key, timeout)).await;
+                    }
+                    _ => {
+                        break Err(Error::InProgress {
+                            key: key.to_string(),
+                            retry_after,
+                        });
+                    }
+                }
+            }
+            ClaimOutcome::Mismatch => {
+                operation.metrics().mismatch.increment(1);
+                tracing::warn!("idempotency key reused with a different payload");
+                break Err(Error::KeyReused {
+                    operation: operation.name.to_owned(),
+                    key: key.to_string(),
+                });
+            }
+        }
+    };
+    if !span.is_disabled() {
+        span.record("outcome", outcome(&result));
+    }
+    result
+}
+
+/// Waits for a duplicate in flight to finish (or for `timeout`).
+async fn wait_for(store: &dyn Store, key: &StorageKey, timeout: Duration) {
+    if store.wait(key, timeout).await.is_err() {
+        // Don't spin on a failing store; the next claim reports it.
+        tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
+    }
+}
+
+/// A failed claim: a record that cannot be decoded is a codec error (so
+/// nobody mistakes it for an outage), a key the store cannot hold is an
+/// invalid key (the caller's to fix, not worth a retry); anything else
+/// means the store is unavailable.
+pub(crate) fn store_error(operation: &Operation, error: StoreError) -> Error {
+    match error {
+        StoreError::KeyRejected { detail } => Error::InvalidKey(KeyError::NotStorable(detail)),
+        StoreError::Corrupt { key, detail } => codec_error(
+            "decode",
+            operation,
+            format_args!("the record under `{key}` is corrupt: {detail}"),
+        ),
+        other => Error::StoreUnavailable(other),
+    }
+}
+
+async fn timed<T>(
+    operation: &Operation,
+    call: StoreCall,
+    future: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = quanta::Instant::now();
+    let result = future.await;
+    operation
+        .metrics()
+        .store_call(call, started.elapsed(), result.is_ok());
+    result
+}
