@@ -89,16 +89,19 @@
 
 pub(crate) mod codec;
 mod config;
+mod handled;
 mod handlers;
+mod layer;
 mod problem;
 mod request;
 mod service;
 
-pub use config::{
-    DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, Handled, IdempotencyLayer, IdempotencyLayerBuilder,
+pub use handled::Handled;
+pub use handlers::Handlers;
+pub use layer::{
+    DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder,
     InFlight, Scope, ScopeChosen, ScopeUnchosen,
 };
-pub use handlers::Handlers;
 pub use request::{fingerprint, read_body, read_key};
 pub use service::IdempotencyService;
 

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use super::IDEMPOTENT_REPLAYED;
 use super::codec::{HttpCodec, Outcome};
 use super::config::Config;
-use super::config::Handled;
+use super::handled::Handled;
 use super::handlers::RunToEnd;
 use super::problem;
 use super::request::{fingerprint, read_body, read_key};
