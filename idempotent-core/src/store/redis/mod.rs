@@ -207,17 +207,7 @@ impl RedisStore {
         args: &[&[u8]],
     ) -> Result<Value, StoreError> {
         let command = |by_hash| self.script_command(lua, by_hash, key, args);
-        let request = Request::Script(&command);
-        match &self.inner.connection {
-            Connection::Single(c) => c.call(self.inner.timeout, &request).await,
-            Connection::Cluster(c) => {
-                bounded(self.inner.timeout, async {
-                    request.send(&mut c.get().await?).await
-                })
-                .await
-                .1
-            }
-        }
+        self.send(&Request::Script(&command)).await
     }
 
     /// The answer to a claim that met a record in progress: how long its
@@ -269,9 +259,13 @@ impl RedisStore {
     }
 
     async fn query(&self, command: &redis::Cmd) -> Result<Value, StoreError> {
-        let request = Request::Command(command);
+        self.send(&Request::Command(command)).await
+    }
+
+    /// Sends `request` on the store's connection, bounded by its timeout.
+    async fn send(&self, request: &Request<'_>) -> Result<Value, StoreError> {
         match &self.inner.connection {
-            Connection::Single(c) => c.call(self.inner.timeout, &request).await,
+            Connection::Single(c) => c.call(self.inner.timeout, request).await,
             Connection::Cluster(c) => {
                 bounded(self.inner.timeout, async {
                     request.send(&mut c.get().await?).await
