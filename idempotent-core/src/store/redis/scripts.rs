@@ -3,7 +3,7 @@
 
 use redis::Script;
 
-/// Shared prefix of the fenced scripts: the live lease must carry ARGV[1].
+/// Shared prefix of the fenced scripts: the live lease must carry `ARGV[1]`.
 macro_rules! fenced {
     ($body:literal) => {
         concat!(
@@ -19,14 +19,14 @@ end
     };
 }
 
-/// Completes a record: ARGV[1] is the whole in-progress value the claim
-/// wrote ('P', fingerprint, token), ARGV[2] the whole completed one ('C',
+/// Completes a record: `ARGV[1]` is the whole in-progress value the claim
+/// wrote ('P', fingerprint, token), `ARGV[2]` the whole completed one ('C',
 /// fingerprint, response). Comparing and writing whole values spares Redis
 /// the substrings and the concatenation of `fenced!`: 3.5 µs of Redis CPU
 /// per completion with a 200-byte response, against 4.0 µs.
 ///
-/// A record that already holds exactly ARGV[2] answers 1 too, whatever
-/// token ARGV[1] carries: redis-rs's cluster client, the standalone
+/// A record that already holds exactly `ARGV[2]` answers 1 too, whatever
+/// token `ARGV[1]` carries: redis-rs's cluster client, the standalone
 /// connection's second sending and a completion retried once Redis is back
 /// (see `deferred`) all send a completion again when a connection drops
 /// before its answer arrives, and the first sending may have completed the
