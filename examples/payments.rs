@@ -22,7 +22,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use idempotent_core::http::{Handled, IDEMPOTENCY_KEY, IdempotencyLayer};
-use idempotent_core::{Idempotency, MemoryStore, RedisStore, StoreError};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Idempotency, StoreError};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
@@ -74,7 +76,7 @@ pub struct Config {
     /// `false`: the same routes without idempotency, to show the problem.
     pub protected: bool,
     /// The bound on the in-memory store's records (`None`: the library's
-    /// default, [`DEFAULT_MAX_ENTRIES`](idempotent_core::DEFAULT_MAX_ENTRIES)).
+    /// default, [`DEFAULT_MAX_ENTRIES`](idempotent_core::memory::DEFAULT_MAX_ENTRIES)).
     pub memory_records: Option<usize>,
 }
 

@@ -17,7 +17,8 @@ use idempotent_core::http::{
     DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, fingerprint,
     missing_key_response, read_body, read_key,
 };
-use idempotent_core::{Begun, Error, Idempotency, Operation, PostgresStore, PurgeTask, StoreError};
+use idempotent_core::postgres::{Begun, PostgresStore, PurgeTask};
+use idempotent_core::{Error, Idempotency, Operation, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::Row as _;

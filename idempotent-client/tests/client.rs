@@ -13,8 +13,9 @@ use axum::routing::post;
 use idempotent_client::{
     ClientError, IdempotentClient, Intent, Journal, JournalError, MemoryJournal, RetryPolicy,
 };
+use idempotent_core::Idempotency;
 use idempotent_core::http::IdempotencyLayer;
-use idempotent_core::{Idempotency, MemoryStore};
+use idempotent_core::memory::MemoryStore;
 
 #[derive(Clone, Default)]
 struct Counters {

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
-use idempotent_core::{Idempotency, MemoryStore, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Idempotency, idempotent};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 

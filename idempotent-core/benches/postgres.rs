@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotent_core::{Error, Idempotency, Operation, PostgresStore, TxBody};
+use idempotent_core::postgres::{PostgresStore, TxBody};
+use idempotent_core::{Error, Idempotency, Operation};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _, PgConnection};
 

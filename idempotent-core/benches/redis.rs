@@ -29,9 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, Operation, RedisStore, StorageKey, Store,
-};
+use idempotent_core::record::{ClaimOutcome, StorageKey};
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Error, Fingerprint, Idempotency, Operation, Store};
 use redis::aio::ConnectionManager;
 use redis_server::RedisServer;
 

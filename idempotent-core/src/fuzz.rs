@@ -194,7 +194,7 @@ pub fn result_record(data: &[u8]) {
     let Ok(value): Result<Value, _> = replay(&codec, data, &OPERATION) else {
         return;
     };
-    let runtime = crate::Idempotency::new(crate::MemoryStore::new());
+    let runtime = crate::Idempotency::new(crate::memory::MemoryStore::new());
     let (bytes, _) = codec
         .encode(&value, &OPERATION, &runtime)
         .expect("a decoded value encodes")

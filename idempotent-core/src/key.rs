@@ -188,7 +188,8 @@ impl AsRef<str> for IdempotencyKey {
 /// same storage key, whatever characters the components hold:
 ///
 /// ```
-/// use idempotent_core::{IdempotencyKey, StorageKey};
+/// use idempotent_core::IdempotencyKey;
+/// use idempotent_core::record::StorageKey;
 ///
 /// let key: IdempotencyKey = "k".parse()?;
 /// let a = StorageKey::new("ns", "tenant:a", "op", &key);

@@ -6,7 +6,8 @@
 //! result for every later call with the same key.
 //!
 //! ```
-//! use idempotent_core::{idempotent, Idempotency, MemoryStore};
+//! use idempotent_core::{idempotent, Idempotency};
+//! use idempotent_core::memory::MemoryStore;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -35,10 +36,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The pieces, one concept a module: [`key`](IdempotencyKey) validation,
-//! payload [`fingerprint`](Fingerprint)s, the [`record`] state machine,
-//! [`Store`] backends ([`MemoryStore`]), the [`engine`](Call) and its
-//! process-wide [`Idempotency`] runtime, and [`telemetry`] names.
+//! # Where things are
+//!
+//! - Once per key: the [`idempotent`] attribute, or a [`Call`] of an
+//!   [`Operation`] on an [`Idempotency`] runtime; its answer is an
+//!   [`Executed`] value or an [`Error`].
+//! - Stores: [`memory`] (the default, one process), [`redis`] (standalone,
+//!   cluster, TLS) and [`postgres`] (with its same-transaction mode).
+//! - HTTP: [`http`], a tower layer for axum and any tower service.
+//! - Metric and span names: [`telemetry`].
+//! - For people writing their own store: [`Store`], [`StoreError`] and the
+//!   [`record`] state machine.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod engine;
@@ -70,7 +78,7 @@ pub mod __fuzz;
 ///   visible ASCII characters.
 /// - `runtime = <expr>`: the [`Idempotency`] to use; else the installed one.
 /// - `scope = <expr>`: a tenant or principal; one key in two scopes is two keys.
-/// - `ttl = "24h"`, `lease = "30s"`: retention (at most [`MAX_DURATION`]),
+/// - `ttl = "24h"`, `lease = "30s"`: retention (at most [`MAX_DURATION`](record::MAX_DURATION)),
 ///   and how long a running call holds the key (renewed while the body
 ///   runs; at least [`MIN_LEASE`]).
 /// - `wait = "5s"`: a duplicate in flight waits this long for the result
@@ -95,21 +103,16 @@ pub use idempotent_macros::idempotent;
 pub use engine::{Call, Executed, Operation};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, PayloadError};
-pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN, StorageKey};
-pub use record::MAX_DURATION;
-pub use record::{ClaimOutcome, Lease, LeaseToken};
+pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use runtime::{
     DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder, MIN_LEASE,
 };
-#[cfg(feature = "postgres")]
-pub use store::{
-    Begun, DEFAULT_POSTGRES_TIMEOUT, KeyTransaction, MAX_POSTGRES_KEY_BYTES, MIGRATION, PURGE,
-    PostgresStore, PurgeTask, TxBody,
-};
 #[cfg(feature = "memory")]
-pub use store::{DEFAULT_MAX_ENTRIES, MemoryStore, MemoryStoreBuilder};
+pub use store::memory;
+#[cfg(feature = "postgres")]
+pub use store::postgres;
 #[cfg(feature = "redis")]
-pub use store::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};
+pub use store::redis;
 pub use store::{Store, StoreError};
 
 // The README's examples use every store and the HTTP layer.

@@ -36,7 +36,7 @@ pub use crate::__require_postgres as require_postgres;
 /// the transaction's own store. Built per call: next to a transaction's round
 /// trips, an `Arc` is nothing.
 #[cfg(feature = "postgres")]
-pub fn transaction_runtime(store: &crate::PostgresStore) -> crate::Idempotency {
+pub fn transaction_runtime(store: &crate::postgres::PostgresStore) -> crate::Idempotency {
     match crate::Idempotency::global() {
         Ok(global) => global.clone(),
         Err(_) => crate::Idempotency::new(store.clone()),
@@ -49,31 +49,36 @@ pub enum TxStart<'a, R> {
     /// Answered without running the body: a replay or an error.
     Done(R),
     /// The body runs in this transaction, then [`finish_transaction`].
-    Fresh(crate::KeyTransaction<'a>),
+    Fresh(crate::postgres::KeyTransaction<'a>),
 }
 
 /// Opens the transaction of a `transaction = ...` call.
 #[cfg(feature = "postgres")]
 pub async fn begin_transaction<'a, R: IdempotentOutput>(
-    store: &crate::PostgresStore,
+    store: &crate::postgres::PostgresStore,
     call: Call<'a>,
 ) -> TxStart<'a, R> {
     match store.begin::<R::Ok>(call).await {
-        Ok(crate::Begun::Fresh(tx)) => TxStart::Fresh(tx),
-        Ok(crate::Begun::Replayed(value)) => TxStart::Done(R::from_result(Ok(value))),
+        Ok(crate::postgres::Begun::Fresh(tx)) => TxStart::Fresh(tx),
+        Ok(crate::postgres::Begun::Replayed(value)) => TxStart::Done(R::from_result(Ok(value))),
         Err(error) => TxStart::Done(R::from_result(Err(error.into()))),
     }
 }
 
 /// The connection the body's `#[tx]` argument is bound to.
 #[cfg(feature = "postgres")]
-pub fn connection<'t>(tx: &'t mut crate::KeyTransaction<'_>) -> &'t mut sqlx::PgConnection {
+pub fn connection<'t>(
+    tx: &'t mut crate::postgres::KeyTransaction<'_>,
+) -> &'t mut sqlx::PgConnection {
     tx
 }
 
 /// Commits (an `Ok`) or rolls back (an `Err`) a `transaction = ...` call.
 #[cfg(feature = "postgres")]
-pub async fn finish_transaction<R: IdempotentOutput>(tx: crate::KeyTransaction<'_>, value: R) -> R {
+pub async fn finish_transaction<R: IdempotentOutput>(
+    tx: crate::postgres::KeyTransaction<'_>,
+    value: R,
+) -> R {
     R::from_result(tx.finish(value.into_result()).await.map(|done| done.value))
 }
 

@@ -21,12 +21,21 @@
 //!   whether the first request is still running or finished.
 //! - `complete`, `release` and `renew` succeed only for the live lease whose
 //!   token they carry; anything else is [`Fenced`].
+//!
+//! # For people writing their own store
+//!
+//! A store implements [`Store`](crate::Store) with the types of this module
+//! ([`StorageKey`], [`ClaimOutcome`], [`Lease`], [`LeaseToken`]) and the
+//! rules of [`decide_claim`] and [`check_fence`], and proves it with the
+//! shared conformance suite. Users of the attribute, the engine or the HTTP
+//! layer need nothing from here.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fingerprint::Fingerprint;
+pub use crate::key::StorageKey;
 
 /// Milliseconds on a store's clock (its own origin; only differences matter).
 pub type Millis = u64;

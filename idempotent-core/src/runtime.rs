@@ -30,7 +30,8 @@ static GLOBAL: OnceLock<Idempotency> = OnceLock::new();
 ///
 /// ```
 /// use std::time::Duration;
-/// use idempotent_core::{Idempotency, MemoryStore};
+/// use idempotent_core::Idempotency;
+/// use idempotent_core::memory::MemoryStore;
 ///
 /// let idempotency = Idempotency::builder(MemoryStore::new())
 ///     .namespace("payments")
@@ -102,7 +103,7 @@ impl IdempotencyBuilder {
     }
 
     /// How long a completed record is kept (default 24 h; at most
-    /// [`MAX_DURATION`](crate::MAX_DURATION)).
+    /// [`MAX_DURATION`](crate::record::MAX_DURATION)).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -204,7 +205,8 @@ impl Idempotency {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use idempotent_core::{Idempotency, MemoryStore};
+    /// use idempotent_core::Idempotency;
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let idempotency = Idempotency::new(MemoryStore::new());

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{DEFAULT_LEASE, Error, Executed, Idempotency, MemoryStore, Operation};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{DEFAULT_LEASE, Error, Executed, Idempotency, Operation};
 use support::bank::Bank;
 use support::timed_call;
 use tokio::sync::{Notify, mpsc};

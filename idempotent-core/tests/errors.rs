@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Executed, Idempotency, MemoryStore, Operation, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Executed, Idempotency, Operation, idempotent};
 use serde::{Deserialize, Serialize};
 use support::bank::{Bank, PayError, StoredError};
 

@@ -6,7 +6,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use idempotent_core::{Call, Error, Idempotency, MemoryStore, Operation, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Call, Error, Idempotency, Operation, idempotent};
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
 

@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, Request, Response, StatusCode};
 use axum::routing::post;
 use http_body_util::BodyExt;
 use idempotent_core::http::{Handled, IdempotencyLayer, IdempotencyLayerBuilder, InFlight};
-use idempotent_core::{Fingerprint, Idempotency, IdempotencyKey, MemoryStore, StorageKey, Store};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::record::StorageKey;
+use idempotent_core::{Fingerprint, Idempotency, IdempotencyKey, Store};
 use tower::ServiceExt;
 
 /// How many times each handler really ran.
@@ -659,7 +661,7 @@ async fn shutting_down_waits_for_the_handlers_of_callers_that_left() {
         .await
         .unwrap();
     assert!(
-        matches!(claim, idempotent_core::ClaimOutcome::Completed(_)),
+        matches!(claim, idempotent_core::record::ClaimOutcome::Completed(_)),
         "the answer was stored before `wait` returned: {claim:?}"
     );
     assert_eq!(calls.get(), 1);
@@ -927,7 +929,7 @@ async fn a_corrupt_stored_response_is_a_500_problem_not_a_panic_or_a_rerun() {
     let key: IdempotencyKey = "k".parse().unwrap();
     let storage_key = StorageKey::new(runtime.namespace(), "", "POST /payments", &key);
     let fingerprint = Fingerprint::from_parts([&b"POST"[..], b"/payments", b"{}"]);
-    let idempotent_core::ClaimOutcome::Acquired(lease) = store
+    let idempotent_core::record::ClaimOutcome::Acquired(lease) = store
         .claim(&storage_key, fingerprint, Duration::from_secs(5))
         .await
         .unwrap()
@@ -958,7 +960,7 @@ async fn a_store_that_is_down_gives_503_and_the_handler_never_runs() {
         .local_addr()
         .unwrap()
         .port();
-    let store = idempotent_core::RedisStore::builder()
+    let store = idempotent_core::redis::RedisStore::builder()
         .url(format!("redis://127.0.0.1:{port}"))
         .timeout(Duration::from_millis(200))
         .build()

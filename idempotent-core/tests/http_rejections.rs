@@ -14,8 +14,9 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::{Json, Router};
 use http_body_util::BodyExt;
+use idempotent_core::Idempotency;
 use idempotent_core::http::{Handled, IdempotencyLayer, IdempotencyLayerBuilder};
-use idempotent_core::{Idempotency, MemoryStore};
+use idempotent_core::memory::MemoryStore;
 use serde::Deserialize;
 use tower::ServiceExt;
 

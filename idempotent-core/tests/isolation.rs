@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Executed, Idempotency, MemoryStore, Operation, Store, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Executed, Idempotency, Operation, Store, idempotent};
 use support::bank::Bank;
 
 #[tokio::test]

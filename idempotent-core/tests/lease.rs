@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, MIN_LEASE, MemoryStore, Operation};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Idempotency, MIN_LEASE, Operation};
 use support::bank::Bank;
 use support::faulty::{Fault, Faulty};
 

@@ -6,7 +6,8 @@ mod postgres_schema;
 
 use std::time::Duration;
 
-use idempotent_core::{Error, PostgresStore, idempotent};
+use idempotent_core::postgres::PostgresStore;
+use idempotent_core::{Error, idempotent};
 use postgres_schema::with_ledger;
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, MemoryStore, Operation, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Idempotency, Operation, idempotent};
 use support::bank::Bank;
 
 #[tokio::test]

@@ -55,9 +55,9 @@ use std::hash::{BuildHasher as _, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{
-    ClaimOutcome, Fingerprint, LeaseToken, MemoryStore, StorageKey, Store, StoreError,
-};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::record::{ClaimOutcome, LeaseToken, StorageKey};
+use idempotent_core::{Fingerprint, Store, StoreError};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
@@ -218,7 +218,7 @@ fn the_memory_store_follows_the_model() {
 #[cfg(feature = "redis")]
 #[test]
 fn the_redis_store_follows_the_model() {
-    use idempotent_core::RedisStore;
+    use idempotent_core::redis::RedisStore;
     use support::redis_server::RedisServer;
 
     let server = RedisServer::start();

@@ -8,7 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use idempotent_core::{Idempotency, Operation, PostgresStore};
+use idempotent_core::postgres::PostgresStore;
+use idempotent_core::{Idempotency, Operation};
 use sqlx::postgres::PgConnectOptions;
 use support::blackout::Blackout;
 use support::outage::{a_body_across_an_outage_runs_once, the_first_call_after_an_outage_succeeds};

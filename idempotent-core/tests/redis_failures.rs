@@ -8,9 +8,9 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, Operation, RedisStore, Store,
-};
+use idempotent_core::record::ClaimOutcome;
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Error, Fingerprint, Idempotency, Operation, Store};
 use support::redis_server::RedisServer;
 
 static OP: Operation = Operation::new("failures.charge");
@@ -129,7 +129,7 @@ async fn undecodable_records_are_errors_not_re_executions() {
     let idem = Idempotency::new(store.clone());
     let runs = AtomicUsize::new(0);
     let redis_key = |key: &str| {
-        let key = idempotent_core::StorageKey::new(
+        let key = idempotent_core::record::StorageKey::new(
             idem.namespace(),
             "",
             OP.name(),
@@ -196,7 +196,7 @@ async fn an_in_progress_record_without_expiry_is_an_error_not_a_spin() {
         .build()
         .await
         .unwrap();
-    let key = idempotent_core::StorageKey::new(
+    let key = idempotent_core::record::StorageKey::new(
         idem.namespace(),
         "",
         WAITING.name(),
@@ -451,7 +451,7 @@ impl FreezingProxy {
 /// A Redis server, a [`FreezingProxy`] in front of it, and a store built
 /// from `builder` that reaches the server through the proxy.
 async fn behind_a_proxy(
-    builder: idempotent_core::RedisStoreBuilder,
+    builder: idempotent_core::redis::RedisStoreBuilder,
 ) -> (RedisServer, FreezingProxy, Idempotency) {
     let server = RedisServer::start();
     let port: u16 = server.url().rsplit(':').next().unwrap().parse().unwrap();

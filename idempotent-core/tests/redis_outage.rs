@@ -10,7 +10,8 @@ mod support;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Error, Idempotency, Operation};
 use support::outage::{a_body_across_an_outage_runs_once, the_first_call_after_an_outage_succeeds};
 use support::redis_server::{RedisCluster, RedisServer};
 

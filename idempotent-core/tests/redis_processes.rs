@@ -11,7 +11,8 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Error, Idempotency, Operation};
 use redis::AsyncCommands as _;
 use support::redis_server::RedisServer;
 

@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Error, Idempotency, Operation};
 
 /// A CA, and a server certificate it signed for 127.0.0.1 and localhost.
 struct Certificates {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, Operation, RedisStore};
+use idempotent_core::redis::RedisStore;
+use idempotent_core::{Error, Idempotency, Operation};
 use support::redis_server::RedisServer;
 
 static WAITING: Operation = Operation::new("wait.charge").wait(Duration::from_secs(10));

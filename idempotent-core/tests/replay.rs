@@ -5,7 +5,8 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use idempotent_core::{Error, Executed, Idempotency, MemoryStore, Operation, Store, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Executed, Idempotency, Operation, Store, idempotent};
 use support::bank::Bank;
 
 #[tokio::test]

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, LeaseToken, MemoryStore, Operation, StorageKey,
-    Store, StoreError, telemetry,
-};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::record::{ClaimOutcome, LeaseToken, StorageKey};
+use idempotent_core::{Error, Fingerprint, Idempotency, Operation, Store, StoreError, telemetry};
 use support::bank::Bank;
 use support::faulty::{Fault, Faulty, Outage, refused};
 

@@ -7,7 +7,9 @@ mod conformance;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotent_core::{ClaimOutcome, Fingerprint, MemoryStore, StorageKey, Store, StoreError};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::record::{ClaimOutcome, StorageKey};
+use idempotent_core::{Fingerprint, Store, StoreError};
 
 // One test per case, each on a fresh store.
 conformance_tests!(conformance_memory => Arc::new(MemoryStore::new()));
@@ -175,7 +177,7 @@ async fn acquire(
     store: &MemoryStore,
     k: &StorageKey,
     lease: Duration,
-) -> idempotent_core::LeaseToken {
+) -> idempotent_core::record::LeaseToken {
     match store.claim(k, FP, lease).await.unwrap() {
         ClaimOutcome::Acquired(lease) => lease.token,
         other => panic!("{k:?}: expected Acquired, got {other:?}"),
@@ -241,7 +243,7 @@ async fn the_default_store_is_bounded_and_counts_its_evictions() {
             std::task::Poll::Pending => panic!("the memory store answers at once"),
         }
     };
-    for i in 0..idempotent_core::DEFAULT_MAX_ENTRIES + beyond {
+    for i in 0..idempotent_core::memory::DEFAULT_MAX_ENTRIES + beyond {
         let key = key(i);
         let claim = store.claim(&key, FP, LEASE);
         let ClaimOutcome::Acquired(lease) = now(std::pin::pin!(claim)).unwrap() else {
@@ -254,7 +256,10 @@ async fn the_default_store_is_bounded_and_counts_its_evictions() {
     }
     // The bound holds per shard: a full shard evicts while others have room.
     let held = store.len();
-    assert!(held <= idempotent_core::DEFAULT_MAX_ENTRIES, "{held}");
+    assert!(
+        held <= idempotent_core::memory::DEFAULT_MAX_ENTRIES,
+        "{held}"
+    );
     let evicted: u64 = snapshotter
         .snapshot()
         .into_vec()
@@ -268,7 +273,7 @@ async fn the_default_store_is_bounded_and_counts_its_evictions() {
     assert!(evicted >= beyond as u64, "{evicted}");
     assert_eq!(
         evicted,
-        (idempotent_core::DEFAULT_MAX_ENTRIES + beyond - held) as u64,
+        (idempotent_core::memory::DEFAULT_MAX_ENTRIES + beyond - held) as u64,
         "each eviction is counted"
     );
 }
@@ -310,7 +315,7 @@ async fn expiry_removes_records_once_a_call_touches_their_shard() {
     assert_eq!(store.len(), 2);
     // Any call on the shard (here a refused renewal of an unknown key) purges it.
     let untouched = StorageKey::new("t", "", "op", &"nothing".parse().unwrap());
-    let forged = idempotent_core::LeaseToken::from_u128(u128::MAX);
+    let forged = idempotent_core::record::LeaseToken::from_u128(u128::MAX);
 
     tokio::time::advance(Duration::from_millis(1001)).await;
     assert!(store.renew(&untouched, forged, LEASE).await.is_err());

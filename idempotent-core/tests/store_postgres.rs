@@ -8,10 +8,9 @@ mod postgres_schema;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, KeyError, MAX_POSTGRES_KEY_BYTES, Operation,
-    PostgresStore, StorageKey, Store,
-};
+use idempotent_core::postgres::{MAX_KEY_BYTES, PostgresStore};
+use idempotent_core::record::{ClaimOutcome, StorageKey};
+use idempotent_core::{Error, Fingerprint, Idempotency, KeyError, Operation, Store};
 use postgres_schema::{Schema, with_ledger};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +83,7 @@ async fn the_purge_never_scans_the_table() {
         .unwrap();
     sqlx::raw_sql(&format!(
         "PREPARE purge(bigint) AS {}",
-        idempotent_core::PURGE
+        idempotent_core::postgres::PostgresStore::PURGE
     ))
     .execute(&mut connection)
     .await
@@ -238,8 +237,9 @@ enum ChargeError {
 fn charge(
     amount: i64,
     fail: bool,
-) -> impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, i64, ChargeError>
-{
+) -> impl for<'c> FnOnce(
+    &'c mut sqlx::PgConnection,
+) -> idempotent_core::postgres::TxBody<'c, i64, ChargeError> {
     charge_taking(amount, fail, Duration::from_millis(20))
 }
 
@@ -247,8 +247,9 @@ fn charge_taking(
     amount: i64,
     fail: bool,
     work: Duration,
-) -> impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, i64, ChargeError>
-{
+) -> impl for<'c> FnOnce(
+    &'c mut sqlx::PgConnection,
+) -> idempotent_core::postgres::TxBody<'c, i64, ChargeError> {
     move |tx| {
         Box::pin(async move {
             let id: i64 =
@@ -418,7 +419,7 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
 /// record together, and a changed payload is refused without a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
-    use idempotent_core::Begun;
+    use idempotent_core::postgres::Begun;
     static BEGIN: Operation = Operation::new("pg.tx.begin").wait(Duration::from_secs(5));
     let (schema, store) = with_ledger("tx_begin").await;
     let runtime = Idempotency::new(store.clone());
@@ -549,7 +550,7 @@ async fn a_key_postgresql_cannot_hold_is_an_invalid_key_and_nothing_runs() {
     static TX_OP: Operation = Operation::new("pg.tx.unstorable").wait(Duration::from_secs(5));
     let (schema, store) = with_ledger("unstorable").await;
     let runtime = Idempotency::new(store.clone());
-    let longest = MAX_POSTGRES_KEY_BYTES - runtime.namespace().len() - OP.name().len() - "k".len();
+    let longest = MAX_KEY_BYTES - runtime.namespace().len() - OP.name().len() - "k".len();
     let too_long = "t".repeat(longest + 1);
     for scope in ["tenant\0a", too_long.as_str()] {
         let mut ran = false;
@@ -633,7 +634,7 @@ async fn through_the_http_layer_a_key_postgresql_cannot_hold_is_a_400() {
             .unwrap();
         app.clone().oneshot(request)
     };
-    let response = send(format!("/accounts/{}", "a".repeat(MAX_POSTGRES_KEY_BYTES)))
+    let response = send(format!("/accounts/{}", "a".repeat(MAX_KEY_BYTES)))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use idempotent_core::record::{ClaimOutcome, StorageKey};
+use idempotent_core::redis::RedisStore;
 use idempotent_core::{
-    ClaimOutcome, Error, Fingerprint, Idempotency, IdempotencyKey, Operation, RedisStore,
-    StorageKey, Store, StoreError,
+    Error, Fingerprint, Idempotency, IdempotencyKey, Operation, Store, StoreError,
 };
 use support::redis_server::{RedisCluster, RedisServer};
 

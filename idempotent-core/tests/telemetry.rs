@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, MemoryStore, Operation, telemetry};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Idempotency, Operation, telemetry};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 static CHARGE: Operation = Operation::new("telemetry::charge");

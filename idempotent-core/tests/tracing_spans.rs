@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use idempotent_core::{Error, Idempotency, MemoryStore, Operation};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Idempotency, Operation};
 
 /// The fields of every `idempotent` span, as recorded.
 #[derive(Clone, Default)]

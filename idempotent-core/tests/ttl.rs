@@ -5,7 +5,8 @@ mod support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{DEFAULT_TTL, Error, Idempotency, MemoryStore, Operation};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{DEFAULT_TTL, Error, Idempotency, Operation};
 use support::bank::Bank;
 
 #[tokio::test(start_paused = true)]

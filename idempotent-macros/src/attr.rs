@@ -144,7 +144,7 @@ fn duration_millis(text: &str) -> Result<u64, &'static str> {
     Ok(total)
 }
 
-/// `idempotent_core::MAX_DURATION`, in milliseconds (this crate cannot
+/// `idempotent_core::record::MAX_DURATION`, in milliseconds (this crate cannot
 /// depend on the core crate, which re-exports it).
 const CENTURY_MS: u64 = 100 * 365 * 24 * 3_600_000;
 

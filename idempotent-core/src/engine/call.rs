@@ -35,7 +35,8 @@ impl<T> Executed<T> {
 /// One idempotent call, assembled step by step and then [`run`](Call::run).
 ///
 /// ```
-/// use idempotent_core::{Idempotency, MemoryStore, Operation};
+/// use idempotent_core::{Idempotency, Operation};
+/// use idempotent_core::memory::MemoryStore;
 ///
 /// static CHARGE: Operation = Operation::new("charge");
 ///

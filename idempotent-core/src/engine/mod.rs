@@ -120,7 +120,7 @@ where
         // A bound too far away to represent (`Duration::MAX`) waits as long
         // as the longest lease or TTL.
         now.checked_add(wait)
-            .unwrap_or_else(|| now + crate::MAX_DURATION)
+            .unwrap_or_else(|| now + crate::record::MAX_DURATION)
     });
     // Counted once per call, however many times a waiting call re-checks.
     let mut met_in_flight = false;

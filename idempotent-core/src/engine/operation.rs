@@ -45,7 +45,7 @@ impl Operation {
     }
 
     /// How long a completed record is kept; at most
-    /// [`MAX_DURATION`](crate::MAX_DURATION) (a century).
+    /// [`MAX_DURATION`](crate::record::MAX_DURATION) (a century).
     #[must_use]
     pub const fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
@@ -54,7 +54,7 @@ impl Operation {
 
     /// How long the lease of a running call lasts before renewal; at least
     /// [`MIN_LEASE`](crate::MIN_LEASE) (50 ms), and at most
-    /// [`MAX_DURATION`](crate::MAX_DURATION) (a century).
+    /// [`MAX_DURATION`](crate::record::MAX_DURATION) (a century).
     #[must_use]
     pub const fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);

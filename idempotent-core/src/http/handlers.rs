@@ -26,7 +26,8 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 ///
 /// ```no_run
 /// use axum::{Router, routing::post};
-/// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+/// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+/// use idempotent_core::memory::MemoryStore;
 ///
 /// # async fn serve(listener: tokio::net::TcpListener, stop: tokio::sync::oneshot::Receiver<()>)
 /// #     -> std::io::Result<()> {
@@ -57,7 +58,8 @@ impl Handlers {
     /// How many of the layer's handlers are running now.
     ///
     /// ```
-    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    /// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
     /// assert_eq!(layer.handlers().len(), 0);
@@ -77,7 +79,8 @@ impl Handlers {
     /// shutdown, say); while requests still arrive, it may never return.
     ///
     /// ```
-    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    /// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();

@@ -122,7 +122,8 @@ pub struct ScopeChosen;
 /// A builder whose scope is not chosen has no `build()`:
 ///
 /// ```compile_fail
-/// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+/// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+/// use idempotent_core::memory::MemoryStore;
 ///
 /// // error: the layer's scope is not chosen
 /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).build();
@@ -197,7 +198,7 @@ impl<S> IdempotencyLayerBuilder<S> {
     }
 
     /// How long a stored response is kept (default: the runtime's TTL; at
-    /// most [`MAX_DURATION`](crate::MAX_DURATION)).
+    /// most [`MAX_DURATION`](crate::record::MAX_DURATION)).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.settings.ttl = Some(ttl);
         self
@@ -265,7 +266,8 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// [`store_status`](Self::store_status) policy allows, marked or not.
     ///
     /// ```
-    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    /// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// // A framework that answers refusals with 400 only.
     /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
@@ -288,7 +290,8 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// two keys, so one caller never gets another's response.
     ///
     /// ```
-    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    /// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// #[derive(Clone)]
     /// struct Account(String); // put in the request by the authentication middleware
@@ -315,7 +318,8 @@ impl<S> IdempotencyLayerBuilder<S> {
     /// that never collide (UUIDs); otherwise use [`scope`](Self::scope).
     ///
     /// ```
-    /// use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+    /// use idempotent_core::{Idempotency, http::IdempotencyLayer};
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
     ///     .single_tenant()

@@ -65,7 +65,8 @@
 //!
 //! ```
 //! use axum::{Router, routing::post};
-//! use idempotent_core::{Idempotency, MemoryStore, http::IdempotencyLayer};
+//! use idempotent_core::{Idempotency, http::IdempotencyLayer};
+//! use idempotent_core::memory::MemoryStore;
 //!
 //! async fn create_payment(body: String) -> String {
 //!     format!("charged for {body}")

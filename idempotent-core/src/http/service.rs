@@ -19,8 +19,8 @@ use super::handled::Handled;
 use super::handlers::RunToEnd;
 use super::problem;
 use super::request::{fingerprint, read_body, read_key};
-use crate::StorageKey;
 use crate::engine::{Executed, execute};
+use crate::record::StorageKey;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

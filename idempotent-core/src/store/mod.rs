@@ -14,25 +14,14 @@ use crate::key::StorageKey;
 use crate::record::{ClaimOutcome, LeaseToken};
 
 #[cfg(feature = "memory")]
-mod memory;
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory;
 #[cfg(feature = "postgres")]
-mod postgres;
-#[cfg(feature = "postgres")]
-mod postgres_tx;
-#[cfg(feature = "redis")]
-mod redis;
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, RedisStore, RedisStoreBuilder};
-#[cfg(feature = "memory")]
-#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
-pub use memory::{DEFAULT_MAX_ENTRIES, MemoryStore, MemoryStoreBuilder};
-#[cfg(feature = "postgres")]
-pub use postgres::{
-    DEFAULT_POSTGRES_TIMEOUT, MAX_POSTGRES_KEY_BYTES, MIGRATION, PURGE, PostgresStore, PurgeTask,
-};
-#[cfg(feature = "postgres")]
-pub use postgres_tx::{Begun, KeyTransaction, TxBody};
+pub mod redis;
 
 // The record decoders, for the fuzz entry points (`crate::__fuzz`).
 #[cfg(all(feature = "fuzz", feature = "redis"))]
@@ -51,7 +40,9 @@ pub(crate) use postgres::decode_columns as decode_postgres_columns;
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use idempotent_core::{ClaimOutcome, Fingerprint, IdempotencyKey, MemoryStore, StorageKey, Store};
+/// use idempotent_core::{Fingerprint, IdempotencyKey, Store};
+/// use idempotent_core::record::{ClaimOutcome, StorageKey};
+/// use idempotent_core::memory::MemoryStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
@@ -223,7 +214,7 @@ pub enum StoreError {
     },
     /// The store cannot hold this key: PostgreSQL's text cannot hold a NUL
     /// character, and its index bounds how long a key may be
-    /// (`MAX_POSTGRES_KEY_BYTES`). Nothing was stored; the engine answers it
+    /// (`postgres::MAX_KEY_BYTES`). Nothing was stored; the engine answers it
     /// as [`KeyError::NotStorable`](crate::KeyError::NotStorable).
     #[error("the idempotency store cannot hold this key: {detail}")]
     KeyRejected {

@@ -19,9 +19,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_core::{
-    ClaimOutcome, Fingerprint, IdempotencyKey, LeaseToken, StorageKey, Store, StoreError,
-};
+use idempotent_core::record::{ClaimOutcome, LeaseToken, StorageKey};
+use idempotent_core::{Fingerprint, IdempotencyKey, Store, StoreError};
 
 /// The short lease of the cases about expiry and in-flight answers. Cases
 /// that only need a record completed claim it with [`LONG_LEASE`], so that a

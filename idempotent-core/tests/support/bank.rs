@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Idempotency, MemoryStore, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Idempotency, idempotent};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

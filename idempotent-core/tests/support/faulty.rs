@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idempotent_core::{
-    ClaimOutcome, Fingerprint, LeaseToken, MemoryStore, StorageKey, Store, StoreError,
-};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::record::{ClaimOutcome, LeaseToken, StorageKey};
+use idempotent_core::{Fingerprint, Store, StoreError};
 
 /// The call that goes wrong.
 #[derive(Clone, Debug)]

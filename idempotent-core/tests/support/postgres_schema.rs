@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use idempotent_core::PostgresStore;
+use idempotent_core::postgres::PostgresStore;
 use sqlx::Connection as _;
 use sqlx::Executor as _;
 use sqlx::postgres::PgConnectOptions;

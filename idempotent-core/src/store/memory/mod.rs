@@ -27,7 +27,7 @@ use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis
 /// keys times the TTL.
 ///
 /// ```
-/// use idempotent_core::{DEFAULT_MAX_ENTRIES, MemoryStore};
+/// use idempotent_core::memory::{DEFAULT_MAX_ENTRIES, MemoryStore};
 ///
 /// // Ten new keys a second, kept a day.
 /// let store = MemoryStore::builder().max_entries(10 * 24 * 3600).build();
@@ -65,7 +65,7 @@ const PURGE_BATCH: usize = 64;
 /// Cloning is cheap and shares the records.
 ///
 /// ```
-/// use idempotent_core::MemoryStore;
+/// use idempotent_core::memory::MemoryStore;
 ///
 /// let store = MemoryStore::builder().shards(16).max_entries(1_000_000).build();
 /// assert!(store.is_empty());
@@ -143,7 +143,7 @@ impl MemoryStoreBuilder {
     /// one TTL, whatever their number.
     ///
     /// ```
-    /// use idempotent_core::MemoryStore;
+    /// use idempotent_core::memory::MemoryStore;
     ///
     /// let store = MemoryStore::builder().unbounded().build();
     /// # let _ = store;

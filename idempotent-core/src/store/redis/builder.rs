@@ -12,7 +12,7 @@ use super::connection::Connection;
 use super::notifier::{Waiters, notify_waiters};
 use super::scripts::Scripts;
 use super::standalone::Standalone;
-use super::{DEFAULT_REDIS_TIMEOUT, DEFAULT_WAIT_RECHECK, Inner, RedisStore};
+use super::{DEFAULT_TIMEOUT, DEFAULT_WAIT_RECHECK, Inner, RedisStore};
 use crate::store::StoreError;
 
 /// Builds a [`RedisStore`].
@@ -137,7 +137,7 @@ impl RedisStoreBuilder {
                 "a cluster needs at least one seed node (`redis+cluster://host:port,...`)",
             ));
         }
-        let timeout = self.timeout.unwrap_or(DEFAULT_REDIS_TIMEOUT);
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
         let (connection, pubsub_clients) = if self.cluster.is_empty() {
             let url = self.url.as_deref().unwrap_or("redis://127.0.0.1:6379");
             let client = self.client(url)?;

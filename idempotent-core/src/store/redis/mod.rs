@@ -71,7 +71,7 @@ use crate::key::StorageKey;
 use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken};
 
 /// The default bound on every Redis call, after which it fails closed.
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often, by default, a caller waiting on an in-flight key re-checks it,
 /// in case a completion notice was missed (sent before it subscribed, or lost
@@ -91,7 +91,8 @@ pub const DEFAULT_WAIT_RECHECK: Duration = Duration::from_millis(200);
 ///   polling fallback, every 200 ms by default ([`RedisStoreBuilder::wait_recheck`]).
 ///
 /// ```no_run
-/// use idempotent_core::{Idempotency, RedisStore};
+/// use idempotent_core::Idempotency;
+/// use idempotent_core::redis::RedisStore;
 ///
 /// # async fn start() -> Result<(), idempotent_core::StoreError> {
 /// let store = RedisStore::builder()

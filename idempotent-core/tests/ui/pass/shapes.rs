@@ -1,5 +1,6 @@
 //! Every function shape `#[idempotent]` supports.
-use idempotent_core::{Error, Idempotency, MemoryStore, idempotent};
+use idempotent_core::{Error, Idempotency, idempotent};
+use idempotent_core::memory::MemoryStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{PgConnection, Postgres, Row as _, Transaction};
 
-use super::postgres::{PostgresStore, check_storable, claim_statement, corrupt, keyed, millis};
+use super::{PostgresStore, check_storable, claim_statement, corrupt, keyed, millis};
 use crate::engine::{
     Call, Codec as _, Executed, Operation, Prepared, ResultCodec, replay, store_error,
 };
@@ -175,7 +175,8 @@ impl PostgresStore {
     ///   your database's `statement_timeout`.
     ///
     /// ```no_run
-    /// use idempotent_core::{Begun, Error, Idempotency, Operation, PostgresStore, StoreError};
+    /// use idempotent_core::{Error, Idempotency, Operation, StoreError};
+    /// use idempotent_core::postgres::{Begun, PostgresStore};
     ///
     /// static CHARGE: Operation = Operation::new("charge").wait(std::time::Duration::from_secs(5));
     ///
@@ -271,8 +272,8 @@ impl PostgresStore {
         // Not ours: the transaction changed nothing. Rolled back before
         // answering, so that a lock it took is free for the next retry.
         end(tx, self.timeout()).await;
-        let current = super::postgres::decode(&storage_key, &row)
-            .map_err(|error| store_error(operation, error))?;
+        let current =
+            super::decode(&storage_key, &row).map_err(|error| store_error(operation, error))?;
         match record::decide_claim(Some(&current), fingerprint, 0) {
             ClaimDecision::Answer(ClaimOutcome::Completed(bytes)) => {
                 let value: Result<T, Error> = replay(&ResultCodec::<false>, &bytes, operation)?;
@@ -303,7 +304,8 @@ impl PostgresStore {
     /// borrows from its caller, use [`begin`](Self::begin) directly.
     ///
     /// ```no_run
-    /// use idempotent_core::{Idempotency, Operation, PostgresStore};
+    /// use idempotent_core::{Idempotency, Operation};
+    /// use idempotent_core::postgres::PostgresStore;
     ///
     /// static CHARGE: Operation = Operation::new("charge")
     ///     .wait(std::time::Duration::from_secs(5));

@@ -15,13 +15,18 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor as _, Row as _};
 
+mod transaction;
+
+pub use sqlx;
+pub use transaction::{Begun, KeyTransaction, TxBody};
+
 use super::{Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Record, RecordState};
 
 /// Every call is bounded by this, by default.
-pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The most bytes a record's namespace, scope, operation and key may take
 /// together. A btree index entry holds at most 2,704 bytes on PostgreSQL's
@@ -29,36 +34,7 @@ pub const DEFAULT_POSTGRES_TIMEOUT: Duration = Duration::from_secs(1);
 /// before the claim refuses such a key with [`StoreError::KeyRejected`]
 /// (an invalid key for the caller, a 400 through the HTTP layer) instead
 /// of a database error that reads as an outage.
-pub const MAX_POSTGRES_KEY_BYTES: usize = 2_048;
-
-/// One batch of [`PostgresStore::purge_expired`], `$1` rows at most: the
-/// oldest expired rows, found through the `deadline` index and deleted by
-/// their row address (a TID scan), so a purge never scans the table
-/// (`store_postgres.rs` checks the plan). The batch is locked as it is
-/// chosen (`FOR UPDATE SKIP LOCKED`): a row a claim is taking over is
-/// skipped, or re-checked and kept if the claim committed first, and
-/// concurrent purges take disjoint batches. For a job of your own (pg_cron,
-/// say), run it with `$1` replaced by a batch size.
-pub const PURGE: &str = "DELETE FROM idempotency_records WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM idempotency_records WHERE deadline <= now()
-    ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED))";
-
-/// The table, created by [`PostgresStore::migrate`]. For your own migration
-/// tool, run this SQL (idempotent) once per schema.
-pub const MIGRATION: &str = "
-CREATE TABLE IF NOT EXISTS idempotency_records (
-    namespace   TEXT        NOT NULL,
-    scope       TEXT        NOT NULL,
-    operation   TEXT        NOT NULL,
-    key         TEXT        NOT NULL,
-    fingerprint BYTEA       NOT NULL,
-    token       BYTEA,
-    response    BYTEA,
-    deadline    TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (namespace, scope, operation, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (deadline);
-";
+pub const MAX_KEY_BYTES: usize = 2_048;
 
 /// A [`Store`] on PostgreSQL.
 ///
@@ -80,11 +56,12 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
 ///   reached is [`StoreError::Unavailable`]. The same-transaction mode
 ///   ([`begin`](Self::begin)) is bounded differently: see there.
 /// - A key it cannot hold (a NUL character in any part, or more than
-///   [`MAX_POSTGRES_KEY_BYTES`] in all) is refused before any statement:
+///   [`MAX_KEY_BYTES`] in all) is refused before any statement:
 ///   [`StoreError::KeyRejected`], an invalid key for the caller.
 ///
 /// ```no_run
-/// use idempotent_core::{Idempotency, PostgresStore};
+/// use idempotent_core::Idempotency;
+/// use idempotent_core::postgres::PostgresStore;
 ///
 /// # async fn start() -> Result<(), idempotent_core::StoreError> {
 /// let store = PostgresStore::connect("postgres://app@127.0.0.1/shop").await?;
@@ -121,11 +98,40 @@ impl Tokens {
 }
 
 impl PostgresStore {
+    /// One batch of [`purge_expired`](Self::purge_expired), `$1` rows at most: the
+    /// oldest expired rows, found through the `deadline` index and deleted by
+    /// their row address (a TID scan), so a purge never scans the table
+    /// (`store_postgres.rs` checks the plan). The batch is locked as it is
+    /// chosen (`FOR UPDATE SKIP LOCKED`): a row a claim is taking over is
+    /// skipped, or re-checked and kept if the claim committed first, and
+    /// concurrent purges take disjoint batches. For a job of your own (pg_cron,
+    /// say), run it with `$1` replaced by a batch size.
+    pub const PURGE: &str = "DELETE FROM idempotency_records WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_records WHERE deadline <= now()
+    ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED))";
+
+    /// The table, created by [`migrate`](Self::migrate). For your own migration
+    /// tool, run this SQL (idempotent) once per schema.
+    pub const MIGRATION: &str = "
+CREATE TABLE IF NOT EXISTS idempotency_records (
+    namespace   TEXT        NOT NULL,
+    scope       TEXT        NOT NULL,
+    operation   TEXT        NOT NULL,
+    key         TEXT        NOT NULL,
+    fingerprint BYTEA       NOT NULL,
+    token       BYTEA,
+    response    BYTEA,
+    deadline    TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (namespace, scope, operation, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (deadline);
+";
+
     /// A store on `url` with the default timeout. Connections are made
     /// lazily, so this succeeds while the database is down.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(StoreError::unavailable)?;
-        Ok(Self::with_options(options, DEFAULT_POSTGRES_TIMEOUT))
+        Ok(Self::with_options(options, DEFAULT_TIMEOUT))
     }
 
     /// A store with explicit connection options (a `search_path`, say) and
@@ -148,13 +154,13 @@ impl PostgresStore {
         }
     }
 
-    /// Creates the table and its index if they are missing ([`MIGRATION`]),
+    /// Creates the table and its index if they are missing ([`MIGRATION`](Self::MIGRATION)),
     /// under an advisory lock so concurrent starts do not race.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             tx.execute("SELECT pg_advisory_xact_lock(7171001)").await?;
-            tx.execute(MIGRATION).await?;
+            tx.execute(Self::MIGRATION).await?;
             tx.commit().await
         })
         .await
@@ -164,7 +170,7 @@ impl PostgresStore {
     /// many. Call it periodically (it uses the `deadline` index).
     pub async fn purge_expired(&self, batch: i64) -> Result<u64, StoreError> {
         self.bounded(async {
-            sqlx::query(PURGE)
+            sqlx::query(Self::PURGE)
                 .bind(batch)
                 .execute(&self.pool)
                 .await
@@ -257,7 +263,7 @@ impl Drop for PurgeTask {
 }
 
 /// Refuses a key PostgreSQL cannot hold: a NUL character in any part
-/// (`TEXT` cannot store one), or more than [`MAX_POSTGRES_KEY_BYTES`].
+/// (`TEXT` cannot store one), or more than [`MAX_KEY_BYTES`].
 pub(crate) fn check_storable(key: &StorageKey) -> Result<(), StoreError> {
     let (namespace, scope, operation, id) = key.parts();
     let parts = [
@@ -272,11 +278,11 @@ pub(crate) fn check_storable(key: &StorageKey) -> Result<(), StoreError> {
         });
     }
     let len: usize = parts.iter().map(|(_, part)| part.len()).sum();
-    if len > MAX_POSTGRES_KEY_BYTES {
+    if len > MAX_KEY_BYTES {
         return Err(StoreError::KeyRejected {
             detail: format!(
                 "its namespace, scope, operation and key take {len} bytes together; \
-                 the PostgreSQL store takes at most {MAX_POSTGRES_KEY_BYTES}"
+                 the PostgreSQL store takes at most {MAX_KEY_BYTES}"
             ),
         });
     }
