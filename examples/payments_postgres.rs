@@ -13,11 +13,12 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use idempotent_core::Begun;
 use idempotent_core::http::{
     DEFAULT_BODY_LIMIT, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, error_response, fingerprint,
     missing_key_response, read_body, read_key,
 };
-use idempotent_core::postgres::{Begun, PostgresStore, PurgeTask};
+use idempotent_core::postgres::{PostgresStore, PurgeTask};
 use idempotent_core::{Error, Idempotency, Operation, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -196,7 +197,7 @@ async fn charge(
         .key(key.as_str())
         .scope(&tenant.0)
         .fingerprint(fingerprint);
-    let mut tx = match db.store.begin::<Answer>(call).await {
+    let mut tx = match call.begin::<Answer, _>(&db.store).await {
         Ok(Begun::Fresh(tx)) => tx,
         Ok(Begun::Replayed(answer)) => return answer.into_response(true),
         Err(error) => return error_response(&error),

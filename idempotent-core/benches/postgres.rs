@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotent_core::postgres::{PostgresStore, TxBody};
+use idempotent_core::TxBody;
+use idempotent_core::postgres::PostgresStore;
 use idempotent_core::{Error, Idempotency, Operation};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _, PgConnection};
@@ -212,8 +213,9 @@ fn main() {
                     let (idem, store, key) =
                         (idem.clone(), store.clone(), format!("{prefix}-tx-{i}"));
                     async move {
-                        store
-                            .run_in_transaction(idem.call(&TX).key(&key), ledger_insert(i as i64))
+                        idem.call(&TX)
+                            .key(&key)
+                            .run_in_transaction(&store, ledger_insert(i as i64))
                             .await
                             .expect("a transactional charge");
                     }

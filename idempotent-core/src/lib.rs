@@ -100,7 +100,7 @@ pub mod __fuzz;
 #[doc(inline)]
 pub use idempotent_macros::idempotent;
 
-pub use engine::{Call, Executed, Operation};
+pub use engine::{Begun, Call, Executed, KeyTransaction, Operation, TxBody};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, PayloadError};
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
@@ -113,7 +113,7 @@ pub use store::memory;
 pub use store::postgres;
 #[cfg(feature = "redis")]
 pub use store::redis;
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, TransactionClaim, TransactionalStore};
 
 // The README's examples use every store and the HTTP layer.
 #[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]

@@ -49,7 +49,7 @@ pub enum TxStart<'a, R> {
     /// Answered without running the body: a replay or an error.
     Done(R),
     /// The body runs in this transaction, then [`finish_transaction`].
-    Fresh(crate::postgres::KeyTransaction<'a>),
+    Fresh(crate::KeyTransaction<'a, crate::postgres::PostgresStore>),
 }
 
 /// Opens the transaction of a `transaction = ...` call.
@@ -58,9 +58,9 @@ pub async fn begin_transaction<'a, R: IdempotentOutput>(
     store: &crate::postgres::PostgresStore,
     call: Call<'a>,
 ) -> TxStart<'a, R> {
-    match store.begin::<R::Ok>(call).await {
-        Ok(crate::postgres::Begun::Fresh(tx)) => TxStart::Fresh(tx),
-        Ok(crate::postgres::Begun::Replayed(value)) => TxStart::Done(R::from_result(Ok(value))),
+    match call.begin::<R::Ok, _>(store).await {
+        Ok(crate::Begun::Fresh(tx)) => TxStart::Fresh(tx),
+        Ok(crate::Begun::Replayed(value)) => TxStart::Done(R::from_result(Ok(value))),
         Err(error) => TxStart::Done(R::from_result(Err(error.into()))),
     }
 }
@@ -68,7 +68,7 @@ pub async fn begin_transaction<'a, R: IdempotentOutput>(
 /// The connection the body's `#[tx]` argument is bound to.
 #[cfg(feature = "postgres")]
 pub fn connection<'t>(
-    tx: &'t mut crate::postgres::KeyTransaction<'_>,
+    tx: &'t mut crate::KeyTransaction<'_, crate::postgres::PostgresStore>,
 ) -> &'t mut sqlx::PgConnection {
     tx
 }
@@ -76,7 +76,7 @@ pub fn connection<'t>(
 /// Commits (an `Ok`) or rolls back (an `Err`) a `transaction = ...` call.
 #[cfg(feature = "postgres")]
 pub async fn finish_transaction<R: IdempotentOutput>(
-    tx: crate::postgres::KeyTransaction<'_>,
+    tx: crate::KeyTransaction<'_, crate::postgres::PostgresStore>,
     value: R,
 ) -> R {
     R::from_result(tx.finish(value.into_result()).await.map(|done| done.value))

@@ -237,9 +237,8 @@ enum ChargeError {
 fn charge(
     amount: i64,
     fail: bool,
-) -> impl for<'c> FnOnce(
-    &'c mut sqlx::PgConnection,
-) -> idempotent_core::postgres::TxBody<'c, i64, ChargeError> {
+) -> impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, i64, ChargeError>
+{
     charge_taking(amount, fail, Duration::from_millis(20))
 }
 
@@ -247,9 +246,8 @@ fn charge_taking(
     amount: i64,
     fail: bool,
     work: Duration,
-) -> impl for<'c> FnOnce(
-    &'c mut sqlx::PgConnection,
-) -> idempotent_core::postgres::TxBody<'c, i64, ChargeError> {
+) -> impl for<'c> FnOnce(&'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, i64, ChargeError>
+{
     move |tx| {
         Box::pin(async move {
             let id: i64 =
@@ -274,11 +272,11 @@ async fn a_hundred_concurrent_duplicates_in_transactional_mode_make_one_ledger_r
     let calls = (0..100).map(|_| {
         let (store, runtime) = (store.clone(), runtime.clone());
         tokio::spawn(async move {
-            store
-                .run_in_transaction(
-                    runtime.call(&TX_CHARGE).key("order-1").payload(&4200),
-                    charge(4200, false),
-                )
+            runtime
+                .call(&TX_CHARGE)
+                .key("order-1")
+                .payload(&4200)
+                .run_in_transaction(&store, charge(4200, false))
                 .await
                 .unwrap()
         })
@@ -305,7 +303,7 @@ async fn a_failing_body_leaves_no_row_and_a_retry_runs_clean() {
     let (schema, store) = with_ledger("tx_fail").await;
     let runtime = Idempotency::new(store.clone());
     let call = || runtime.call(&TX_FAIL).key("order-2").payload(&100);
-    let failed = store.run_in_transaction(call(), charge(100, true)).await;
+    let failed = call().run_in_transaction(&store, charge(100, true)).await;
     assert!(matches!(failed, Err(ChargeError::Declined)), "{failed:?}");
     assert_eq!(
         schema.count("ledger").await,
@@ -317,14 +315,14 @@ async fn a_failing_body_leaves_no_row_and_a_retry_runs_clean() {
         0,
         "and so was the record"
     );
-    let retried = store
-        .run_in_transaction(call(), charge(100, false))
+    let retried = call()
+        .run_in_transaction(&store, charge(100, false))
         .await
         .unwrap();
     assert!(!retried.replayed);
     assert_eq!(schema.count("ledger").await, 1);
-    let replayed = store
-        .run_in_transaction(call(), charge(100, false))
+    let replayed = call()
+        .run_in_transaction(&store, charge(100, false))
         .await
         .unwrap();
     assert!(replayed.replayed);
@@ -344,12 +342,12 @@ async fn a_retry_right_after_a_failed_body_runs_without_wait() {
     for n in 0..40 {
         let key = format!("order-{n}");
         let call = || runtime.call(&TX_RETRY).key(&key).payload(&100);
-        let failed = store
-            .run_in_transaction(call(), charge_taking(100, true, Duration::ZERO))
+        let failed = call()
+            .run_in_transaction(&store, charge_taking(100, true, Duration::ZERO))
             .await;
         assert!(matches!(failed, Err(ChargeError::Declined)), "{failed:?}");
-        let retried = store
-            .run_in_transaction(call(), charge_taking(100, false, Duration::ZERO))
+        let retried = call()
+            .run_in_transaction(&store, charge_taking(100, false, Duration::ZERO))
             .await;
         assert!(
             matches!(&retried, Ok(done) if !done.replayed),
@@ -368,14 +366,18 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
     let first = {
         let (store, runtime) = (store.clone(), runtime.clone());
         tokio::spawn(async move {
-            store
-                .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), slow)
+            runtime
+                .call(&TX_NOWAIT)
+                .key("k")
+                .run_in_transaction(&store, slow)
                 .await
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let duplicate = store
-        .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), charge(1, false))
+    let duplicate = runtime
+        .call(&TX_NOWAIT)
+        .key("k")
+        .run_in_transaction(&store, charge(1, false))
         .await;
     assert!(
         matches!(
@@ -391,8 +393,10 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
     let retries = (0..20).map(|_| {
         let (store, runtime) = (store.clone(), runtime.clone());
         tokio::spawn(async move {
-            store
-                .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), charge(1, false))
+            runtime
+                .call(&TX_NOWAIT)
+                .key("k")
+                .run_in_transaction(&store, charge(1, false))
                 .await
         })
     });
@@ -401,8 +405,10 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
         assert!(matches!(&retry, Ok(done) if done.replayed), "{retry:?}");
     }
     assert_eq!(schema.count("ledger").await, 1);
-    let replay = store
-        .run_in_transaction(runtime.call(&TX_NOWAIT).key("k"), charge(1, false))
+    let replay = runtime
+        .call(&TX_NOWAIT)
+        .key("k")
+        .run_in_transaction(&store, charge(1, false))
         .await
         .unwrap();
     assert!(replay.replayed);
@@ -419,7 +425,7 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
 /// record together, and a changed payload is refused without a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
-    use idempotent_core::postgres::Begun;
+    use idempotent_core::Begun;
     static BEGIN: Operation = Operation::new("pg.tx.begin").wait(Duration::from_secs(5));
     let (schema, store) = with_ledger("tx_begin").await;
     let runtime = Idempotency::new(store.clone());
@@ -431,7 +437,7 @@ async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
         amount: i64,
     ) -> Result<(i64, bool), ChargeError> {
         let call = runtime.call(&BEGIN).key(order).payload(&amount);
-        let mut tx = match store.begin::<i64>(call).await? {
+        let mut tx = match call.begin::<i64, _>(store).await? {
             Begun::Replayed(id) => return Ok((id, true)),
             Begun::Fresh(tx) => tx,
         };
@@ -460,7 +466,7 @@ async fn begin_and_finish_commit_a_body_that_borrows_from_its_caller() {
 
     // A fresh transaction dropped unfinished leaves nothing behind.
     let call = runtime.call(&BEGIN).key("order-8").payload(&1);
-    let Begun::Fresh(mut tx) = store.begin::<i64>(call).await.unwrap() else {
+    let Begun::Fresh(mut tx) = call.begin::<i64, _>(&store).await.unwrap() else {
         panic!("a new key begins fresh");
     };
     sqlx::query("INSERT INTO ledger (amount) VALUES (1)")
@@ -568,11 +574,12 @@ async fn a_key_postgresql_cannot_hold_is_an_invalid_key_and_nothing_runs() {
             "{result:?}"
         );
         assert!(!ran, "the body did not run");
-        let result = store
-            .run_in_transaction(
-                runtime.call(&TX_OP).scope(scope).key("k").payload(&1),
-                charge(1, false),
-            )
+        let result = runtime
+            .call(&TX_OP)
+            .scope(scope)
+            .key("k")
+            .payload(&1)
+            .run_in_transaction(&store, charge(1, false))
             .await;
         assert!(
             matches!(

@@ -223,7 +223,6 @@ impl<'a> Call<'a> {
     }
 
     /// The call's operation.
-    #[cfg(feature = "postgres")]
     pub(crate) fn operation(&self) -> &'a Operation {
         self.operation
     }

@@ -15,6 +15,7 @@ mod codec;
 mod deferred;
 mod operation;
 mod owned;
+mod transaction;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,13 +23,12 @@ use std::time::Duration;
 
 use tracing::Instrument as _;
 
-#[cfg(feature = "postgres")]
-pub(crate) use call::Prepared;
 pub use call::{Call, Executed};
 use codec::codec_error;
 pub(crate) use codec::{Codec, ResultCodec, replay};
 pub use operation::Operation;
 use owned::{LeaseGuard, run_owned};
+pub use transaction::{Begun, KeyTransaction, TxBody};
 
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
@@ -54,12 +54,7 @@ where
     F: Future<Output = V> + 'a,
     V: 'a,
 {
-    let span = tracing::info_span!(
-        "idempotent",
-        operation = operation.name,
-        key = %key,
-        outcome = tracing::field::Empty,
-    );
+    let span = span(operation, key);
     // No async block around it: a layer would be copied whole on each move.
     execute_inner(
         runtime,
@@ -72,6 +67,23 @@ where
         span.clone(),
     )
     .instrument(span)
+}
+
+/// The `idempotent` span of one call; its `outcome` is recorded at the end
+/// ([`record_outcome`]).
+fn span(operation: &Operation, key: &IdempotencyKey) -> tracing::Span {
+    tracing::info_span!(
+        "idempotent",
+        operation = operation.name,
+        key = %key,
+        outcome = tracing::field::Empty,
+    )
+}
+
+fn record_outcome<V>(span: &tracing::Span, result: &Result<Executed<V>, Error>) {
+    if !span.is_disabled() {
+        span.record("outcome", outcome(result));
+    }
 }
 
 fn outcome<V>(result: &Result<Executed<V>, Error>) -> &'static str {
@@ -157,13 +169,7 @@ where
                 ))
                 .await;
             }
-            ClaimOutcome::Completed(bytes) => {
-                operation.metrics().replayed.increment(1);
-                break replay(codec, &bytes, operation).map(|value| Executed {
-                    value,
-                    replayed: true,
-                });
-            }
+            ClaimOutcome::Completed(bytes) => break replayed(codec, &bytes, operation),
             ClaimOutcome::InFlight { retry_after } => {
                 if !std::mem::replace(&mut met_in_flight, true) {
                     operation.metrics().in_flight.increment(1);
@@ -177,28 +183,46 @@ where
                         let timeout = retry_after.max(MIN_RECHECK).min(until - now);
                         Box::pin(wait_for(store, &storage_key, timeout)).await;
                     }
-                    _ => {
-                        break Err(Error::InProgress {
-                            key: key.to_string(),
-                            retry_after,
-                        });
-                    }
+                    _ => break Err(in_progress(key, retry_after)),
                 }
             }
-            ClaimOutcome::Mismatch => {
-                operation.metrics().mismatch.increment(1);
-                tracing::warn!("idempotency key reused with a different payload");
-                break Err(Error::KeyReused {
-                    operation: operation.name.to_owned(),
-                    key: key.to_string(),
-                });
-            }
+            ClaimOutcome::Mismatch => break Err(key_reused(operation, key)),
         }
     };
-    if !span.is_disabled() {
-        span.record("outcome", outcome(&result));
-    }
+    record_outcome(&span, &result);
     result
+}
+
+/// The answer to a call whose key completed before: its stored value.
+fn replayed<V>(
+    codec: &impl Codec<V>,
+    bytes: &[u8],
+    operation: &Operation,
+) -> Result<Executed<V>, Error> {
+    operation.metrics().replayed.increment(1);
+    replay(codec, bytes, operation).map(|value| Executed {
+        value,
+        replayed: true,
+    })
+}
+
+/// The answer to a call whose key another caller holds (once its wait, if
+/// any, is over).
+fn in_progress(key: &IdempotencyKey, retry_after: Duration) -> Error {
+    Error::InProgress {
+        key: key.to_string(),
+        retry_after,
+    }
+}
+
+/// The answer to a call whose key was used with another payload.
+fn key_reused(operation: &Operation, key: &IdempotencyKey) -> Error {
+    operation.metrics().mismatch.increment(1);
+    tracing::warn!("idempotency key reused with a different payload");
+    Error::KeyReused {
+        operation: operation.name.to_owned(),
+        key: key.to_string(),
+    }
 }
 
 /// Waits for a duplicate in flight to finish (or for `timeout`).

@@ -83,7 +83,6 @@ impl Operation {
     }
 
     /// How long a duplicate in flight is waited for, if at all.
-    #[cfg(feature = "postgres")]
     pub(crate) fn wait_bound(&self) -> Option<Duration> {
         self.wait
     }

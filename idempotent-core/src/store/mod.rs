@@ -22,6 +22,9 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod transaction;
+
+pub use transaction::{TransactionClaim, TransactionalStore};
 
 // The record decoders, for the fuzz entry points (`crate::__fuzz`).
 #[cfg(all(feature = "fuzz", feature = "redis"))]

@@ -3,8 +3,14 @@
 //!
 //! This file is the store used like Redis (claim, then complete or release,
 //! with leases). The same-transaction mode, where the record commits together
-//! with the caller's own writes, is in `postgres_tx.rs`
-//! ([`PostgresStore::begin`], [`PostgresStore::run_in_transaction`]).
+//! with the caller's own writes, is `transaction.rs`: the store's
+//! [`TransactionalStore`](crate::TransactionalStore) hook, which the engine
+//! drives ([`Call::begin`](crate::Call::begin),
+//! [`Call::run_in_transaction`](crate::Call::run_in_transaction), or
+//! `#[idempotent(transaction = ...)]`).
+//!
+//! `sqlx` is re-exported: use `idempotent_core::postgres::sqlx` rather than
+//! a `sqlx` dependency of your own, whose version could differ from ours.
 
 use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
@@ -18,7 +24,6 @@ use sqlx::{Executor as _, Row as _};
 mod transaction;
 
 pub use sqlx;
-pub use transaction::{Begun, KeyTransaction, TxBody};
 
 use super::{Store, StoreError};
 use crate::fingerprint::Fingerprint;
@@ -54,7 +59,8 @@ pub const MAX_KEY_BYTES: usize = 2_048;
 /// - Every [`Store`] call (claim, complete, release, renew) and every purge
 ///   is bounded by the timeout (default 1 s); a database that cannot be
 ///   reached is [`StoreError::Unavailable`]. The same-transaction mode
-///   ([`begin`](Self::begin)) is bounded differently: see there.
+///   ([`TransactionalStore::begin`](crate::TransactionalStore::begin)) is
+///   bounded differently: see there.
 /// - A key it cannot hold (a NUL character in any part, or more than
 ///   [`MAX_KEY_BYTES`] in all) is refused before any statement:
 ///   [`StoreError::KeyRejected`], an invalid key for the caller.
