@@ -18,15 +18,19 @@
 //! - [`RetryBudget`]: a client-wide token bucket, so an outage does not
 //!   become a retry storm.
 
+mod attempt;
 mod budget;
 mod client;
+mod error;
 mod journal;
+mod request;
 mod retry;
+mod send;
 
 pub use budget::RetryBudget;
-pub use client::{
-    ClientBuilder, ClientError, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IDEMPOTENCY_KEY,
-    IdempotentClient, RequestBuilder, Sent,
-};
+pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotentClient};
+pub use error::ClientError;
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
+pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub use retry::{Retries, RetryPolicy, is_retryable_status, retry_after};
+pub use send::Sent;
