@@ -27,7 +27,7 @@ mod request;
 mod retry;
 mod send;
 
-pub use budget::RetryBudget;
+pub use budget::{RetryBudget, RetryBudgetBuilder};
 pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotentClient};
 pub use error::ClientError;
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};

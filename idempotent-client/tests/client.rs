@@ -483,7 +483,13 @@ async fn the_retry_budget_stops_a_retry_storm() {
         .journal(MemoryJournal::new())
         .retry(fast().max_attempts(10))
         // Five retries in the bucket, no refill.
-        .retry_budget(idempotent_client::RetryBudget::new(5.0, 0.0, 0.0))
+        .retry_budget(
+            idempotent_client::RetryBudget::builder()
+                .capacity(5)
+                .per_request(0.0)
+                .per_second(0.0)
+                .build(),
+        )
         .build()
         .unwrap();
     for i in 0..20 {
