@@ -32,5 +32,5 @@ pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, Idemp
 pub use error::ClientError;
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
-pub use retry::{Retries, RetryPolicy, is_retryable_status, retry_after};
+pub use retry::{Retries, RetryPolicy, RetryPolicyBuilder, is_retryable_status, retry_after};
 pub use send::Sent;

@@ -104,8 +104,8 @@ impl<'a> Schedule<'a> {
         budget.deposit();
         Self {
             retries: policy.retries(),
-            max_elapsed: policy.deadline(),
-            max_retry_after: policy.retry_after_cap(),
+            max_elapsed: policy.max_elapsed(),
+            max_retry_after: policy.max_retry_after(),
             started: Instant::now(),
             budget,
             intent,
