@@ -20,9 +20,8 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The server answered 422: this key was first used with another
-    /// request. A bug in the caller (an intent name reused for a different
-    /// payload), never retried.
+    /// The server answered 422: this key was first used with a different
+    /// request. A bug in the caller (an explicit key reused), never retried.
     #[error("idempotency key `{key}` was already used with a different request")]
     KeyReused {
         /// The key.
@@ -30,16 +29,17 @@ pub enum ClientError {
         /// The server's answer.
         response: Box<Response>,
     },
-    /// The intent was first sent with another request (another method,
-    /// path and query, or body), which its key belongs to; nothing was
-    /// sent. Sending it would get the server's 422 at best, or a replay of
-    /// the other request's answer from a server that does not fingerprint
-    /// bodies. A new request needs a new intent name.
+    /// The intent was first used with a different request (another
+    /// method, path and query, or body), which its key belongs to; nothing
+    /// was sent. Sending it would get the server's 422 ([`KeyReused`](Self::KeyReused))
+    /// at best, or a replay of the other request's answer from a server
+    /// that does not fingerprint bodies. A new request needs a new intent
+    /// name.
     #[error(
-        "intent `{intent}` was first sent with another request (method, path, query or body); \
-         its key `{key}` belongs to that one: give this request another intent name"
+        "intent `{intent}` was already used with a different request (method, path, query or \
+         body); its key `{key}` belongs to that one: give this request another intent name"
     )]
-    IntentChanged {
+    IntentReused {
         /// The intent's name.
         intent: String,
         /// The key journaled for the first request.

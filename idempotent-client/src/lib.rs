@@ -10,7 +10,8 @@
 //!   [`IdempotentClient::pending`] and [`IdempotentClient::resume`] finish
 //!   what a crash interrupted.
 //! - [`RetryPolicy`]: exponential backoff with full jitter, bounded by
-//!   attempts and an overall deadline, built on the `backon` crate;
+//!   attempts and by an overall deadline (`max_elapsed`), built on the
+//!   `backon` crate;
 //!   [`is_retryable_status`] says which statuses are retried (the client
 //!   itself never retries an answer marked `Idempotent-Replayed: true`: the
 //!   server's stored answer, final whatever its status), and

@@ -124,9 +124,9 @@ impl RequestBuilder {
     /// Sends, retrying transient failures with the same key; see the crate docs.
     ///
     /// - A named intent is journaled, with its key, before the first
-    ///   attempt. An intent journaled before with another request (another
-    ///   method, path and query, or body: what the server fingerprints) is
-    ///   [`ClientError::IntentChanged`], and nothing is sent.
+    ///   attempt. An intent journaled before with a different request
+    ///   (another method, path and query, or body: what the server
+    ///   fingerprints) is [`ClientError::IntentReused`], and nothing is sent.
     /// - With a key, a final answer's body is read whole, up to the
     ///   [`response_limit`](crate::ClientBuilder::response_limit), before the
     ///   intent is marked answered: a body that breaks or times out half-way
@@ -180,7 +180,7 @@ impl RequestBuilder {
             })
             .await?;
         if !self.is_request_of(&recorded) {
-            return Err(ClientError::IntentChanged {
+            return Err(ClientError::IntentReused {
                 intent: recorded.name,
                 key: recorded.key,
             });

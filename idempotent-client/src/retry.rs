@@ -293,9 +293,9 @@ impl Iterator for Retries {
 }
 
 /// Whether an answer with this status is worth retrying with the same key:
-/// 408, 409 (the first request is still in flight), 425, 429, 500, 502, 503
-/// and 504. Every other status is final (422, a key reused with another
-/// payload, is a bug in the caller, not a reason to retry).
+/// 408, 409 (a request with the same key is in progress), 425, 429, 500,
+/// 502, 503 and 504. Every other status is final (422, a key reused with a
+/// different request, is a bug in the caller, not a reason to retry).
 pub fn is_retryable_status(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),

@@ -1,6 +1,6 @@
 //! The retry loop: attempts of one request, all with its key, until a final
-//! answer, or until the policy, its deadline or the client's budget runs
-//! out; and the journal kept in step.
+//! answer, or until the policy's attempts, its `max_elapsed` or the client's
+//! budget runs out; and the journal kept in step.
 
 use std::time::{Duration, SystemTime};
 
@@ -135,7 +135,7 @@ impl<'a> Schedule<'a> {
     }
 }
 
-/// A final answer: it settles the intent; `422` to a request with a key is
+/// A final answer: its intent is marked answered; `422` to a request with a key is
 /// [`ClientError::KeyReused`].
 async fn answered(
     request: &RequestBuilder,
@@ -143,7 +143,7 @@ async fn answered(
     key: Option<String>,
     attempts: u32,
 ) -> Result<Sent, ClientError> {
-    settle(request).await;
+    mark_answered(request).await;
     if let (StatusCode::UNPROCESSABLE_ENTITY, Some(key)) = (response.status(), &key) {
         return Err(ClientError::KeyReused {
             key: key.clone(),
@@ -164,7 +164,7 @@ async fn too_large(
     key: String,
     attempts: u32,
 ) -> Result<Sent, ClientError> {
-    settle(request).await;
+    mark_answered(request).await;
     Err(ClientError::ResponseTooLarge {
         status: response.status(),
         headers: Box::new(std::mem::take(response.headers_mut())),
@@ -175,7 +175,7 @@ async fn too_large(
 }
 
 /// Marks the intent answered: the answer is final, the server keeps it.
-async fn settle(request: &RequestBuilder) {
+async fn mark_answered(request: &RequestBuilder) {
     if let Some(name) = &request.intent {
         // The server has answered: the answer is the caller's, whatever
         // the journal says. An intent not marked answered stays

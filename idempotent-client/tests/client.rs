@@ -81,7 +81,7 @@ fn client(journal: &MemoryJournal) -> IdempotentClient {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_in_flight_is_retried_with_the_same_key_and_gets_the_one_charge() {
+async fn a_duplicate_in_progress_is_retried_with_the_same_key_and_gets_the_one_charge() {
     let (url, counters) = server().await;
     let journal = MemoryJournal::new();
     let send = || {
@@ -181,11 +181,11 @@ async fn an_intent_sent_again_with_another_body_is_refused_and_nothing_is_sent()
         .send()
         .await;
     match changed {
-        Err(ClientError::IntentChanged { intent, key }) => {
+        Err(ClientError::IntentReused { intent, key }) => {
             assert_eq!(intent, "order-3");
             assert_eq!(Some(key), first.key);
         }
-        other => panic!("expected IntentChanged, got {other:?}"),
+        other => panic!("expected IntentReused, got {other:?}"),
     }
     let elsewhere = client
         .post(format!("{url}?another=query"))
@@ -194,7 +194,7 @@ async fn an_intent_sent_again_with_another_body_is_refused_and_nothing_is_sent()
         .send()
         .await;
     assert!(
-        matches!(elsewhere, Err(ClientError::IntentChanged { .. })),
+        matches!(elsewhere, Err(ClientError::IntentReused { .. })),
         "{elsewhere:?}"
     );
     assert_eq!(
