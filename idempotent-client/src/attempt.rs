@@ -4,12 +4,8 @@
 
 use reqwest::{Response, ResponseBuilderExt as _};
 
+use crate::answer::{is_replay, is_retryable_status};
 use crate::request::{IDEMPOTENCY_KEY, RequestBuilder};
-use crate::retry::is_retryable_status;
-
-/// The header a server following the IETF draft (and `idempotent-core`'s
-/// layer) sets on a replayed answer.
-pub(crate) const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// What one attempt came to.
 pub(crate) enum Outcome {
@@ -148,12 +144,4 @@ async fn read_whole(mut response: Response, limit: usize) -> Result<Whole, reqwe
     Ok(Whole::Read(Response::from(whole.expect(
         "the status, version and headers of a response rebuild it",
     ))))
-}
-
-/// Whether the server marked the answer as a replay of its stored one
-/// (`Idempotent-Replayed: true`).
-fn is_replay(headers: &reqwest::header::HeaderMap) -> bool {
-    headers
-        .get(IDEMPOTENT_REPLAYED)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"true"))
 }

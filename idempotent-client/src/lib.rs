@@ -19,6 +19,7 @@
 //! - [`RetryBudget`]: a client-wide token bucket, so an outage does not
 //!   become a retry storm.
 
+mod answer;
 mod attempt;
 mod budget;
 mod client;
@@ -28,10 +29,11 @@ mod request;
 mod retry;
 mod send;
 
+pub use answer::{is_retryable_status, retry_after};
 pub use budget::{RetryBudget, RetryBudgetBuilder};
 pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotentClient};
 pub use error::ClientError;
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
 pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
-pub use retry::{Retries, RetryPolicy, RetryPolicyBuilder, is_retryable_status, retry_after};
+pub use retry::{Retries, RetryPolicy, RetryPolicyBuilder};
 pub use send::Sent;

@@ -1,9 +1,8 @@
-//! When to retry, and how long to wait first.
+//! How often to retry, and how long to wait before each retry.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use http::{HeaderMap, StatusCode, header::RETRY_AFTER};
 
 /// How a request is retried: exponential backoff with full jitter, bounded
 /// by a number of attempts and by the time elapsed since the first one.
@@ -292,43 +291,6 @@ impl Iterator for Retries {
     }
 }
 
-/// Whether an answer with this status is worth retrying with the same key:
-/// 408, 409 (a request with the same key is in progress), 425, 429, 500,
-/// 502, 503 and 504. Every other status is final (422, a key reused with a
-/// different request, is a bug in the caller, not a reason to retry).
-pub fn is_retryable_status(status: StatusCode) -> bool {
-    matches!(
-        status.as_u16(),
-        408 | 409 | 425 | 429 | 500 | 502 | 503 | 504
-    )
-}
-
-/// How long the server asked us to wait: `Retry-After` in seconds or as an
-/// HTTP date (RFC 9110 §10.2.3), measured from `now` and capped at `cap`.
-/// `None` when the header is absent or malformed.
-///
-/// ```
-/// use std::time::{Duration, SystemTime};
-/// use http::HeaderMap;
-/// use idempotent_client::retry_after;
-///
-/// let mut headers = HeaderMap::new();
-/// headers.insert("retry-after", "3".parse().unwrap());
-/// let cap = Duration::from_secs(30);
-/// assert_eq!(retry_after(&headers, SystemTime::now(), cap), Some(Duration::from_secs(3)));
-/// ```
-pub fn retry_after(headers: &HeaderMap, now: SystemTime, cap: Duration) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // Digits only; a number too large for u64 is "very long": the cap.
-        Duration::from_secs(value.parse().unwrap_or(u64::MAX))
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(cap))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,44 +373,5 @@ mod tests {
             retries.next_delay(Some(Duration::from_secs(2))),
             Some(Duration::from_secs(2))
         );
-    }
-
-    #[test]
-    fn retry_after_reads_seconds_and_http_dates_and_caps_them() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_784_000_000);
-        let cap = Duration::from_secs(30);
-        let with = |value: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(RETRY_AFTER, value.parse().unwrap());
-            retry_after(&headers, now, cap)
-        };
-        assert_eq!(with("5"), Some(Duration::from_secs(5)));
-        assert_eq!(with("0"), Some(Duration::ZERO));
-        assert_eq!(with("3600"), Some(cap));
-        assert_eq!(with("99999999999999999999999"), Some(cap));
-        let in_ten = httpdate::fmt_http_date(now + Duration::from_secs(10));
-        assert_eq!(with(&in_ten), Some(Duration::from_secs(10)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(10));
-        assert_eq!(with(&past), Some(Duration::ZERO));
-        assert_eq!(with("soon"), None);
-        assert_eq!(with(""), None);
-        assert_eq!(with("-1"), None);
-        assert_eq!(retry_after(&HeaderMap::new(), now, cap), None);
-    }
-
-    #[test]
-    fn only_transient_answers_are_retried() {
-        for code in [408, 409, 425, 429, 500, 502, 503, 504] {
-            assert!(
-                is_retryable_status(StatusCode::from_u16(code).unwrap()),
-                "{code}"
-            );
-        }
-        for code in [200, 201, 400, 401, 404, 413, 422, 501, 505] {
-            assert!(
-                !is_retryable_status(StatusCode::from_u16(code).unwrap()),
-                "{code}"
-            );
-        }
     }
 }

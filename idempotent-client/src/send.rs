@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime};
 use reqwest::{Response, StatusCode};
 use tokio::time::Instant;
 
+use crate::answer::retry_after;
 use crate::attempt::{self, Outcome};
 use crate::budget::RetryBudget;
 use crate::error::ClientError;
 use crate::request::RequestBuilder;
-use crate::retry::{Retries, RetryPolicy, retry_after};
+use crate::retry::{Retries, RetryPolicy};
 
 /// A final answer, with the key it was sent with and how many attempts it took.
 #[derive(Debug)]
