@@ -102,14 +102,15 @@ pub async fn run_with(scenario: Scenario, during: impl std::future::Future<Outpu
         .journal(MemoryJournal::new())
         .http_client(http)
         .retry(
-            RetryPolicy::default()
+            RetryPolicy::builder()
                 .initial_interval(Duration::from_millis(5))
                 .max_interval(Duration::from_millis(100))
                 // About 50 ms apart on average (full jitter under 100 ms).
                 .max_attempts(
                     30_u32.max(u32::try_from(retry_for.as_millis() / 50).unwrap_or(u32::MAX)),
                 )
-                .jitter_seed(faults.seed),
+                .jitter_seed(faults.seed)
+                .build(),
         )
         // 40% of attempts fail here on purpose: more than the default
         // budget (made to stop retry storms during outages) would allow.

@@ -66,11 +66,12 @@ async fn a_server_killed_at_random_moments_ends_with_one_ledger_row_per_payment(
         IdempotentClient::builder()
             .journal(MemoryJournal::new())
             .retry(
-                RetryPolicy::default()
+                RetryPolicy::builder()
                     .initial_interval(Duration::from_millis(20))
                     .max_interval(Duration::from_millis(500))
                     .max_attempts(100)
-                    .max_elapsed(Some(Duration::from_secs(120))),
+                    .max_elapsed(Some(Duration::from_secs(120)))
+                    .build(),
             )
             // Every request fails together at each kill: no budget here.
             .retry_budget(RetryBudget::unlimited())

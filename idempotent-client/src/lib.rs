@@ -10,7 +10,8 @@
 //!   [`IdempotentClient::pending`] and [`IdempotentClient::resume`] finish
 //!   what a crash interrupted.
 //! - [`RetryPolicy`]: exponential backoff with full jitter, bounded by
-//!   attempts and an overall deadline, built on the `backon` crate;
+//!   attempts and by an overall deadline (`max_elapsed`), built on the
+//!   `backon` crate;
 //!   [`is_retryable_status`] says which statuses are retried (the client
 //!   itself never retries an answer marked `Idempotent-Replayed: true`: the
 //!   server's stored answer, final whatever its status), and
@@ -18,15 +19,21 @@
 //! - [`RetryBudget`]: a client-wide token bucket, so an outage does not
 //!   become a retry storm.
 
+mod answer;
+mod attempt;
 mod budget;
 mod client;
+mod error;
 mod journal;
+mod request;
 mod retry;
+mod send;
 
-pub use budget::RetryBudget;
-pub use client::{
-    ClientBuilder, ClientError, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IDEMPOTENCY_KEY,
-    IdempotentClient, RequestBuilder, Sent,
-};
+pub use answer::{is_retryable_status, retry_after};
+pub use budget::{RetryBudget, RetryBudgetBuilder};
+pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotentClient};
+pub use error::ClientError;
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
-pub use retry::{Retries, RetryPolicy, is_retryable_status, retry_after};
+pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
+pub use retry::{Retries, RetryPolicy, RetryPolicyBuilder};
+pub use send::Sent;

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use idempotent_client::{
     ClientError, IdempotentClient, Intent, Journal, JournalError, MemoryJournal, RetryPolicy,
+    RetryPolicyBuilder,
 };
 use idempotent_core::Idempotency;
 use idempotent_core::http::IdempotencyLayer;
@@ -64,8 +65,8 @@ async fn server() -> (String, Counters) {
     (format!("http://{addr}/payments"), counters)
 }
 
-fn fast() -> RetryPolicy {
-    RetryPolicy::default()
+fn fast() -> RetryPolicyBuilder {
+    RetryPolicy::builder()
         .initial_interval(Duration::from_millis(10))
         .max_interval(Duration::from_millis(50))
         .max_attempts(50)
@@ -75,13 +76,13 @@ fn fast() -> RetryPolicy {
 fn client(journal: &MemoryJournal) -> IdempotentClient {
     IdempotentClient::builder()
         .journal(journal.clone())
-        .retry(fast())
+        .retry(fast().build())
         .build()
         .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_duplicate_in_flight_is_retried_with_the_same_key_and_gets_the_one_charge() {
+async fn a_duplicate_in_progress_is_retried_with_the_same_key_and_gets_the_one_charge() {
     let (url, counters) = server().await;
     let journal = MemoryJournal::new();
     let send = || {
@@ -117,10 +118,11 @@ async fn transient_failures_are_retried_with_the_key_honouring_retry_after() {
     let (url, counters) = server().await;
     // Backoff alone would wait 10 s, over the 1 s budget: only the
     // server's `Retry-After: 0` lets the retries happen.
-    let slow = RetryPolicy::default()
+    let slow = RetryPolicy::builder()
         .initial_interval(Duration::from_secs(10))
         .full_jitter(false)
-        .max_elapsed(Some(Duration::from_secs(1)));
+        .max_elapsed(Some(Duration::from_secs(1)))
+        .build();
     let journal = MemoryJournal::new();
     let sent = client(&journal)
         .post(&url)
@@ -180,11 +182,11 @@ async fn an_intent_sent_again_with_another_body_is_refused_and_nothing_is_sent()
         .send()
         .await;
     match changed {
-        Err(ClientError::IntentChanged { intent, key }) => {
+        Err(ClientError::IntentReused { intent, key }) => {
             assert_eq!(intent, "order-3");
             assert_eq!(Some(key), first.key);
         }
-        other => panic!("expected IntentChanged, got {other:?}"),
+        other => panic!("expected IntentReused, got {other:?}"),
     }
     let elsewhere = client
         .post(format!("{url}?another=query"))
@@ -193,7 +195,7 @@ async fn an_intent_sent_again_with_another_body_is_refused_and_nothing_is_sent()
         .send()
         .await;
     assert!(
-        matches!(elsewhere, Err(ClientError::IntentChanged { .. })),
+        matches!(elsewhere, Err(ClientError::IntentReused { .. })),
         "{elsewhere:?}"
     );
     assert_eq!(
@@ -306,7 +308,7 @@ async fn an_answer_over_the_response_limit_is_an_error_and_answered() {
     let journal = MemoryJournal::new();
     let client = IdempotentClient::builder()
         .journal(journal.clone())
-        .retry(fast())
+        .retry(fast().build())
         .response_limit(8)
         .build()
         .unwrap();
@@ -343,7 +345,7 @@ async fn a_restarted_client_reuses_the_journaled_key_and_never_writes_credential
     let send = |url: String, path: std::path::PathBuf| async move {
         let client = IdempotentClient::builder()
             .journal_path(path)
-            .retry(fast())
+            .retry(fast().build())
             .build()
             .unwrap();
         // Credentials in the URL's userinfo and an API-key header too.
@@ -451,7 +453,7 @@ async fn a_refused_connection_is_retried_then_reported() {
         .post(format!("http://127.0.0.1:{port}/payments"))
         .body("x")
         .intent("order-6")
-        .retry(fast().max_attempts(3))
+        .retry(fast().max_attempts(3).build())
         .send()
         .await;
     match result {
@@ -482,9 +484,15 @@ async fn the_retry_budget_stops_a_retry_storm() {
     });
     let client = IdempotentClient::builder()
         .journal(MemoryJournal::new())
-        .retry(fast().max_attempts(10))
+        .retry(fast().max_attempts(10).build())
         // Five retries in the bucket, no refill.
-        .retry_budget(idempotent_client::RetryBudget::new(5.0, 0.0, 0.0))
+        .retry_budget(
+            idempotent_client::RetryBudget::builder()
+                .capacity(5)
+                .per_request(0.0)
+                .per_second(0.0)
+                .build(),
+        )
         .build()
         .unwrap();
     for i in 0..20 {
@@ -512,12 +520,13 @@ async fn the_overall_deadline_counts_the_attempts_time_too() {
     // Each attempt takes 100 ms and fails; the delays are 1 ms. Counting
     // only the delays, the 300 ms deadline would allow about 300 attempts;
     // counting the attempts' time too, it allows three or four.
-    let policy = RetryPolicy::default()
+    let policy = RetryPolicy::builder()
         .initial_interval(Duration::from_millis(1))
         .max_interval(Duration::from_millis(1))
         .full_jitter(false)
         .max_attempts(1_000)
-        .max_elapsed(Some(Duration::from_millis(300)));
+        .max_elapsed(Some(Duration::from_millis(300)))
+        .build();
     let sent = client(&MemoryJournal::new())
         .post(&url)
         .header("x-fail-first", "1000000")
@@ -605,7 +614,7 @@ async fn an_answer_the_journal_cannot_record_is_still_returned() {
     let journal = AnswersFail::default();
     let client = IdempotentClient::builder()
         .journal(journal.clone())
-        .retry(fast())
+        .retry(fast().build())
         .build()
         .unwrap();
     let send = || client.post(&url).body("order-9").intent("order-9").send();

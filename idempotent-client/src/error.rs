@@ -1,0 +1,72 @@
+//! What can go wrong in [`RequestBuilder::send`](crate::RequestBuilder::send).
+
+use reqwest::{Response, StatusCode};
+
+use crate::journal::JournalError;
+
+/// What can go wrong in [`RequestBuilder::send`](crate::RequestBuilder::send).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The journal could not record the intent: nothing was sent.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The last attempt failed in transport (after any retries).
+    #[error("request failed after {attempts} attempt(s): {source}")]
+    Http {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered 422: this key was first used with a different
+    /// request. A bug in the caller (an explicit key reused), never retried.
+    #[error("idempotency key `{key}` was already used with a different request")]
+    KeyReused {
+        /// The key.
+        key: String,
+        /// The server's answer.
+        response: Box<Response>,
+    },
+    /// The intent was first used with a different request (another
+    /// method, path and query, or body), which its key belongs to; nothing
+    /// was sent. Sending it would get the server's 422 ([`KeyReused`](Self::KeyReused))
+    /// at best, or a replay of the other request's answer from a server
+    /// that does not fingerprint bodies. A new request needs a new intent
+    /// name.
+    #[error(
+        "intent `{intent}` was already used with a different request (method, path, query or \
+         body); its key `{key}` belongs to that one: give this request another intent name"
+    )]
+    IntentReused {
+        /// The intent's name.
+        intent: String,
+        /// The key journaled for the first request.
+        key: String,
+    },
+    /// The final answer's body is over the client's
+    /// [`response_limit`](crate::ClientBuilder::response_limit): its status and
+    /// headers are here, its body is not read. The server has answered for
+    /// good, so the intent is marked answered (sending it again gets the same
+    /// answer).
+    #[error("the answer ({status}) has a body over the limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// The answer's status.
+        status: StatusCode,
+        /// The answer's headers.
+        headers: Box<reqwest::header::HeaderMap>,
+        /// The limit, in bytes.
+        limit: usize,
+        /// The idempotency key the request carried.
+        key: String,
+        /// Attempts made, the first included.
+        attempts: u32,
+    },
+    /// The request could not be built (a body that failed to serialize, say).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The client is misconfigured.
+    #[error("client configuration: {0}")]
+    Config(String),
+}
