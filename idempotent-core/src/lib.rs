@@ -115,7 +115,32 @@ pub use store::postgres;
 pub use store::redis;
 pub use store::{Store, StoreError, TransactionClaim, TransactionalStore};
 
-// The README's examples use every store and the HTTP layer.
+// The README's examples, and the guides' in docs/, use every store, the
+// HTTP layer and the client: each file's snippets are doctested here.
 #[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[doc = include_str!("../../docs/function.md")]
+struct FunctionGuideDoctests;
+
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[doc = include_str!("../../docs/stores.md")]
+struct StoresGuideDoctests;
+
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[doc = include_str!("../../docs/http.md")]
+struct HttpGuideDoctests;
+
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[doc = include_str!("../../docs/client.md")]
+struct ClientGuideDoctests;
+
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[doc = include_str!("../../docs/failure-modes.md")]
+struct FailureModesGuideDoctests;
+
+#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[doc = include_str!("../../docs/operations.md")]
+struct OperationsGuideDoctests;
