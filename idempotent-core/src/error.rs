@@ -80,6 +80,17 @@ pub enum Error {
         /// What went wrong.
         detail: String,
     },
+    /// The call was run without a key: a [`Call`](crate::Call) needs
+    /// [`key`](crate::Call::key) (or
+    /// [`idempotency_key`](crate::Call::idempotency_key)) before
+    /// [`run`](crate::Call::run). A bug in the caller; the body was not run.
+    #[error(
+        "the call of `{operation}` has no idempotency key: set one with `.key(...)` before running it"
+    )]
+    MissingKey {
+        /// The operation.
+        operation: String,
+    },
     /// No runtime was given and none was installed at start-up.
     #[error(
         "no idempotency runtime is configured: call `Idempotency::builder(store).build().install()` at start-up, or pass `runtime = ...` to #[idempotent]"

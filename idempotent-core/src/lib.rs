@@ -45,10 +45,15 @@
 //!   cluster, TLS) and [`postgres`] (with its same-transaction mode).
 //! - HTTP: [`http`], a tower layer for axum and any tower service.
 //! - Metric and span names: [`telemetry`].
-//! - For people writing their own store: [`Store`], [`StoreError`] and the
-//!   [`record`] state machine.
+//! - For people writing their own store: [`Store`] (and
+//!   [`TransactionalStore`] for the same-transaction mode), [`StoreError`],
+//!   the [`record`] state machine, and the conformance suite (feature
+//!   `conformance`) to prove the store keeps its promises.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 mod engine;
 mod error;
 mod fingerprint;

@@ -118,7 +118,7 @@ async fn an_engine_error_reaches_the_caller_and_releases_the_key() {
 async fn a_cached_error_is_kept_for_its_own_ttl() {
     static OP: Operation = Operation::new("errors.cached")
         .ttl(Duration::from_secs(3600))
-        .cache_errors(Duration::from_secs(10));
+        .error_ttl(Duration::from_secs(10));
     let idem = Idempotency::new(MemoryStore::new());
     let runs = AtomicUsize::new(0);
     for _ in 0..3 {

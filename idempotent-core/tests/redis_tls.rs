@@ -2,8 +2,6 @@
 //! listening only on a TLS port with a certificate from a throwaway CA the
 //! test makes with `openssl`.
 
-mod conformance;
-
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -176,7 +174,7 @@ async fn conformance_over_tls_with_a_private_ca() {
         .build()
         .await
         .unwrap();
-    conformance::run_all(Arc::new(store)).await;
+    idempotent_core::conformance::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

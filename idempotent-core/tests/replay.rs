@@ -40,6 +40,28 @@ async fn the_caller_can_tell_a_replay_from_a_fresh_run() {
 }
 
 #[tokio::test]
+async fn a_call_run_without_a_key_is_its_own_error_and_the_body_does_not_run() {
+    static OP: Operation = Operation::new("replay.no_key");
+    let idem = Idempotency::new(MemoryStore::new());
+    let mut ran = false;
+    let error = idem
+        .call(&OP)
+        .payload(&1)
+        .run(async {
+            ran = true;
+            Ok::<_, Error>(1)
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::MissingKey { operation } if operation == "replay.no_key"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(".key(...)"), "{error}");
+    assert!(!ran, "the body did not run");
+}
+
+#[tokio::test]
 async fn a_malformed_key_is_refused_and_the_body_does_not_run() {
     let bank = Bank::new();
     for bad in ["", "with space", "naïve", &"k".repeat(256)] {

@@ -1,9 +1,6 @@
 //! `MemoryStore`: the conformance suite, and what only it promises (the
 //! bound on entries, expiry that removes records).
 
-#[macro_use]
-mod conformance;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,21 +8,18 @@ use idempotent_core::memory::MemoryStore;
 use idempotent_core::record::{ClaimOutcome, StorageKey};
 use idempotent_core::{Fingerprint, Store, StoreError};
 
-// One test per case, each on a fresh store.
-conformance_tests!(conformance_memory => Arc::new(MemoryStore::new()));
-
 /// Every case at once through `Arc<dyn Store>` (the engine's view of a store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_all_cases_through_a_dyn_store() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    conformance::run_all(store).await;
+    idempotent_core::conformance::run_all(store).await;
 }
 
 /// Every case at once on one store with a single shard and a bound: cases
 /// sharing a shard (and its expiry heap) do not disturb each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_all_cases_on_one_shared_single_shard_store() {
-    conformance::run_all(Arc::new(
+    idempotent_core::conformance::run_all(Arc::new(
         MemoryStore::builder().shards(1).max_entries(10_000).build(),
     ))
     .await;

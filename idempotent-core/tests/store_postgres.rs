@@ -1,7 +1,6 @@
 //! `PostgresStore`: the conformance suite against the machine's PostgreSQL,
 //! in a schema of its own, dropped afterwards.
 
-mod conformance;
 #[path = "support/postgres_schema.rs"]
 mod postgres_schema;
 
@@ -17,7 +16,7 @@ use postgres_schema::{Schema, with_ledger};
 async fn conformance_on_postgres() {
     let schema = Schema::create("conformance").await;
     let store = schema.store().await;
-    conformance::run_all(Arc::new(store)).await;
+    idempotent_core::conformance::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

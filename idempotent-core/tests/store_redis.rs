@@ -3,7 +3,6 @@
 //! notices on every master of the cluster.
 #![cfg(feature = "redis")]
 
-mod conformance;
 mod support;
 
 use std::sync::Arc;
@@ -36,13 +35,13 @@ async fn conformance_on_standalone_redis() {
         .build()
         .await
         .unwrap();
-    conformance::run_all(Arc::new(store)).await;
+    idempotent_core::conformance::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3);
-    conformance::run_all(Arc::new(on_cluster(&cluster).await)).await;
+    idempotent_core::conformance::run_all(Arc::new(on_cluster(&cluster).await)).await;
 }
 
 /// A server of its own, a store on it, and the storage key of `key`.

@@ -344,7 +344,7 @@ fn duration_options(args: &Args, private: &TokenStream) -> TokenStream {
     match &args.cache_errors {
         Some(Some(ttl)) => {
             let ttl = duration(ttl);
-            options.extend(quote!(.cache_errors(#ttl)));
+            options.extend(quote!(.error_ttl(#ttl)));
         }
         Some(None) => {}
         None => {}

@@ -13,7 +13,7 @@ use super::execute;
 use super::operation::Operation;
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
-use crate::key::{IdempotencyKey, KeyError, StorageKey};
+use crate::key::{IdempotencyKey, StorageKey};
 use crate::runtime::Idempotency;
 
 /// The result of an idempotent call, and whether it was replayed.
@@ -93,7 +93,9 @@ impl<'a> Call<'a> {
             runtime: None,
             operation,
             scope: None,
-            key: Err(Error::InvalidKey(KeyError::Empty)),
+            key: Err(Error::MissingKey {
+                operation: operation.name.to_owned(),
+            }),
             fingerprint: Ok(Fingerprint::from_u128(0)),
         }
     }

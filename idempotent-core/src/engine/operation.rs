@@ -70,9 +70,22 @@ impl Operation {
         self
     }
 
-    /// Cache errors too, kept for `ttl` (with [`Call::run_caching_errors`](crate::Call::run_caching_errors)).
+    /// How long a stored error is kept, by the calls that store errors
+    /// ([`Call::run_caching_errors`](crate::Call::run_caching_errors), or
+    /// `#[idempotent(cache_errors = "5m")]`); without it, the TTL. It does
+    /// not make [`Call::run`](crate::Call::run) store errors: which calls do
+    /// is the caller's choice, because only they know that the error type
+    /// can be stored (`E: Serialize`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use idempotent_core::Operation;
+    ///
+    /// static CHARGE: Operation = Operation::new("charge").error_ttl(Duration::from_secs(300));
+    /// # let _ = &CHARGE;
+    /// ```
     #[must_use]
-    pub const fn cache_errors(mut self, ttl: Duration) -> Self {
+    pub const fn error_ttl(mut self, ttl: Duration) -> Self {
         self.error_ttl = Some(ttl);
         self
     }

@@ -1,26 +1,35 @@
-//! The store conformance suite: written once, run against every store.
+//! The store conformance suite: every rule of the [`record`](crate::record)
+//! state machine, checked against a real store. Written once, run against
+//! every store of this crate, and published (feature `conformance`) so that
+//! a store of your own can prove it keeps the same promises.
 //!
-//! Every case is a `pub(crate) async fn case<S: Store + ?Sized>(store:
-//! &Arc<S>, case: &str)`, so it runs on a concrete store and on an
-//! `Arc<dyn Store>` alike. Two ways to run them:
+//! ```
+//! use std::sync::Arc;
+//! use idempotent_core::memory::MemoryStore;
 //!
-//! - `conformance_tests!(module => <expression giving an Arc<S>>);` expands to
-//!   one `#[tokio::test]` per case, each on a store of its own (bring the
-//!   macros in with `#[macro_use] mod conformance;`);
-//! - [`run_all`] runs every case at once on one shared store (as a shared
-//!   server would be used), naming the case that failed.
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)] async fn main() {
+//! // In a test of your store: every case, on one shared store.
+//! idempotent_core::conformance::run_all(Arc::new(MemoryStore::new())).await;
+//! # }
+//! ```
 //!
-//! Nothing here is specific to one store. In particular time is REAL (a
-//! server keeps its own clock): leases and TTLs are a few hundred
-//! milliseconds and the suite sleeps with `tokio::time::sleep`, so it must run
-//! on an unpaused runtime. Every case works on keys of its own (the case name
-//! is part of each key), so cases can share a store and run concurrently.
+//! [`run_all`] runs every case at once on one shared store (as a shared
+//! server would be used) and panics naming the cases that failed; each case
+//! is also a function of its own (`a_fresh_claim_acquires(&store, "name")`),
+//! for a test per case. Cases take `&Arc<S>` for any `S: Store + ?Sized`, so
+//! they run on a concrete store and on an `Arc<dyn Store>` alike.
+//!
+//! Time is REAL (a server keeps its own clock): leases and TTLs are a few
+//! hundred milliseconds and the suite sleeps with `tokio::time::sleep`, so
+//! it must run on an unpaused multi-threaded tokio runtime. Every case works
+//! on keys of its own (the case name is part of each key), so cases can
+//! share a store and run concurrently.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idempotent_core::record::{ClaimOutcome, LeaseToken, StorageKey};
-use idempotent_core::{Fingerprint, IdempotencyKey, Store, StoreError};
+use crate::record::{ClaimOutcome, LeaseToken, StorageKey};
+use crate::{Fingerprint, IdempotencyKey, Store, StoreError};
 
 /// The short lease of the cases about expiry and in-flight answers. Cases
 /// that only need a record completed claim it with [`LONG_LEASE`], so that a
@@ -37,7 +46,7 @@ const FP: Fingerprint = Fingerprint::from_u128(0xF1);
 const OTHER_FP: Fingerprint = Fingerprint::from_u128(0xF2);
 
 /// Calls `$callback! { { $args } case, case, ... }` with every case: the one
-/// list of cases, so that [`run_all`] and `conformance_tests!` never differ.
+/// list of cases.
 macro_rules! for_each_case {
     ($callback:ident { $($args:tt)* }) => {
         $callback! {
@@ -67,46 +76,9 @@ macro_rules! for_each_case {
     };
 }
 
-/// Expands to one test per case, in a module of its own:
-///
-/// ```ignore
-/// #[macro_use]
-/// mod conformance;
-/// conformance_tests!(memory => Arc::new(MemoryStore::new()));
-/// conformance_tests!(memory_as_dyn => Arc::new(MemoryStore::new()) as Arc<dyn Store>);
-/// ```
-///
-/// The expression is evaluated inside each test (it may `.await`), with the
-/// caller's imports in scope.
-#[allow(unused_macros)]
-macro_rules! conformance_tests {
-    ($module:ident => $make:expr) => {
-        mod $module {
-            #[allow(unused_imports)]
-            use super::*;
-
-            for_each_case! { conformance_one_test_per_case { $make } }
-        }
-    };
-}
-
-/// The per-case expansion of `conformance_tests!`.
-#[allow(unused_macros)]
-macro_rules! conformance_one_test_per_case {
-    ({ $make:expr } $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let store = $make;
-                $crate::conformance::$case(&store, stringify!($case)).await;
-            }
-        )*
-    };
-}
-
 /// Runs every case concurrently on one shared store, and names the cases
 /// that failed.
-pub(crate) async fn run_all<S: Store + ?Sized>(store: Arc<S>) {
+pub async fn run_all<S: Store + ?Sized>(store: Arc<S>) {
     macro_rules! spawn_all {
         ({} $($case:ident),* $(,)?) => {
             vec![$(
@@ -177,7 +149,7 @@ fn completed(bytes: &[u8]) -> ClaimOutcome {
 }
 
 /// A claim on a key never seen acquires it, and every claim gets its own token.
-pub(crate) async fn a_fresh_claim_acquires<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
+pub async fn a_fresh_claim_acquires<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let a = acquire(s, &key(case, "a"), FP, LEASE).await;
     let b = acquire(s, &key(case, "b"), FP, LONG_LEASE).await;
@@ -185,10 +157,7 @@ pub(crate) async fn a_fresh_claim_acquires<S: Store + ?Sized>(store: &Arc<S>, ca
 }
 
 /// The stored bytes come back exactly, whatever they hold, on every replay.
-pub(crate) async fn completion_replays_the_exact_bytes<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn completion_replays_the_exact_bytes<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let binary: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
     let large: Vec<u8> = (0..64 * 1024).map(|i: u32| (i * 31 % 251) as u8).collect();
@@ -213,7 +182,7 @@ pub(crate) async fn completion_replays_the_exact_bytes<S: Store + ?Sized>(
 
 /// Another payload under a key in progress is refused, and does not disturb
 /// the owner.
-pub(crate) async fn a_different_payload_is_a_mismatch_while_in_progress<S: Store + ?Sized>(
+pub async fn a_different_payload_is_a_mismatch_while_in_progress<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -230,7 +199,7 @@ pub(crate) async fn a_different_payload_is_a_mismatch_while_in_progress<S: Store
 
 /// Another payload under a completed key is refused, and the record still
 /// replays for the original payload.
-pub(crate) async fn a_different_payload_is_a_mismatch_after_completion<S: Store + ?Sized>(
+pub async fn a_different_payload_is_a_mismatch_after_completion<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -248,7 +217,7 @@ pub(crate) async fn a_different_payload_is_a_mismatch_after_completion<S: Store 
 
 /// A duplicate of a running call is told to come back within the lease, and
 /// the hint shrinks as the lease runs down.
-pub(crate) async fn a_running_call_answers_in_flight_within_its_lease<S: Store + ?Sized>(
+pub async fn a_running_call_answers_in_flight_within_its_lease<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -275,7 +244,7 @@ pub(crate) async fn a_running_call_answers_in_flight_within_its_lease<S: Store +
 
 /// `complete`, `release` and `renew` with a token that never held the lease
 /// are refused and leave the record as it was.
-pub(crate) async fn a_wrong_token_is_fenced_and_changes_nothing<S: Store + ?Sized>(
+pub async fn a_wrong_token_is_fenced_and_changes_nothing<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -304,10 +273,7 @@ pub(crate) async fn a_wrong_token_is_fenced_and_changes_nothing<S: Store + ?Size
 
 /// Once completed, a record is no lease's: its own token can neither
 /// complete it again, release it nor renew it.
-pub(crate) async fn a_completed_record_fences_every_token<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn a_completed_record_fences_every_token<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LONG_LEASE).await;
@@ -326,7 +292,7 @@ pub(crate) async fn a_completed_record_fences_every_token<S: Store + ?Sized>(
 /// `complete` with the right token but another fingerprint than the
 /// claim's is refused and changes nothing (the Redis store writes the
 /// completed record from the fingerprint it is given).
-pub(crate) async fn a_completion_with_another_fingerprint_is_refused<S: Store + ?Sized>(
+pub async fn a_completion_with_another_fingerprint_is_refused<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -345,10 +311,7 @@ pub(crate) async fn a_completion_with_another_fingerprint_is_refused<S: Store + 
 }
 
 /// A released key is free at once, for any payload, and its old token is dead.
-pub(crate) async fn release_makes_the_key_claimable_again<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn release_makes_the_key_claimable_again<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let k = key(case, "k");
     let first = acquire(s, &k, FP, LONG_LEASE).await;
@@ -370,9 +333,7 @@ pub(crate) async fn release_makes_the_key_claimable_again<S: Store + ?Sized>(
 
 /// An owner whose lease ran out is replaced by the next claim; its stale
 /// token can change nothing, and the new owner completes normally.
-pub(crate) async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced<
-    S: Store + ?Sized,
->(
+pub async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -402,7 +363,7 @@ pub(crate) async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced
 
 /// A lease that ran out cannot be completed or renewed, even if nobody took
 /// the key over: the key is as free as if it were absent.
-pub(crate) async fn a_lapsed_lease_cannot_complete_even_without_a_takeover<S: Store + ?Sized>(
+pub async fn a_lapsed_lease_cannot_complete_even_without_a_takeover<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -421,7 +382,7 @@ pub(crate) async fn a_lapsed_lease_cannot_complete_even_without_a_takeover<S: St
 
 /// Renewal pushes the lease out from now: the key is still held after the
 /// original lease period, and lapses one lease after the last renewal.
-pub(crate) async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
+pub async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let k = key(case, "k");
     // Longer than `LEASE`: renewals a quarter lease apart must not miss it
@@ -446,7 +407,7 @@ pub(crate) async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>,
 }
 
 /// A completed record replays for its TTL, then the key is free again.
-pub(crate) async fn completed_records_expire_after_their_ttl<S: Store + ?Sized>(
+pub async fn completed_records_expire_after_their_ttl<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -465,10 +426,7 @@ pub(crate) async fn completed_records_expire_after_their_ttl<S: Store + ?Sized>(
 
 /// Completion replaces the lease's deadline with the TTL: a record completed
 /// under a short lease is kept well past that lease.
-pub(crate) async fn a_completed_record_outlives_its_lease<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn a_completed_record_outlives_its_lease<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LEASE).await;
@@ -482,7 +440,7 @@ pub(crate) async fn a_completed_record_outlives_its_lease<S: Store + ?Sized>(
 
 /// A lease, renewal or TTL of `Duration::MAX` is held (for a century), never
 /// refused: a completion the store refused would leave the key to run again.
-pub(crate) async fn the_longest_durations_are_held<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
+pub async fn the_longest_durations_are_held<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, Duration::MAX).await;
@@ -495,7 +453,7 @@ pub(crate) async fn the_longest_durations_are_held<S: Store + ?Sized>(store: &Ar
 }
 
 /// Namespace, scope, operation and key each make a different record.
-pub(crate) async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?Sized>(
+pub async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -551,10 +509,7 @@ async fn wait_until_settled<S: Store + ?Sized>(s: &S, k: &StorageKey) -> Duratio
 }
 
 /// A waiter returns soon after the holder completes, well before its timeout.
-pub(crate) async fn wait_returns_when_the_holder_completes<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn wait_returns_when_the_holder_completes<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let k = key(case, "k");
     let token = acquire(&**store, &k, FP, LONG_LEASE).await;
     let holder = {
@@ -574,10 +529,7 @@ pub(crate) async fn wait_returns_when_the_holder_completes<S: Store + ?Sized>(
 }
 
 /// A waiter returns soon after the holder releases, and can then claim.
-pub(crate) async fn wait_returns_when_the_holder_releases<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn wait_returns_when_the_holder_releases<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let k = key(case, "k");
     let token = acquire(&**store, &k, FP, LONG_LEASE).await;
     let holder = {
@@ -626,10 +578,7 @@ async fn claim_concurrently<S: Store + ?Sized>(
 }
 
 /// 100 simultaneous claims of one fresh key: exactly one acquires it.
-pub(crate) async fn concurrent_claims_acquire_exactly_once<S: Store + ?Sized>(
-    store: &Arc<S>,
-    case: &str,
-) {
+pub async fn concurrent_claims_acquire_exactly_once<S: Store + ?Sized>(store: &Arc<S>, case: &str) {
     let k = key(case, "k");
     let outcomes = claim_concurrently(store, &k, 100, |_| FP).await;
     let acquired = outcomes
@@ -650,7 +599,7 @@ pub(crate) async fn concurrent_claims_acquire_exactly_once<S: Store + ?Sized>(
 
 /// Simultaneous claims with two payloads: one acquires, the same payload is
 /// told it is in flight, the other payload is a mismatch.
-pub(crate) async fn concurrent_claims_with_two_payloads_acquire_exactly_once<S: Store + ?Sized>(
+pub async fn concurrent_claims_with_two_payloads_acquire_exactly_once<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -679,9 +628,7 @@ pub(crate) async fn concurrent_claims_with_two_payloads_acquire_exactly_once<S: 
 }
 
 /// Simultaneous claims of a key whose lease ran out: exactly one takes it over.
-pub(crate) async fn concurrent_takeovers_of_an_expired_lease_acquire_exactly_once<
-    S: Store + ?Sized,
->(
+pub async fn concurrent_takeovers_of_an_expired_lease_acquire_exactly_once<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
