@@ -273,10 +273,10 @@ impl Retries {
             ceiling
         };
         let delay = retry_after.unwrap_or(drawn);
-        if let Some(max_elapsed) = self.max_elapsed {
-            if self.slept.saturating_add(delay) > max_elapsed {
-                return None;
-            }
+        if let Some(max_elapsed) = self.max_elapsed
+            && self.slept.saturating_add(delay) > max_elapsed
+        {
+            return None;
         }
         self.slept = self.slept.saturating_add(delay);
         Some(delay)

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{Postgres, Row as _, Transaction};
 
-use super::{PostgresStore, check_storable, claim_statement, corrupt, decode, keyed, millis};
+use super::PostgresStore;
+use super::layout::{check_storable, claim_statement, corrupt, decode, keyed, millis};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{self, ClaimDecision, ClaimOutcome};
