@@ -57,12 +57,12 @@ impl Drop for Schema {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                if let Ok(options) = url().parse::<PgConnectOptions>() {
-                    if let Ok(mut connection) = sqlx::PgConnection::connect_with(&options).await {
-                        let _ = connection
-                            .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
-                            .await;
-                    }
+                if let Ok(options) = url().parse::<PgConnectOptions>()
+                    && let Ok(mut connection) = sqlx::PgConnection::connect_with(&options).await
+                {
+                    let _ = connection
+                        .execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+                        .await;
                 }
             });
         })

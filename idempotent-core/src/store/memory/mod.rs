@@ -350,13 +350,13 @@ impl Store for MemoryStore {
                 lease_until: now.saturating_add(record::millis(lease)),
             };
             let is_new = current.is_none();
-            if is_new {
-                if let (Some(limit), Some(max)) = (self.shard_limit(hash), self.inner.max_entries) {
-                    match shard.make_room(limit, now) {
-                        Room::Free => {}
-                        Room::Evicted => self.evicted(max, now),
-                        Room::Full => return Err(StoreError::CapacityExceeded { limit: max }),
-                    }
+            if is_new
+                && let (Some(limit), Some(max)) = (self.shard_limit(hash), self.inner.max_entries)
+            {
+                match shard.make_room(limit, now) {
+                    Room::Free => {}
+                    Room::Evicted => self.evicted(max, now),
+                    Room::Full => return Err(StoreError::CapacityExceeded { limit: max }),
                 }
             }
             let Shard {

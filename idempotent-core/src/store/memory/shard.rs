@@ -134,12 +134,12 @@ impl Shard {
             let Some(d) = self.deadlines.pop_due(now) else {
                 return;
             };
-            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.id == d.id) {
-                if !slot.get().is_live(now) {
-                    let (slot, _) = slot.remove();
-                    if let Some(waiters) = slot.waiters {
-                        waiters.notify_waiters();
-                    }
+            if let Ok(slot) = self.table.find_entry(d.hash, |s| s.id == d.id)
+                && !slot.get().is_live(now)
+            {
+                let (slot, _) = slot.remove();
+                if let Some(waiters) = slot.waiters {
+                    waiters.notify_waiters();
                 }
             }
         }

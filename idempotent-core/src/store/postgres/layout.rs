@@ -170,4 +170,3 @@ LIMIT 1"
     };
 }
 pub(super) use claim_statement;
-

@@ -126,13 +126,13 @@ impl TransactionalStore for PostgresStore {
         .execute(&mut *transaction)
         .await;
         if let Err(error) = completed {
-            if let sqlx::Error::Database(e) = &error {
-                if e.code().as_deref() == Some("25P02") {
-                    tracing::error!(
-                        "the body returned Ok, but one of its statements failed and aborted \
+            if let sqlx::Error::Database(e) = &error
+                && e.code().as_deref() == Some("25P02")
+            {
+                tracing::error!(
+                    "the body returned Ok, but one of its statements failed and aborted \
                          the transaction (an error it ignored): nothing was committed"
-                    );
-                }
+                );
             }
             end(transaction, self.timeout()).await;
             return Err(StoreError::unavailable(error));
