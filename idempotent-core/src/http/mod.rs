@@ -57,9 +57,9 @@
 //! The path is the one the client sent, also for a layer inside axum 0.8's
 //! `Router::nest`, which strips the prefix before the nested routes see the
 //! request (with the `axum` feature, the layer reads axum's `OriginalUri`;
-//! other middleware that rewrites the path should sit inside the layer). The scope function gets
-//! the request as the layer's service does, prefix stripped: read
-//! `OriginalUri` from its extensions for the full path. Other request
+//! other middleware that rewrites the path should sit inside the layer).
+//! The scope function gets the request as the layer's service does, prefix
+//! stripped: read `OriginalUri` from its extensions for the full path. Other request
 //! headers are not part of the request: `Vary` is not consulted, and an
 //! answer about a header (a `401`) is stored like any other 4xx; put
 //! authentication outside the layer, or leave such statuses out with
