@@ -1,7 +1,9 @@
 //! Code the example programs share: the payments API that `payments-server`
-//! serves and that `demo` runs in-process, and the fault-injecting proxy the
-//! demo and the tests put in front of it.
+//! serves and that `demo` runs in-process, the fault-injecting proxy the
+//! demo and the tests put in front of it, and the gRPC payment service that
+//! `grpc-server` serves.
 
 pub mod fault_proxy;
+pub mod grpc;
 pub mod payments;
 pub mod scenario;

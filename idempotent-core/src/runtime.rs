@@ -199,7 +199,7 @@ impl Idempotency {
     /// Returns once no result of this runtime waits for the store: each was
     /// stored, or given up (its lease ran out first). Call it at shutdown,
     /// once the service takes no more calls (after the HTTP layer's
-    /// `handlers().wait()`), under a timeout: while the store is down, it
+    /// `handler_tracker().wait()`), under a timeout: while the store is down, it
     /// waits. A result still waiting when the process ends is lost: its key
     /// is freed when its lease runs out, and a retry runs the body again.
     ///

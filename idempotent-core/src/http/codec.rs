@@ -1,9 +1,13 @@
-//! What the layer stores: a response's status, headers and body, in a compact
-//! binary form.
+//! What the layer stores: a response's status, headers, body and trailers,
+//! in a compact binary form.
 //!
-//! Layout: `b'H'`, a format version (1), the status (u16), the header count
+//! Layout: `b'H'`, a format version, the status (u16), the header count
 //! (u16), each header as name length (u16), name, value length (u32), value;
-//! then the body, to the end. Big-endian integers.
+//! in version 2 only, the trailer count (u16) and each trailer as a header;
+//! then the body, to the end. Big-endian integers. A response without
+//! trailers is written in version 1, which the layers of earlier releases
+//! read too (a rolling upgrade keeps replaying); one with trailers (a gRPC
+//! answer's `grpc-status`) in version 2.
 
 use std::time::Duration;
 
@@ -12,35 +16,44 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, response};
 
 use super::config::Config;
+use super::grpc::Protocol;
+use super::header::IDEMPOTENT_REPLAYED;
+use super::problem::{self, Problem};
 use crate::engine::Codec;
 use crate::{Error, Idempotency, Operation};
 
 const TAG: u8 = b'H';
+/// Status, headers and body.
 const VERSION: u8 = 1;
+/// Status, headers, trailers and body.
+const VERSION_TRAILERS: u8 = 2;
 
 /// What a guarded request produced.
 pub(crate) enum Outcome<E, B> {
-    /// The handler answered now.
-    Fresh(response::Parts, Bytes),
+    /// The handler answered now: its head, body and trailers.
+    Fresh(response::Parts, Bytes, Option<HeaderMap>),
     /// The framework refused the request before any handler ran (a
     /// rejection status without the `Handled` mark): passed on untouched,
     /// not stored (the key is released, so the corrected retry runs).
     Refused(http::Response<B>),
     /// The handler answered now with a body over the response limit, known
     /// before reading it: passed on untouched; a problem is stored instead
-    /// if the status is one the layer stores.
-    Oversized(http::Response<B>),
-    /// The handler's body, with this status, went over the response limit
-    /// while it was read: a problem, stored if the status is one the layer
-    /// stores.
-    OverLimit(StatusCode),
+    /// if `stored` (its head says it is an answer the layer stores).
+    Oversized {
+        response: http::Response<B>,
+        stored: bool,
+    },
+    /// The handler's body went over the response limit while it was read:
+    /// a problem, stored if `stored` (its head says it is an answer the
+    /// layer stores).
+    OverLimit { stored: bool },
     /// A stored answer.
     Replayed(Stored),
     /// The inner service failed (not stored: the key is released).
     Failed(E),
-    /// The handler's response body, with this status, failed half-way: a
-    /// problem, stored if the status is one the layer stores.
-    BodyFailed(StatusCode, String),
+    /// The handler's response body failed half-way: a problem, stored if
+    /// `stored` (its head says it is an answer the layer stores).
+    BodyFailed { stored: bool, detail: String },
 }
 
 /// A decoded stored response.
@@ -48,6 +61,7 @@ pub(crate) struct Stored {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+    pub(crate) trailers: Option<HeaderMap>,
 }
 
 /// Whether a response header is stored. Not stored: the headers that
@@ -68,7 +82,7 @@ fn kept(name: &HeaderName) -> bool {
             | header::TRANSFER_ENCODING
             | header::UPGRADE
     ) && !matches!(name.as_str(), "keep-alive" | "proxy-connection")
-        && name.as_str() != super::IDEMPOTENT_REPLAYED
+        && name.as_str() != IDEMPOTENT_REPLAYED
 }
 
 /// The headers that `Connection` names: hop-by-hop as well (RFC 9110,
@@ -83,13 +97,51 @@ fn named_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
+/// A record of a response without trailers (version 1).
 pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
+    encode_with_trailers(status, headers, None, body)
+}
+
+/// A record of a response: version 2 if it has trailers, else version 1.
+pub(crate) fn encode_with_trailers(
+    status: StatusCode,
+    headers: &HeaderMap,
+    trailers: Option<&HeaderMap>,
+    body: &[u8],
+) -> Vec<u8> {
+    let headers = kept_fields(headers);
+    let trailers = trailers.map(kept_fields).filter(|kept| !kept.is_empty());
+    let size = |fields: &[(&HeaderName, &HeaderValue)]| {
+        2 + fields
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum::<usize>()
+    };
+    let trailers_size = trailers.as_deref().map_or(0, size);
+    let mut out = Vec::with_capacity(4 + size(&headers) + trailers_size + body.len());
+    let version = if trailers.is_some() {
+        VERSION_TRAILERS
+    } else {
+        VERSION
+    };
+    out.extend_from_slice(&[TAG, version]);
+    out.extend_from_slice(&status.as_u16().to_be_bytes());
+    write_fields(&mut out, &headers);
+    if let Some(trailers) = &trailers {
+        write_fields(&mut out, trailers);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// The fields of `map` that are stored (see [`kept`]), at most as many as
+/// the layout counts.
+fn kept_fields(map: &HeaderMap) -> Vec<(&HeaderName, &HeaderValue)> {
     // Lengths that do not fit the layout cannot occur with real HTTP stacks
-    // (hyper refuses far smaller heads); such headers are left out rather
+    // (hyper refuses far smaller heads); such fields are left out rather
     // than written wrongly.
-    let connection = named_in_connection(headers);
-    let kept: Vec<_> = headers
-        .iter()
+    let connection = named_in_connection(map);
+    map.iter()
         .filter(|(name, value)| {
             kept(name)
                 && !connection.contains(name)
@@ -97,55 +149,42 @@ pub(crate) fn encode(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Ve
                 && u32::try_from(value.len()).is_ok()
         })
         .take(usize::from(u16::MAX))
-        .collect();
-    let size = 6 + kept
-        .iter()
-        .map(|(n, v)| 6 + n.as_str().len() + v.len())
-        .sum::<usize>();
-    let mut out = Vec::with_capacity(size + body.len());
-    out.extend_from_slice(&[TAG, VERSION]);
-    out.extend_from_slice(&status.as_u16().to_be_bytes());
-    out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
-    for (name, value) in kept {
+        .collect()
+}
+
+/// A count (u16), then each field as name length (u16), name, value length
+/// (u32), value.
+fn write_fields(out: &mut Vec<u8>, fields: &[(&HeaderName, &HeaderValue)]) {
+    out.extend_from_slice(&(fields.len() as u16).to_be_bytes());
+    for (name, value) in fields {
         let name = name.as_str().as_bytes();
         out.extend_from_slice(&(name.len() as u16).to_be_bytes());
         out.extend_from_slice(name);
         out.extend_from_slice(&(value.len() as u32).to_be_bytes());
         out.extend_from_slice(value.as_bytes());
     }
-    out.extend_from_slice(body);
-    out
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Stored, &'static str> {
     let mut input = Reader(bytes);
-    match input.take(2)? {
-        [TAG, VERSION] => {}
+    let with_trailers = match input.take(2)? {
+        [TAG, VERSION] => false,
+        [TAG, VERSION_TRAILERS] => true,
         [TAG, _] => return Err("unknown format version"),
         _ => return Err("not a stored HTTP response"),
-    }
+    };
     let status = StatusCode::from_u16(input.u16()?).map_err(|_| "invalid status")?;
-    let count = input.u16()?;
-    // A header takes at least 7 bytes (two lengths and a one-byte name), so
-    // a corrupt count cannot ask for more room than the bytes could fill;
-    // past `HeaderMap`'s own limit, `with_capacity` and `append` panic.
-    let mut headers = HeaderMap::try_with_capacity(usize::from(count).min(input.0.len() / 7))
-        .map_err(|_| "too many headers")?;
-    for _ in 0..count {
-        let len = input.u16()?;
-        let name = HeaderName::from_bytes(input.take(usize::from(len))?)
-            .map_err(|_| "invalid header name")?;
-        let len = input.u32()?;
-        let value = HeaderValue::from_bytes(input.take(len as usize)?)
-            .map_err(|_| "invalid header value")?;
-        headers
-            .try_append(name, value)
-            .map_err(|_| "too many headers")?;
-    }
+    let headers = input.fields()?;
+    let trailers = if with_trailers {
+        Some(input.fields()?)
+    } else {
+        None
+    };
     Ok(Stored {
         status,
         headers,
         body: Bytes::copy_from_slice(input.0),
+        trailers,
     })
 }
 
@@ -170,26 +209,48 @@ impl<'a> Reader<'a> {
         let bytes = self.take(4)?;
         Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
+
+    /// A count of fields, then the fields (see [`write_fields`]).
+    fn fields(&mut self) -> Result<HeaderMap, &'static str> {
+        let count = self.u16()?;
+        // A field takes at least 7 bytes (two lengths and a one-byte name),
+        // so a corrupt count cannot ask for more room than the bytes could
+        // fill; past `HeaderMap`'s own limit, `with_capacity` and `append`
+        // panic.
+        let mut fields = HeaderMap::try_with_capacity(usize::from(count).min(self.0.len() / 7))
+            .map_err(|_| "too many headers")?;
+        for _ in 0..count {
+            let len = self.u16()?;
+            let name = HeaderName::from_bytes(self.take(usize::from(len))?)
+                .map_err(|_| "invalid header name")?;
+            let len = self.u32()?;
+            let value = HeaderValue::from_bytes(self.take(len as usize)?)
+                .map_err(|_| "invalid header value")?;
+            fields
+                .try_append(name, value)
+                .map_err(|_| "too many headers")?;
+        }
+        Ok(fields)
+    }
 }
 
 /// Stores a fresh response the policy accepts; anything else releases the key.
-pub(crate) struct HttpCodec<'a>(pub(crate) &'a Config);
+pub(crate) struct HttpCodec<'a> {
+    pub(crate) config: &'a Config,
+    /// How the request is answered: what is stored in place of a response
+    /// that cannot be is a problem document, or a gRPC status.
+    pub(crate) protocol: Protocol,
+}
 
 impl HttpCodec<'_> {
-    /// The record stored in place of a response over the response limit.
-    fn too_large(&self, operation: &Operation, runtime: &Idempotency) -> (Vec<u8>, Duration) {
-        let problem = super::problem::response_too_large::<Bytes>(self.0.response_limit);
-        self.in_place(problem, operation, runtime)
-    }
-
     /// The record of `problem`, stored in place of a response that cannot be.
     fn in_place(
         &self,
-        problem: http::Response<Bytes>,
+        problem: Problem,
         operation: &Operation,
         runtime: &Idempotency,
     ) -> (Vec<u8>, Duration) {
-        let (parts, body) = problem.into_parts();
+        let (parts, body) = problem.into_response::<Bytes>(self.protocol).into_parts();
         (
             encode(parts.status, &parts.headers, &body),
             operation.ttl_on(runtime),
@@ -204,25 +265,34 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
         operation: &Operation,
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
-        let stored = |status: StatusCode| self.0.stores(status);
-        let (status, headers, body) = match value {
-            Outcome::Fresh(parts, body) => (parts.status, &parts.headers, body),
-            // The handler ran, but its answer is too large to keep: if it is
-            // one the layer stores, this is stored in its place, so that a
-            // retry does not run the handler again.
-            Outcome::Oversized(response) if stored(response.status()) => {
-                return Ok(Some(self.too_large(operation, runtime)));
+        let too_large = || problem::response_too_large(self.config.response_limit);
+        Ok(match value {
+            Outcome::Fresh(parts, body, trailers) => self
+                .config
+                .stores_answer(
+                    parts.status,
+                    &parts.headers,
+                    trailers.as_ref(),
+                    self.protocol,
+                )
+                .then(|| {
+                    let record =
+                        encode_with_trailers(parts.status, &parts.headers, trailers.as_ref(), body);
+                    (record, operation.ttl_on(runtime))
+                }),
+            // The handler ran, but its answer is too large to keep, or
+            // failed half-way: if it is one the layer stores, a problem is
+            // stored in its place, so that a retry does not run the handler
+            // again.
+            Outcome::Oversized { stored: true, .. } | Outcome::OverLimit { stored: true } => {
+                Some(self.in_place(too_large(), operation, runtime))
             }
-            Outcome::OverLimit(status) if stored(*status) => {
-                return Ok(Some(self.too_large(operation, runtime)));
-            }
-            Outcome::BodyFailed(status, detail) if stored(*status) => {
-                let problem = super::problem::response_failed::<Bytes>(detail, true);
-                return Ok(Some(self.in_place(problem, operation, runtime)));
-            }
-            _ => return Ok(None),
-        };
-        Ok(stored(status).then(|| (encode(status, headers, body), operation.ttl_on(runtime))))
+            Outcome::BodyFailed {
+                stored: true,
+                detail,
+            } => Some(self.in_place(problem::response_failed(detail, true), operation, runtime)),
+            _ => None,
+        })
     }
 
     fn decode(&self, bytes: &[u8], operation: &Operation) -> Result<Outcome<E, B>, Error> {
@@ -266,6 +336,42 @@ mod tests {
     }
 
     #[test]
+    fn trailers_are_kept_in_version_2_and_version_1_stays_without() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        let plain = encode_with_trailers(StatusCode::OK, &headers, None, b"m");
+        assert_eq!(plain[1], VERSION, "no trailers: the earlier format");
+        let empty = encode_with_trailers(StatusCode::OK, &headers, Some(&HeaderMap::new()), b"m");
+        assert_eq!(empty, plain);
+        assert!(decode(&plain).unwrap().trailers.is_none());
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.append("x-audit", HeaderValue::from_static("a"));
+        trailers.append("x-audit", HeaderValue::from_static("b"));
+        trailers.insert(header::DATE, HeaderValue::from_static("now"));
+        let bytes = encode_with_trailers(StatusCode::OK, &headers, Some(&trailers), b"\0\0m");
+        assert_eq!(bytes[1], VERSION_TRAILERS);
+        let stored = decode(&bytes).unwrap();
+        assert_eq!(stored.headers, headers);
+        assert_eq!(stored.body.as_ref(), b"\0\0m");
+        let kept = stored.trailers.unwrap();
+        assert_eq!(kept["grpc-status"], "0");
+        let audit: Vec<_> = kept.get_all("x-audit").iter().collect();
+        assert_eq!(audit, ["a", "b"]);
+        assert!(
+            kept.get(header::DATE).is_none(),
+            "per-moment trailers go too"
+        );
+        for cut in 0..bytes.len() - 3 {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
     fn corrupt_records_are_errors_never_panics() {
         let good = encode(StatusCode::OK, &HeaderMap::new(), b"body");
         for cut in 0..6 {
@@ -273,6 +379,10 @@ mod tests {
         }
         assert!(decode(b"Ox").is_err());
         assert!(decode(&[TAG, 9, 0, 200, 0, 0]).is_err());
+        assert!(
+            decode(&[TAG, VERSION_TRAILERS, 0, 200, 0, 0]).is_err(),
+            "no trailer count"
+        );
         assert!(decode(&[TAG, VERSION, 0, 1, 0, 0]).is_err(), "status 1");
         assert!(decode(&[TAG, VERSION, 0, 200, 0, 1, 0, 1, b' ', 0, 0, 0, 0]).is_err());
         // A header count beyond what `HeaderMap` can hold, with no headers.

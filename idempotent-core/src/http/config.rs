@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use http::request::Parts;
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 
+use super::grpc::{self, Protocol};
 use super::handled::Handled;
-use super::handlers::Handlers;
+use super::tracker::HandlerTracker;
 use crate::{Idempotency, Operation};
 
 pub(super) type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
@@ -23,14 +24,34 @@ pub(crate) struct Config {
     pub(crate) storable: Arc<StatusFn>,
     pub(crate) rejection: Arc<StatusFn>,
     pub(crate) scope: Option<Arc<ScopeFn>>,
-    pub(crate) handlers: Handlers,
+    pub(crate) tracker: HandlerTracker,
 }
 
 impl Config {
     /// Whether an answer with `status` is stored: never a 5xx, else as the
     /// policy says.
-    pub(crate) fn stores(&self, status: http::StatusCode) -> bool {
+    pub(crate) fn stores(&self, status: StatusCode) -> bool {
         !status.is_server_error() && (self.storable)(status)
+    }
+
+    /// Whether an answer is stored, from its head and, once its body is
+    /// read, its trailers: for a gRPC caller, by the answer's gRPC status
+    /// when it has one (see [`grpc::stored`]; before its trailers are read,
+    /// an answer whose status is in them counts as the handler's answer),
+    /// else by its HTTP status ([`stores`](Self::stores)).
+    pub(crate) fn stores_answer(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        trailers: Option<&HeaderMap>,
+        protocol: Protocol,
+    ) -> bool {
+        match protocol {
+            Protocol::Grpc if status == StatusCode::OK => {
+                grpc::status(headers, trailers).map_or_else(|| self.stores(status), grpc::stored)
+            }
+            _ => self.stores(status),
+        }
     }
 
     /// Whether a response may be the framework's refusal of a request

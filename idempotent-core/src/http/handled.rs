@@ -12,13 +12,15 @@
 /// (Stripe's rule), while an answer the handler gave (a business `422`,
 /// say) is stored and replayed like any other. So a response with one of
 /// these statuses is stored only when it carries this mark, in its
-/// extensions; other statuses need none. With axum, put it in the answer:
+/// extensions; other statuses need none. With axum (and the `axum`
+/// feature), put it in the answer:
 ///
 /// ```
 /// use axum::http::StatusCode;
 /// use axum::response::IntoResponse;
 /// use idempotent_core::http::Handled;
 ///
+/// # #[cfg(feature = "axum")]
 /// async fn transfer() -> impl IntoResponse {
 ///     // Stored: a retry with the same key gets this answer back.
 ///     (StatusCode::UNPROCESSABLE_ENTITY, Handled, "insufficient funds")
@@ -30,6 +32,8 @@
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Handled;
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponseParts for Handled {
     type Error = std::convert::Infallible;
 

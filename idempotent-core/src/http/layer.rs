@@ -8,10 +8,10 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderName, Method, StatusCode};
 
-use super::IDEMPOTENCY_KEY;
 use super::config::{Config, ScopeFn, StatusFn};
-use super::handlers::Handlers;
+use super::header::IDEMPOTENCY_KEY;
 use super::service::IdempotencyService;
+use super::tracker::HandlerTracker;
 use crate::{Idempotency, Operation};
 
 /// The request body limit, by default: 2 MiB (axum's own default).
@@ -52,11 +52,11 @@ impl fmt::Debug for IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
-    /// The handlers of this layer's guarded requests that are running, to
-    /// wait for at shutdown: also those whose callers left (see
-    /// [`Handlers`]). Clones of the layer share them.
-    pub fn handlers(&self) -> Handlers {
-        self.config.handlers.clone()
+    /// The tracker of this layer's running handlers, to wait at shutdown
+    /// for those whose callers left (see [`HandlerTracker`]). Clones of
+    /// the layer share it.
+    pub fn handler_tracker(&self) -> HandlerTracker {
+        self.config.tracker.clone()
     }
 
     /// Starts configuring a layer on `runtime` (its store, namespace, TTL and
@@ -374,7 +374,7 @@ impl<S> IdempotencyLayerBuilder<S> {
                 storable: settings.storable,
                 rejection: settings.rejection,
                 scope: settings.scope,
-                handlers: Handlers::new(),
+                tracker: HandlerTracker::new(),
             }),
         }
     }

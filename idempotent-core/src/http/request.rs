@@ -4,12 +4,16 @@
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
+use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
-use super::problem::{self, problem};
+use super::grpc::Protocol;
+use super::problem::{self, Problem};
 use crate::{Fingerprint, IdempotencyKey};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The idempotency key of a request, read from `header` as
 /// [`IdempotencyLayer`](super::IdempotencyLayer) reads it: `Ok(None)` when
@@ -34,19 +38,27 @@ pub fn read_key<B: From<Bytes>>(
     headers: &HeaderMap,
     header: &HeaderName,
 ) -> Result<Option<IdempotencyKey>, Response<B>> {
+    key(headers, header).map_err(|refused| refused.into_response(Protocol::Http))
+}
+
+/// [`read_key`], its refusal not rendered yet.
+pub(crate) fn key(
+    headers: &HeaderMap,
+    header: &HeaderName,
+) -> Result<Option<IdempotencyKey>, Problem> {
     let mut values = headers.get_all(header).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
         (Some(_), Some(_)) => {
             let detail = format!("the `{header}` header must be sent once");
-            Err(problem(problem::MALFORMED_KEY, &detail))
+            Err(Problem::new(problem::MALFORMED_KEY, detail))
         }
         (Some(value), None) => match value.to_str().map(IdempotencyKey::parse) {
             Ok(Ok(key)) => Ok(Some(key)),
             Ok(Err(error)) => Err(problem::malformed_key(&error)),
             Err(_) => {
                 let detail = "the idempotency key must be visible ASCII characters";
-                Err(problem(problem::MALFORMED_KEY, detail))
+                Err(Problem::new(problem::MALFORMED_KEY, detail))
             }
         },
     }
@@ -75,9 +87,25 @@ pub async fn read_body<B, R>(
     limit: usize,
 ) -> Result<Bytes, Response<R>>
 where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body,
+    B::Error: Into<BoxError>,
     R: From<Bytes>,
+{
+    match whole_body(headers, body, limit).await {
+        Ok((bytes, _trailers)) => Ok(bytes),
+        Err(refused) => Err(refused.into_response(Protocol::Http)),
+    }
+}
+
+/// [`read_body`], with the body's trailers, its refusal not rendered yet.
+pub(crate) async fn whole_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), Problem>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
 {
     let declared = headers
         .get(CONTENT_LENGTH)
@@ -86,11 +114,14 @@ where
         return Err(problem::too_large(limit));
     }
     match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            Ok((collected.to_bytes(), trailers))
+        }
         Err(error) if error.is::<LengthLimitError>() => Err(problem::too_large(limit)),
         Err(error) => {
             let detail = format!("the request body could not be read: {error}");
-            Err(problem(problem::UNREADABLE_BODY, &detail))
+            Err(Problem::new(problem::UNREADABLE_BODY, detail))
         }
     }
 }
@@ -113,4 +144,17 @@ where
 pub fn fingerprint(method: &Method, uri: &Uri, body: &[u8]) -> Fingerprint {
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     Fingerprint::from_parts([method.as_str().as_bytes(), path_and_query.as_bytes(), body])
+}
+
+/// The request's URI as the client sent it: under axum's `Router::nest`,
+/// a nested route sees its path without the prefix (`/transfers` for
+/// `/accounts/alice/transfers`), and axum keeps the path the client sent
+/// in `OriginalUri` (read with the `axum` feature), so that two nested
+/// routes never share keys or replay each other's responses.
+pub(crate) fn client_uri(parts: &Parts) -> &Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    &parts.uri
 }

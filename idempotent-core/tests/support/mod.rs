@@ -4,6 +4,8 @@
 pub mod bank;
 pub mod blackout;
 pub mod faulty;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod outage;
 #[cfg(feature = "postgres")]
 pub mod postgres_schema;

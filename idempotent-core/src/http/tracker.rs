@@ -1,5 +1,5 @@
-//! The layer's handlers: they run to their end, also when their callers
-//! leave, and a server can wait for them at shutdown.
+//! The layer's handler tracker: its handlers run to their end, also when
+//! their callers leave, and a server waits for them at shutdown.
 
 use std::fmt;
 use std::future::Future;
@@ -9,20 +9,23 @@ use std::task::{Context, Poll};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// The handlers of one layer's guarded requests that are running: those
-/// whose callers wait for the answer, and those whose callers left (a
-/// client that disconnected, a timeout layered outside the layer), which
-/// the layer runs on to their end in a task of their own, so that their
-/// answers are stored and the callers' retries replay them. This is how a
-/// server waits for them when it shuts down.
+/// Tracks the handlers of one layer's guarded requests from their start to
+/// their end, so that a server can wait at shutdown for those still running
+/// after their callers left (a client that disconnected, a timeout layered
+/// outside the layer): the layer runs such a handler on to its end in a
+/// task of its own, so that its answer is stored and the caller's retry
+/// replays it. It is a task tracker (tokio-util's `TaskTracker` inside);
+/// the handlers whose callers wait for their answers count too, from their
+/// start, since a caller may leave at any moment.
 ///
-/// A graceful shutdown (`axum::serve(..).with_graceful_shutdown(..)`) waits
-/// for the open connections, not for the handlers of callers that left; a
-/// runtime that shuts down cancels those half-way, and a handler that
-/// charged a card but had not stored its answer runs again on the retry
-/// (on Redis and PostgreSQL once its lease runs out). Each
-/// [`build`](super::IdempotencyLayerBuilder::build) makes a layer with its
-/// own handlers: a server with several layers waits for each.
+/// A graceful shutdown (`axum::serve(..).with_graceful_shutdown(..)`,
+/// tonic's `serve_with_shutdown`) waits for the open connections, not for
+/// the handlers of callers that left; a runtime that shuts down cancels
+/// those half-way, and a handler that charged a card but had not stored its
+/// answer runs again on the retry (on Redis and PostgreSQL once its lease
+/// runs out). Each [`build`](super::IdempotencyLayerBuilder::build) makes a
+/// layer with a tracker of its own: a server with several layers waits for
+/// each.
 ///
 /// ```no_run
 /// use axum::{Router, routing::post};
@@ -32,7 +35,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 /// # async fn serve(listener: tokio::net::TcpListener, stop: tokio::sync::oneshot::Receiver<()>)
 /// #     -> std::io::Result<()> {
 /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
-/// let handlers = layer.handlers();
+/// let tracker = layer.handler_tracker();
 /// let app: Router = Router::new()
 ///     .route("/payments", post(|| async { "charged" }))
 ///     .route_layer(layer);
@@ -40,13 +43,13 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 ///     .with_graceful_shutdown(async { let _ = stop.await; })
 ///     .await?;
 /// // The server takes no more requests: let the handlers of callers that left finish.
-/// let _ = tokio::time::timeout(std::time::Duration::from_secs(30), handlers.wait()).await;
+/// let _ = tokio::time::timeout(std::time::Duration::from_secs(30), tracker.wait()).await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Handlers(TaskTracker);
+pub struct HandlerTracker(TaskTracker);
 
-impl Handlers {
+impl HandlerTracker {
     pub(crate) fn new() -> Self {
         let tracker = TaskTracker::new();
         // Closed for good: `wait` returns whenever nothing is running, and
@@ -55,22 +58,23 @@ impl Handlers {
         Self(tracker)
     }
 
-    /// How many of the layer's handlers are running now.
+    /// How many of the layer's handlers are running now, whether their
+    /// callers wait for them or left.
     ///
     /// ```
     /// use idempotent_core::{Idempotency, http::IdempotencyLayer};
     /// use idempotent_core::memory::MemoryStore;
     ///
     /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
-    /// assert_eq!(layer.handlers().len(), 0);
-    /// assert!(layer.handlers().is_empty());
+    /// assert_eq!(layer.handler_tracker().running(), 0);
+    /// assert!(layer.handler_tracker().is_idle());
     /// ```
-    pub fn len(&self) -> usize {
+    pub fn running(&self) -> usize {
         self.0.len()
     }
 
     /// Whether none of the layer's handlers is running now.
-    pub fn is_empty(&self) -> bool {
+    pub fn is_idle(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -84,7 +88,7 @@ impl Handlers {
     ///
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let layer = IdempotencyLayer::builder(Idempotency::new(MemoryStore::new())).single_tenant().build();
-    /// layer.handlers().wait().await; // nothing runs: at once
+    /// layer.handler_tracker().wait().await; // nothing runs: at once
     /// # }
     /// ```
     pub async fn wait(&self) {
@@ -97,18 +101,18 @@ impl Handlers {
     }
 }
 
-impl fmt::Debug for Handlers {
+impl fmt::Debug for HandlerTracker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handlers")
-            .field("running", &self.len())
+        f.debug_struct("HandlerTracker")
+            .field("running", &self.running())
             .finish()
     }
 }
 
 /// Polls a future where it is awaited; dropped unfinished, it spawns the
 /// rest of the future on the current runtime, so that it still runs to its
-/// end. It counts as one of the layer's [`Handlers`] from the start to
-/// the end, wherever it runs: the connection that carried it may close
+/// end. Its layer's [`HandlerTracker`] counts it from the start to the
+/// end, wherever it runs: the connection that carried it may close
 /// (and a graceful shutdown may end) a moment before the future is moved.
 ///
 /// Running in place, rather than in a task from the start, keeps the
@@ -124,16 +128,16 @@ pub(crate) struct RunToEnd<F: Future + Send + 'static> {
     /// Set while the future is polled: if the poll panics, the future is
     /// dropped with the unwinding, never spawned again.
     polling: bool,
-    /// Counts it among the layer's handlers; moved into its task.
+    /// Counts it in the layer's tracker; moved into its task.
     running: Option<TaskTrackerToken>,
 }
 
 impl<F: Future + Send + 'static> RunToEnd<F> {
-    pub(crate) fn new(handlers: &Handlers, future: F) -> Self {
+    pub(crate) fn new(tracker: &HandlerTracker, future: F) -> Self {
         Self {
             future: Some(Box::pin(future)),
             polling: false,
-            running: Some(handlers.token()),
+            running: Some(tracker.token()),
         }
     }
 }
@@ -220,8 +224,8 @@ mod tests {
     #[tokio::test]
     async fn a_future_that_panicked_is_never_polled_again() {
         let polls = Arc::new(AtomicUsize::new(0));
-        let handlers = Handlers::new();
-        let mut run = Box::pin(RunToEnd::new(&handlers, PanicsOnce(Arc::clone(&polls))));
+        let tracker = HandlerTracker::new();
+        let mut run = Box::pin(RunToEnd::new(&tracker, PanicsOnce(Arc::clone(&polls))));
         let mut cx = Context::from_waker(Waker::noop());
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(&mut cx)));
         assert!(polled.is_err(), "the panic is passed on");
@@ -230,7 +234,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(polls.load(Ordering::SeqCst), 1);
-        assert!(handlers.is_empty());
+        assert!(tracker.is_idle());
     }
 
     /// Dropped unfinished, the future runs to its end in a task; it is
@@ -240,30 +244,30 @@ mod tests {
     async fn a_future_dropped_unfinished_runs_to_its_end_and_is_waited_for() {
         let finished = Arc::new(AtomicUsize::new(0));
         let done = Arc::clone(&finished);
-        let handlers = Handlers::new();
-        let mut run = Box::pin(RunToEnd::new(&handlers, async move {
+        let tracker = HandlerTracker::new();
+        let mut run = Box::pin(RunToEnd::new(&tracker, async move {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             done.fetch_add(1, Ordering::SeqCst);
         }));
-        assert_eq!(handlers.len(), 1, "counted while it runs in place");
+        assert_eq!(tracker.running(), 1, "counted while it runs in place");
         let mut cx = Context::from_waker(Waker::noop());
         assert!(run.as_mut().poll(&mut cx).is_pending());
         drop(run);
-        assert_eq!(handlers.len(), 1, "and once it is moved");
-        let (first, second) = (handlers.clone(), handlers.clone());
+        assert_eq!(tracker.running(), 1, "and once it is moved");
+        let (first, second) = (tracker.clone(), tracker.clone());
         tokio::join!(first.wait(), second.wait());
         assert_eq!(finished.load(Ordering::SeqCst), 1);
-        assert!(handlers.is_empty());
+        assert!(tracker.is_idle());
     }
 
     /// A future that ends where it is polled stops counting at once.
     #[tokio::test]
     async fn a_finished_future_is_no_longer_counted() {
-        let handlers = Handlers::new();
-        let run = RunToEnd::new(&handlers, async { 7 });
-        assert_eq!(handlers.len(), 1);
+        let tracker = HandlerTracker::new();
+        let run = RunToEnd::new(&tracker, async { 7 });
+        assert_eq!(tracker.running(), 1);
         assert_eq!(run.await, 7);
-        assert!(handlers.is_empty());
-        handlers.wait().await;
+        assert!(tracker.is_idle());
+        tracker.wait().await;
     }
 }

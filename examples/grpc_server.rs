@@ -1,0 +1,122 @@
+//! `cargo run --example grpc-server -- [--addr 127.0.0.1:50051]
+//! [--store memory|redis://...] [--work-ms N]`
+//!
+//! The gRPC payment service (`proto/payments.proto`) behind the idempotency
+//! layer (see `examples/grpc.rs`). Call it with any gRPC client, the key in
+//! the `idempotency-key` metadata entry, for example with grpcurl:
+//!
+//! ```sh
+//! grpcurl -plaintext -import-path examples/proto -proto payments.proto \
+//!   -H 'idempotency-key: order-42' -d '{"amount": 4200, "currency": "USD"}' \
+//!   127.0.0.1:50051 payments.v1.Payments/Charge
+//! ```
+//!
+//! Ctrl-C stops it: it takes no more calls, then waits (up to 30 s) for the
+//! charges whose callers left to finish and store their replies.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use examples::grpc::{Charges, layer, serve};
+use idempotent_core::Idempotency;
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::redis::RedisStore;
+
+const USAGE: &str =
+    "usage: grpc-server [--addr 127.0.0.1:50051] [--store memory|redis://HOST:PORT] [--work-ms N]";
+
+struct Args {
+    addr: SocketAddr,
+    store: String,
+    work: Duration,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut parsed = Args {
+        addr: ([127, 0, 0, 1], 50051).into(),
+        store: "memory".to_owned(),
+        work: Duration::ZERO,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--addr" => parsed.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
+            "--store" => parsed.store = value()?,
+            "--work-ms" => {
+                let ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?;
+                parsed.work = Duration::from_millis(ms);
+            }
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(parsed)
+}
+
+async fn runtime(store: &str) -> Result<Idempotency, String> {
+    if store == "memory" {
+        return Ok(Idempotency::new(MemoryStore::new()));
+    }
+    if store.starts_with("redis://") || store.starts_with("rediss://") {
+        let store = RedisStore::builder()
+            .url(store)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Idempotency::new(store));
+    }
+    Err(format!("unknown store `{store}`"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("grpc-server: {message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime(&args.store).await {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("grpc-server: cannot set up the store: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(args.addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("grpc-server: cannot listen on {}: {error}", args.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(args.addr);
+    let layer = layer(runtime);
+    let tracker = layer.handler_tracker();
+    println!(
+        "grpc-server listening on http://{addr} (store: {})",
+        args.store
+    );
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let served = serve(listener, Charges::with_work(args.work), layer, stop).await;
+    // No more calls: the charges whose callers left finish and store their replies.
+    let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("grpc-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
