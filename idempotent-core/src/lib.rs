@@ -89,11 +89,15 @@ pub mod __fuzz;
 /// - `wait = "5s"`: a duplicate in flight waits this long for the result
 ///   instead of failing with [`Error::InProgress`].
 /// - `cache_errors` or `cache_errors = "5m"`: store `Err` results too.
-/// - `skip(a, b)` or `fingerprint = <expr>`: what the payload fingerprint
-///   leaves out, or covers instead of the arguments. The payload is every
-///   argument but `self`, the `#[tx]` connection and an argument that
-///   `runtime = ...` or `transaction = ...` names; one that cannot be
-///   serialized at run time makes the call [`Error::InvalidPayload`].
+/// - `skip(a, b)`, `skip_all` or `fingerprint = <expr>`: what the payload
+///   fingerprint leaves out, or covers instead of the arguments. The payload
+///   is every argument but `self`, the `#[tx]` connection and an argument
+///   that `runtime = ...` or `transaction = ...` names; each must be
+///   `Serialize` (skip a client, a pool or an app state: it is how the call
+///   runs, not what it asks for), and one that fails to serialize at run
+///   time makes the call [`Error::InvalidPayload`]. With `skip_all` the
+///   payload is empty: the key alone identifies the call. Use one of the
+///   three at most.
 /// - `name = "..."`: the operation name, part of every storage key.
 /// - `transaction = <PostgresStore>` (feature `postgres`): the body runs in a
 ///   transaction the store opened, with the record; the argument marked

@@ -200,6 +200,49 @@ fn type_path(type_name: &str) -> &str {
     base.trim_start_matches('&').trim_start_matches("mut ")
 }
 
+/// An argument in the payload fingerprint: any `Serialize` type. `Name` is
+/// a type the macro names after the argument, for the message; the macro
+/// passes each such argument to a function bounded by this trait, so that
+/// one that does not qualify is reported there, at its type.
+#[diagnostic::on_unimplemented(
+    message = "`{Name}` is part of the payload fingerprint, so its type must implement `Serialize`; leave it out with `skip({Name})` (or `skip_all`, or `fingerprint = ...`)",
+    label = "`{Self}` does not implement `Serialize`",
+    note = "the payload fingerprint tells a retry from a key reused for another request: it covers what the call asks for, not how it runs (a client, a pool, an app state)"
+)]
+pub trait PayloadArgument<Name: ?Sized>: Serialize {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + ?Sized, Name: ?Sized> PayloadArgument<Name> for T {}
+
+/// The value of `fingerprint = <expr>`: any `Serialize` type.
+#[diagnostic::on_unimplemented(
+    message = "the `fingerprint` value must implement `Serialize`, and `{Self}` does not",
+    label = "the payload fingerprint covers this value",
+    note = "fingerprint what identifies the request, such as `fingerprint = (order.id, order.amount)`"
+)]
+pub trait FingerprintValue: Serialize {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + ?Sized> FingerprintValue for T {}
+
+/// The call with the payload of `fingerprint = <expr>`.
+#[inline]
+pub fn fingerprint<'a, P: FingerprintValue + ?Sized>(call: Call<'a>, value: &P) -> Call<'a> {
+    call.payload(value)
+}
+
+/// A value `#[idempotent]` stores and replays: the `T` of its `Result<T, E>`
+/// (and `E` with `cache_errors`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is stored and replayed, so it must implement `Serialize` and `Deserialize`",
+    label = "`#[idempotent]` stores `{Self}` and replays it on a retry",
+    note = "derive them (`#[derive(Serialize, Deserialize)]`), or return a type that has them"
+)]
+pub trait StoredValue: Serialize + DeserializeOwned {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> StoredValue for T {}
+
 /// The return types `#[idempotent]` accepts: `Result<T, E>` with a
 /// serializable `T` and an `E` that the library's errors convert into.
 #[diagnostic::on_unimplemented(
@@ -208,7 +251,7 @@ fn type_path(type_name: &str) -> &str {
 )]
 pub trait IdempotentOutput: Sized {
     /// The success value, stored and replayed.
-    type Ok: Serialize + DeserializeOwned;
+    type Ok: StoredValue;
     /// The error.
     type Err: From<crate::Error>;
     /// Into a plain `Result`.
@@ -229,7 +272,7 @@ pub trait IdempotentOutput: Sized {
         body: F,
     ) -> impl Future<Output = Self>
     where
-        Self::Err: Serialize + DeserializeOwned,
+        Self::Err: StoredValue,
     {
         run_caching_errors(call, body)
     }
@@ -237,7 +280,7 @@ pub trait IdempotentOutput: Sized {
 
 impl<T, E> IdempotentOutput for Result<T, E>
 where
-    T: Serialize + DeserializeOwned,
+    T: StoredValue,
     E: From<crate::Error>,
 {
     type Ok = T;
@@ -268,7 +311,7 @@ where
 /// Runs the body of an annotated function with `cache_errors`.
 pub fn run_caching_errors<R, F>(call: Call<'_>, body: F) -> impl Future<Output = R>
 where
-    R: IdempotentOutput<Err: Serialize + DeserializeOwned>,
+    R: IdempotentOutput<Err: StoredValue>,
     F: Future<Output = R>,
 {
     let body = async move { body.await.into_result() };

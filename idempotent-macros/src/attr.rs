@@ -2,7 +2,6 @@
 
 use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
-use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, LitStr, Path, Token};
 
 mod kw {
@@ -14,13 +13,14 @@ mod kw {
     syn::custom_keyword!(wait);
     syn::custom_keyword!(cache_errors);
     syn::custom_keyword!(skip);
+    syn::custom_keyword!(skip_all);
     syn::custom_keyword!(fingerprint);
     syn::custom_keyword!(name);
     syn::custom_keyword!(transaction);
 }
 
 /// The options, as listed in error messages.
-const OPTIONS: &str = "`key`, `runtime`, `scope`, `ttl`, `lease`, `wait`, `cache_errors`, `skip`, `fingerprint`, `name`, `transaction`, `crate`";
+const OPTIONS: &str = "`key`, `runtime`, `scope`, `ttl`, `lease`, `wait`, `cache_errors`, `skip`, `skip_all`, `fingerprint`, `name`, `transaction`, `crate`";
 
 /// A duration option, in milliseconds, with the span of its literal.
 pub(crate) struct Millis {
@@ -39,6 +39,8 @@ pub(crate) struct Args {
     /// `Some(None)`: cache errors with the operation's TTL.
     pub(crate) cache_errors: Option<Option<Millis>>,
     pub(crate) skip: Vec<Ident>,
+    /// No argument is fingerprinted: the payload is empty.
+    pub(crate) skip_all: bool,
     pub(crate) fingerprint: Option<Expr>,
     pub(crate) name: Option<LitStr>,
     /// The `PostgresStore` whose transaction the body runs in.
@@ -57,6 +59,7 @@ struct RawArgs {
     wait: Option<(Span, Millis)>,
     cache_errors: Option<(Span, Option<Millis>)>,
     skip: Option<(Span, Vec<Ident>)>,
+    skip_all: Option<(Span, ())>,
     fingerprint: Option<(Span, Expr)>,
     name: Option<(Span, LitStr)>,
     transaction: Option<(Span, Expr)>,
@@ -85,8 +88,21 @@ fn parse_value<T: Parse>(input: ParseStream<'_>) -> syn::Result<T> {
     input.parse()
 }
 
-fn parse_duration(input: ParseStream<'_>) -> syn::Result<Millis> {
-    let lit: LitStr = parse_value(input)?;
+/// The string literal of `option = "..."`; anything else is refused with
+/// what to write (`example`, such as `ttl = "24h"`).
+fn parse_string(input: ParseStream<'_>, option: &str, example: &str) -> syn::Result<LitStr> {
+    input.parse::<Token![=]>()?;
+    if input.peek(LitStr) {
+        return input.parse();
+    }
+    Err(input.error(format!(
+        "`{option}` takes a string literal: write `{option} = {example}`"
+    )))
+}
+
+/// The duration of `option = "..."` (`example` is one for that option).
+fn parse_duration(input: ParseStream<'_>, option: &str, example: &str) -> syn::Result<Millis> {
+    let lit = parse_string(input, option, example)?;
     let value = duration_millis(&lit.value()).map_err(|why| {
         syn::Error::new(
             lit.span(),
@@ -100,6 +116,33 @@ fn parse_duration(input: ParseStream<'_>) -> syn::Result<Millis> {
         value,
         span: lit.span(),
     })
+}
+
+/// The argument names of `skip(a, b)`.
+fn parse_skip(input: ParseStream<'_>) -> syn::Result<Vec<Ident>> {
+    if !input.peek(syn::token::Paren) {
+        return Err(input.error(
+            "`skip` lists the arguments to leave out in parentheses: write `skip(client, state)`, or `skip_all` to leave out every argument",
+        ));
+    }
+    let content;
+    syn::parenthesized!(content in input);
+    let mut names = Vec::new();
+    while !content.is_empty() {
+        if content.peek(Token![self]) {
+            let receiver: Token![self] = content.parse()?;
+            return Err(syn::Error::new(
+                receiver.span,
+                "`self` is never part of the payload fingerprint: remove it from `skip(...)`",
+            ));
+        }
+        names.push(content.parse::<Ident>()?);
+        if content.is_empty() {
+            break;
+        }
+        content.parse::<Token![,]>()?;
+    }
+    Ok(names)
 }
 
 /// Parses `"1h30m"`-style durations into milliseconds.
@@ -168,37 +211,48 @@ impl Parse for Args {
                 set_once(&mut raw.scope, span, "scope", parse_value(input)?)?;
             } else if lookahead.peek(kw::ttl) {
                 input.parse::<kw::ttl>()?;
-                set_once(&mut raw.ttl, span, "ttl", parse_duration(input)?)?;
+                set_once(
+                    &mut raw.ttl,
+                    span,
+                    "ttl",
+                    parse_duration(input, "ttl", "\"24h\"")?,
+                )?;
             } else if lookahead.peek(kw::lease) {
                 input.parse::<kw::lease>()?;
-                let lease = parse_duration(input)?;
+                let lease = parse_duration(input, "lease", "\"30s\"")?;
                 if lease.value < MIN_LEASE_MS {
                     return Err(syn::Error::new(
                         lease.span,
                         format!(
-                            "a lease must be at least {MIN_LEASE_MS}ms: shorter ones could run out \
-                             between two renewals"
+                            "a lease must be at least {MIN_LEASE_MS}ms, or it could run out between \
+                             two renewals: write `lease = \"{MIN_LEASE_MS}ms\"` or longer, such as \
+                             `lease = \"30s\"`"
                         ),
                     ));
                 }
                 set_once(&mut raw.lease, span, "lease", lease)?;
             } else if lookahead.peek(kw::wait) {
                 input.parse::<kw::wait>()?;
-                set_once(&mut raw.wait, span, "wait", parse_duration(input)?)?;
+                set_once(
+                    &mut raw.wait,
+                    span,
+                    "wait",
+                    parse_duration(input, "wait", "\"5s\"")?,
+                )?;
             } else if lookahead.peek(kw::cache_errors) {
                 input.parse::<kw::cache_errors>()?;
                 let ttl = if input.peek(Token![=]) {
-                    Some(parse_duration(input)?)
+                    Some(parse_duration(input, "cache_errors", "\"5m\"")?)
                 } else {
                     None
                 };
                 set_once(&mut raw.cache_errors, span, "cache_errors", ttl)?;
             } else if lookahead.peek(kw::skip) {
                 input.parse::<kw::skip>()?;
-                let content;
-                syn::parenthesized!(content in input);
-                let names = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-                set_once(&mut raw.skip, span, "skip", names.into_iter().collect())?;
+                set_once(&mut raw.skip, span, "skip", parse_skip(input)?)?;
+            } else if lookahead.peek(kw::skip_all) {
+                input.parse::<kw::skip_all>()?;
+                set_once(&mut raw.skip_all, span, "skip_all", ())?;
             } else if lookahead.peek(kw::fingerprint) {
                 input.parse::<kw::fingerprint>()?;
                 set_once(
@@ -209,11 +263,12 @@ impl Parse for Args {
                 )?;
             } else if lookahead.peek(kw::name) {
                 input.parse::<kw::name>()?;
-                let name: LitStr = parse_value(input)?;
+                let name = parse_string(input, "name", "\"payments.charge\"")?;
                 if name.value().is_empty() {
                     return Err(syn::Error::new(
                         name.span(),
-                        "the operation `name` must not be empty",
+                        "the operation `name` must not be empty: write one such as \
+                         `name = \"payments.charge\"`, or remove `name` to use the function's path",
                     ));
                 }
                 set_once(&mut raw.name, span, "name", name)?;
@@ -227,8 +282,18 @@ impl Parse for Args {
                 )?;
             } else if lookahead.peek(Token![crate]) {
                 input.parse::<Token![crate]>()?;
-                let path: LitStr = parse_value(input)?;
-                set_once(&mut raw.krate, span, "crate", path.parse()?)?;
+                let lit = parse_string(input, "crate", "\"idempotent_core\"")?;
+                let path = lit.parse::<Path>().map_err(|_| {
+                    syn::Error::new(
+                        lit.span(),
+                        format!(
+                            "`crate = {:?}` is not a path: write the path idempotent-core is \
+                             reachable at, such as `crate = \"::my_idempotent\"`",
+                            lit.value()
+                        ),
+                    )
+                })?;
+                set_once(&mut raw.krate, span, "crate", path)?;
             } else if input.peek(Ident) {
                 let unknown: Ident = input.parse()?;
                 return Err(syn::Error::new(
@@ -259,7 +324,19 @@ impl RawArgs {
         if let (Some((span, _)), Some(_)) = (&self.skip, &self.fingerprint) {
             return Err(syn::Error::new(
                 *span,
-                "`skip` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the default fingerprint of the arguments",
+                "`skip` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the arguments in the payload fingerprint; remove `skip(...)`",
+            ));
+        }
+        if let (Some((span, _)), Some(_)) = (&self.skip, &self.skip_all) {
+            return Err(syn::Error::new(
+                *span,
+                "`skip` and `skip_all` cannot be combined: `skip_all` already leaves every argument out of the payload fingerprint; remove `skip(...)`",
+            ));
+        }
+        if let (Some((span, _)), Some(_)) = (&self.skip_all, &self.fingerprint) {
+            return Err(syn::Error::new(
+                *span,
+                "`skip_all` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the arguments in the payload fingerprint; remove `skip_all` (or `fingerprint` to fingerprint nothing)",
             ));
         }
         if self.transaction.is_some() {
@@ -285,6 +362,7 @@ impl RawArgs {
             wait: self.wait.map(|(_, v)| v),
             cache_errors: self.cache_errors.map(|(_, v)| v),
             skip: self.skip.map(|(_, v)| v).unwrap_or_default(),
+            skip_all: self.skip_all.is_some(),
             fingerprint: self.fingerprint.map(|(_, v)| v),
             name: self.name.map(|(_, v)| v),
             transaction: self.transaction.map(|(_, v)| v),

@@ -14,13 +14,32 @@ use crate::attr::{Args, Millis};
 pub(crate) fn idempotent(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2(item.clone()) {
         Ok(func) => func,
-        Err(error) => return with_error(item, error),
+        Err(error) => return with_error(item.clone(), not_a_function(item, error)),
     };
     let args = syn::parse2::<Args>(args);
     let expanded = args.and_then(|args| generate(args, &func));
     match expanded {
         Ok(tokens) => tokens,
         Err(error) => with_error(without_tx_markers(func).into_token_stream(), error),
+    }
+}
+
+/// Why the item is not a function `#[idempotent]` applies to: another kind
+/// of item, a trait method without a body, or (syn's own error) a syntax
+/// error the compiler reports too.
+fn not_a_function(item: TokenStream, error: syn::Error) -> syn::Error {
+    if syn::parse2::<syn::TraitItemFn>(item.clone()).is_ok() {
+        return syn::Error::new(
+            Span::call_site(),
+            "`#[idempotent]` needs the function's body: put it on the `async fn` of the trait's implementation (or of a default method), not on the declaration",
+        );
+    }
+    match syn::parse2::<syn::Item>(item) {
+        Ok(syn::Item::Fn(_)) | Err(_) => error,
+        Ok(_) => syn::Error::new(
+            Span::call_site(),
+            "`#[idempotent]` applies to an `async fn`: put it on the function that performs the operation",
+        ),
     }
 }
 
@@ -64,9 +83,14 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
             None
         }
     };
-    let fingerprint = fingerprint_arguments(&args, func).unwrap_or_else(|error| {
+    if let Some(output) = output {
+        if let Err(error) = owned_output(output, args.cache_errors.is_some()) {
+            push(error);
+        }
+    }
+    let payload = payload(&args, func).unwrap_or_else(|error| {
         push(error);
-        TokenStream::new()
+        Payload::Arguments(Vec::new())
     });
     let connection = connection_argument(&args, func).unwrap_or_else(|error| {
         push(error);
@@ -93,14 +117,20 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
     let (tx_var, value_var) = (local("__idempotent_tx"), local("__idempotent_value"));
     let name = operation_name(&args, func, &private);
     let options = duration_options(&args, &private);
-    let key = &args.key;
+    let key = reference_to(&args.key);
     let runtime = match (&args.runtime, &args.transaction) {
-        (Some(runtime), _) => quote!(.runtime(&(#runtime))),
+        (Some(runtime), _) => {
+            let runtime = reference_to(runtime);
+            quote!(.runtime(#runtime))
+        }
         // `transaction = ...` alone: the installed runtime, else defaults.
         (None, Some(_)) => quote!(.runtime(&#private::transaction_runtime(#store_var))),
         (None, None) => TokenStream::new(),
     };
-    let scope = args.scope.as_ref().map(|scope| quote!(.scope(&(#scope))));
+    let scope = args.scope.as_ref().map(|scope| {
+        let scope = reference_to(scope);
+        quote!(.scope(#scope))
+    });
     // The runner's bounds check the return type, given explicitly so that a
     // type error (not a `Result`, `T` not `Serialize`) points at it.
     let run = if args.cache_errors.is_some() {
@@ -143,12 +173,13 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         static __IDEMPOTENT_OPERATION: #private::OperationCell = #private::OperationCell::new();
         let #operation_var = __IDEMPOTENT_OPERATION.#get;
     };
+    let with_payload = payload_call(&payload, &call_var, &private);
     let call = quote! {
         let #call_var = #private::Call::new(#operation_var)
             #runtime
             #scope
-            .key(&(#key))
-            .payload(#fingerprint);
+            .key(#key);
+        let #call_var = #with_payload;
     };
     let (Some(store), Some((position, connection))) = (&args.transaction, connection) else {
         return Ok(quote! {
@@ -279,7 +310,7 @@ fn connection_argument(args: &Args, func: &ItemFn) -> syn::Result<Option<(usize,
     if let Some((_, second)) = marked.next() {
         return Err(syn::Error::new(
             tx_marker_span(second),
-            "only one argument can be marked `#[tx]`",
+            "only one argument can be marked `#[tx]`: keep it on the `&mut sqlx::PgConnection` that receives the transaction, and remove the others",
         ));
     }
     match (first, &args.transaction) {
@@ -387,11 +418,64 @@ fn fingerprint_cfg(attr: &syn::Attribute) -> Option<TokenStream> {
     (!cfgs.is_empty()).then(|| quote!(#[cfg_attr(#predicate, #(#cfgs),*)]))
 }
 
-/// The fingerprint expression: `fingerprint = <expr>`, or every named
-/// argument but the receiver and the `skip`ped ones.
-fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream> {
+/// What the payload fingerprint covers.
+enum Payload<'a> {
+    /// `fingerprint = <expr>`.
+    Expression(&'a syn::Expr),
+    /// These arguments, as a tuple (none: `()`).
+    Arguments(Vec<PayloadArgument<'a>>),
+}
+
+/// An argument in the payload fingerprint.
+struct PayloadArgument<'a> {
+    name: &'a syn::Ident,
+    ty: &'a syn::Type,
+    /// The `#[cfg]`s that compile it in or out.
+    cfgs: Vec<TokenStream>,
+}
+
+/// What the payload fingerprint covers: `fingerprint = <expr>`, nothing
+/// with `skip_all`, else every named argument but the receiver and the
+/// `skip`ped ones.
+fn payload<'a>(args: &'a Args, func: &'a ItemFn) -> syn::Result<Payload<'a>> {
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |error: syn::Error| match &mut errors {
+        Some(all) => all.combine(error),
+        None => errors = Some(error),
+    };
+    let names: Vec<&syn::Ident> = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|input| match input {
+            FnArg::Typed(typed) => match &*typed.pat {
+                Pat::Ident(pat) => Some(&pat.ident),
+                _ => None,
+            },
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    for skipped in &args.skip {
+        if !names.contains(&skipped) {
+            let expected = if names.is_empty() {
+                "the function has no named argument".to_owned()
+            } else {
+                let names: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+                format!("expected one of {}", names.join(", "))
+            };
+            push(syn::Error::new(
+                skipped.span(),
+                format!(
+                    "`skip` names `{skipped}`, but the function has no argument of that name; {expected}"
+                ),
+            ));
+        }
+    }
     if let Some(expr) = &args.fingerprint {
-        return Ok(quote!(&(#expr)));
+        return errors.map_or(Ok(Payload::Expression(expr)), Err);
+    }
+    if args.skip_all {
+        return errors.map_or(Ok(Payload::Arguments(Vec::new())), Err);
     }
     // An argument that is the runtime or the store (`runtime = rt`) is how
     // the call runs, not what it asks for.
@@ -400,8 +484,7 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
         .flatten()
         .filter_map(bare_argument)
         .collect();
-    let mut names = Vec::new();
-    let mut errors: Option<syn::Error> = None;
+    let mut arguments = Vec::new();
     for input in &func.sig.inputs {
         let FnArg::Typed(typed) = input else {
             continue;
@@ -412,43 +495,354 @@ fn fingerprint_arguments(args: &Args, func: &ItemFn) -> syn::Result<TokenStream>
         match &*typed.pat {
             Pat::Ident(pat) if args.skip.contains(&pat.ident) || plumbing.contains(&&pat.ident) => {
             }
-            Pat::Ident(pat) => {
-                // An argument compiled out (`#[cfg(...)] extra: u32`) is left
-                // out of the fingerprint the same way.
-                let cfgs: Vec<_> = typed.attrs.iter().filter_map(fingerprint_cfg).collect();
-                let name = &pat.ident;
-                names.push(quote!(#(#cfgs)* &#name));
-            }
+            Pat::Ident(pat) => arguments.push(PayloadArgument {
+                name: &pat.ident,
+                ty: &typed.ty,
+                // An argument compiled out (`#[cfg(...)] extra: u32`) is
+                // left out of the fingerprint the same way.
+                cfgs: typed.attrs.iter().filter_map(fingerprint_cfg).collect(),
+            }),
             Pat::Wild(_) => {}
-            other => {
-                let error = syn::Error::new(
-                    other.span(),
-                    "cannot fingerprint a destructured argument: bind it to a name, or give `fingerprint = <expression>`",
-                );
-                match &mut errors {
-                    Some(all) => all.combine(error),
-                    None => errors = Some(error),
+            other => push(syn::Error::new(
+                other.span(),
+                "cannot fingerprint a destructured argument: bind it to a name, leave it out with `skip_all`, or give `fingerprint = <expression>`",
+            )),
+        }
+    }
+    errors.map_or(Ok(Payload::Arguments(arguments)), Err)
+}
+
+/// The spans of the first and the last token of `tokens`. An expression
+/// whose first token has the one and whose last token has the other spans
+/// all of `tokens`, and a compiler error about it underlines all of them
+/// (stable Rust cannot join two spans).
+fn first_and_last(tokens: &impl ToTokens) -> (Span, Span) {
+    let mut spans = tokens
+        .to_token_stream()
+        .into_iter()
+        .map(|token| token.span());
+    let first = spans.next().unwrap_or_else(Span::call_site);
+    (first, spans.last().unwrap_or(first))
+}
+
+/// `&(<expr>)`, spanned at the expression, so that a type error (a key
+/// that is not `Display`, a value that is not `Serialize`) points at it.
+fn reference_to(expr: &syn::Expr) -> TokenStream {
+    let (first, last) = first_and_last(expr);
+    let mut group =
+        proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, expr.to_token_stream());
+    group.set_span(last);
+    quote_spanned!(first=> &#group)
+}
+
+/// The call with its payload fingerprint. An argument is passed on to a
+/// function that requires it to be `Serialize` (through
+/// `__private::PayloadArgument`, whose message names the argument and how
+/// to leave it out), at its type: one error per argument that does not
+/// qualify, there, and none for the tuple they make.
+fn payload_call(payload: &Payload<'_>, call: &syn::Ident, private: &TokenStream) -> TokenStream {
+    let arguments = match payload {
+        Payload::Expression(expr) => {
+            let value = reference_to(expr);
+            let (first, _) = first_and_last(expr);
+            return quote_spanned!(first=> #private::fingerprint(#call, #value));
+        }
+        Payload::Arguments(arguments) if arguments.is_empty() => {
+            return quote!(#call.payload(&()));
+        }
+        Payload::Arguments(arguments) => arguments,
+    };
+    let mut markers = Vec::new();
+    let mut params = Vec::new();
+    let mut inputs = Vec::new();
+    let mut elements = Vec::new();
+    let mut values = Vec::new();
+    for (i, argument) in arguments.iter().enumerate() {
+        let cfgs = &argument.cfgs;
+        // A type named as the argument, for the message (`skip(client)`);
+        // the block it is declared in holds no code of the user's.
+        let mut marker = argument.name.clone();
+        marker.set_span(Span::mixed_site());
+        markers.push(quote! {
+            #(#cfgs)*
+            #[allow(non_camel_case_types, dead_code)]
+            enum #marker {}
+        });
+        let param = syn::Ident::new(&format!("__IdempotentArgument{i}"), Span::mixed_site());
+        let input = syn::Ident::new(&format!("__idempotent_argument{i}"), Span::mixed_site());
+        let (first, last) = first_and_last(argument.ty);
+        params.push(quote!(
+            #(#cfgs)* #param: ?::core::marker::Sized + #private::PayloadArgument<#marker>
+        ));
+        inputs.push(quote!(#(#cfgs)* #input: &#param));
+        elements.push(quote!(#(#cfgs)* #input));
+        // `&name`, from the first token of the argument's type to its
+        // last, where the compiler points. It points at the `name` of
+        // `&name` when that is itself a reference: then `&*name`.
+        let mut name = argument.name.clone();
+        name.set_span(name.span().located_at(last));
+        let deref = matches!(without_groups(argument.ty), syn::Type::Reference(_))
+            .then(|| quote_spanned!(first=> *));
+        values.push(quote_spanned!(first=> #(#cfgs)* &#deref #name));
+    }
+    let function = syn::Ident::new("__idempotent_payload", Span::mixed_site());
+    let lifetime = syn::Lifetime::new("'__idempotent_call", Span::mixed_site());
+    quote! {
+        {
+            #(#markers)*
+            #[allow(clippy::too_many_arguments)]
+            #[inline]
+            fn #function<#lifetime, #(#params,)*>(
+                call: #private::Call<#lifetime>,
+                #(#inputs,)*
+            ) -> #private::Call<#lifetime> {
+                call.payload(&(#(#elements,)*))
+            }
+            #function(#call, #(#values,)*)
+        }
+    }
+}
+
+/// Refuses a borrowed type in what is stored and replayed: the `T` of a
+/// `Result<T, E>` return type, and its `E` with `cache_errors`. A replay
+/// decodes the value from the store, so it must own its data
+/// (`DeserializeOwned`); the compiler would only say that "`Deserialize` is
+/// not general enough". Return types not spelled `...Result<..>` are left to
+/// the compiler.
+fn owned_output(output: &syn::Type, cache_errors: bool) -> syn::Result<()> {
+    let Some(arguments) = result_arguments(output) else {
+        return Ok(());
+    };
+    let mut references = Vec::new();
+    let stored = if cache_errors { 2 } else { 1 };
+    for (position, ty) in arguments.into_iter().take(stored).enumerate() {
+        let value = if position == 0 {
+            "`#[idempotent]` stores the `Ok` value"
+        } else {
+            "with `cache_errors`, `#[idempotent]` stores the `Err` value"
+        };
+        borrowed_parts(ty, &mut |reference| references.push((value, reference)));
+    }
+    let mut errors: Option<syn::Error> = None;
+    for (value, reference) in references {
+        let error = syn::Error::new_spanned(
+            reference,
+            format!(
+                "{value} and replays it by decoding it from the store, so it must own its data \
+                 (`DeserializeOwned`): write `{}` instead of `{}`",
+                owned_text(&reference.elem),
+                type_text(&syn::Type::Reference(reference.clone())),
+            ),
+        );
+        match &mut errors {
+            Some(all) => all.combine(error),
+            None => errors = Some(error),
+        }
+    }
+    errors.map_or(Ok(()), Err)
+}
+
+/// The type arguments of a return type spelled `Result<..>` (any path that
+/// ends so: `std::io::Result<T>`, `anyhow::Result<T>`).
+fn result_arguments(ty: &syn::Type) -> Option<Vec<&syn::Type>> {
+    let ty = without_groups(ty);
+    let syn::Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return None;
+    };
+    Some(
+        arguments
+            .args
+            .iter()
+            .filter_map(|argument| match argument {
+                syn::GenericArgument::Type(ty) => Some(ty),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// Looks through `( ... )` and the invisible groups of a `$t:ty` from
+/// `macro_rules!`.
+fn without_groups(mut ty: &syn::Type) -> &syn::Type {
+    loop {
+        match ty {
+            syn::Type::Group(group) => ty = &group.elem,
+            syn::Type::Paren(paren) => ty = &paren.elem,
+            _ => return ty,
+        }
+    }
+}
+
+/// Calls `found` with every reference in `ty` that a stored value would
+/// hold: at the top, in generic arguments, tuples, arrays and slices; not
+/// inside a `PhantomData`, which holds nothing.
+fn borrowed_parts<'a>(ty: &'a syn::Type, found: &mut impl FnMut(&'a syn::TypeReference)) {
+    match ty {
+        syn::Type::Reference(reference) => found(reference),
+        syn::Type::Group(syn::TypeGroup { elem, .. })
+        | syn::Type::Paren(syn::TypeParen { elem, .. })
+        | syn::Type::Array(syn::TypeArray { elem, .. })
+        | syn::Type::Slice(syn::TypeSlice { elem, .. }) => borrowed_parts(elem, found),
+        syn::Type::Tuple(tuple) => {
+            for elem in &tuple.elems {
+                borrowed_parts(elem, found);
+            }
+        }
+        syn::Type::Path(path) => {
+            for segment in &path.path.segments {
+                if segment.ident == "PhantomData" {
+                    continue;
+                }
+                if let syn::PathArguments::AngleBracketed(arguments) = &segment.arguments {
+                    for argument in &arguments.args {
+                        if let syn::GenericArgument::Type(ty) = argument {
+                            borrowed_parts(ty, found);
+                        }
+                    }
                 }
             }
         }
+        _ => {}
     }
-    for skipped in &args.skip {
-        let known = func.sig.inputs.iter().any(|input| {
-            matches!(input, FnArg::Typed(t) if matches!(&*t.pat, Pat::Ident(p) if p.ident == *skipped))
-        });
-        if !known {
-            let error = syn::Error::new(
-                skipped.span(),
-                format!("`skip` names `{skipped}`, but the function has no argument of that name"),
-            );
-            match &mut errors {
-                Some(all) => all.combine(error),
-                None => errors = Some(error),
+}
+
+/// The owned type to write instead of a reference to `elem`: `String` for
+/// `str`, `Vec<T>` for `[T]`, `PathBuf` for `Path`, else `elem` itself.
+fn owned_text(elem: &syn::Type) -> String {
+    match without_groups(elem) {
+        syn::Type::Slice(slice) => format!("Vec<{}>", type_text(&slice.elem)),
+        syn::Type::Path(path) if path.qself.is_none() => {
+            let owned = path.path.get_ident().and_then(|ident| {
+                Some(match ident.to_string().as_str() {
+                    "str" => "String",
+                    "Path" => "PathBuf",
+                    "OsStr" => "OsString",
+                    "CStr" => "CString",
+                    _ => return None,
+                })
+            });
+            owned.map_or_else(|| type_text(elem), str::to_owned)
+        }
+        other => type_text(other),
+    }
+}
+
+/// A type as a user writes it (`&'static str`, `Vec<u8>`), not as tokens
+/// print (`& 'static str`, `Vec < u8 >`).
+fn type_text(ty: &syn::Type) -> String {
+    let mut text = String::new();
+    let mut previous: Option<proc_macro2::TokenTree> = None;
+    write_tokens(ty.to_token_stream(), &mut text, &mut previous);
+    text
+}
+
+/// Whether `text` ends with a lifetime (`'a`, `'static`).
+fn is_lifetime_end(text: &str) -> bool {
+    let word = text.trim_end_matches(|c: char| c.is_alphanumeric() || c == '_');
+    word.ends_with('\'')
+}
+
+fn write_tokens(
+    tokens: TokenStream,
+    text: &mut String,
+    previous: &mut Option<proc_macro2::TokenTree>,
+) {
+    use proc_macro2::{Delimiter, TokenTree};
+    for token in tokens {
+        // A space between two words (`dyn Trait`, `mut T`, `'a T`), after
+        // `mut`, `dyn` or a lifetime (`&'a [u8]`), after a comma or a
+        // semicolon, and around `=`, `+` and `->`; none elsewhere.
+        let after_word = matches!(&*previous, Some(TokenTree::Ident(word))
+            if matches!(word.to_string().as_str(), "mut" | "dyn" | "impl") || is_lifetime_end(text));
+        let space = match (&*previous, &token) {
+            (None, _) => false,
+            (Some(TokenTree::Punct(p)), _) if matches!(p.as_char(), ',' | ';') => true,
+            (Some(TokenTree::Ident(_)), TokenTree::Group(_) | TokenTree::Punct(_))
+                if after_word =>
+            {
+                !matches!(&token, TokenTree::Punct(p) if matches!(p.as_char(), ',' | '>' | ';'))
             }
+            (Some(TokenTree::Punct(p)), _) if matches!(p.as_char(), '=' | '+') => true,
+            (_, TokenTree::Punct(p)) if matches!(p.as_char(), '=' | '+') => true,
+            (_, TokenTree::Punct(p)) if p.as_char() == '-' => true,
+            (Some(TokenTree::Punct(p)), _) if p.as_char() == '>' && text.ends_with("->") => true,
+            (Some(TokenTree::Ident(_) | TokenTree::Literal(_)), TokenTree::Ident(_)) => true,
+            (Some(TokenTree::Group(_)), TokenTree::Ident(_)) => true,
+            _ => false,
+        };
+        if space {
+            text.push(' ');
+        }
+        match &token {
+            TokenTree::Group(group) => {
+                let (open, close) = match group.delimiter() {
+                    Delimiter::Parenthesis => ("(", ")"),
+                    Delimiter::Bracket => ("[", "]"),
+                    Delimiter::Brace => ("{", "}"),
+                    Delimiter::None => ("", ""),
+                };
+                text.push_str(open);
+                let mut inner = None;
+                write_tokens(group.stream(), text, &mut inner);
+                text.push_str(close);
+            }
+            other => text.push_str(&other.to_string()),
+        }
+        *previous = Some(token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{owned_output, owned_text, type_text};
+
+    fn ty(text: &str) -> syn::Type {
+        syn::parse_str(text).unwrap()
+    }
+
+    #[test]
+    fn types_print_as_written() {
+        for text in [
+            "&'static str",
+            "&'a mut [u8]",
+            "&mut [u8]",
+            "&'a (u8, u8)",
+            "Vec<&'static str>",
+            "std::collections::HashMap<String, Vec<u8>>",
+            "(u8, &str)",
+            "[u8; 4]",
+            "Box<dyn Fn(u8) -> u8 + Send>",
+            "&dyn Trait",
+        ] {
+            assert_eq!(type_text(&ty(text)), text);
         }
     }
-    if let Some(errors) = errors {
-        return Err(errors);
+
+    #[test]
+    fn a_reference_suggests_its_owned_type() {
+        assert_eq!(owned_text(&ty("str")), "String");
+        assert_eq!(owned_text(&ty("[Receipt]")), "Vec<Receipt>");
+        assert_eq!(owned_text(&ty("Path")), "PathBuf");
+        assert_eq!(owned_text(&ty("Receipt<'a>")), "Receipt<'a>");
     }
-    Ok(quote!(&(#(#names,)*)))
+
+    #[test]
+    fn borrowed_stored_values_are_refused() {
+        let refused = |text: &str, cache_errors| owned_output(&ty(text), cache_errors).is_err();
+        assert!(refused("Result<&'static str, E>", false));
+        assert!(refused("io::Result<Vec<&str>>", false));
+        assert!(refused("Result<(u8, &[u8]), E>", false));
+        assert!(refused("Result<u8, &'static str>", true));
+        assert!(!refused("Result<u8, &'static str>", false));
+        assert!(!refused("Result<Cow<'static, str>, E>", false));
+        assert!(!refused("Result<PhantomData<&'static str>, E>", false));
+        assert!(!refused("Outcome<&'static str>", false));
+    }
 }

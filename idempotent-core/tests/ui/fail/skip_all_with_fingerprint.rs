@@ -1,0 +1,18 @@
+use idempotent_core::{Error, idempotent};
+
+#[derive(Debug)]
+pub struct MyError;
+
+impl From<Error> for MyError {
+    fn from(_: Error) -> Self {
+        MyError
+    }
+}
+
+// `fingerprint = ...` replaces the arguments: there is nothing to skip.
+#[idempotent(key = id, skip_all, fingerprint = amount)]
+async fn both(id: u64, amount: u64) -> Result<u64, MyError> {
+    Ok(id + amount)
+}
+
+fn main() {}
