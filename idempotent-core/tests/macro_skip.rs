@@ -5,7 +5,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use idempotent_core::{Error, Idempotency, MemoryStore, Operation, idempotent};
+use idempotent_core::memory::MemoryStore;
+use idempotent_core::{Error, Idempotency, Operation, idempotent};
 
 /// How a call runs, not what it asks for: not `Serialize`.
 struct Mailer {

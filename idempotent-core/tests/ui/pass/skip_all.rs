@@ -2,7 +2,8 @@
 //! the key alone identifies the call.
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use idempotent_core::{Error, Idempotency, MemoryStore, idempotent};
+use idempotent_core::{Error, Idempotency, idempotent};
+use idempotent_core::memory::MemoryStore;
 
 /// Not `Serialize`: how the call runs, not what it asks for.
 pub struct Client {
