@@ -67,12 +67,10 @@ mod store;
 pub mod telemetry;
 
 #[doc(hidden)]
-#[path = "private.rs"]
 pub mod __private;
 
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
-#[path = "fuzz.rs"]
 pub mod __fuzz;
 
 /// Runs an `async fn` once per idempotency key; see the crate documentation.

@@ -320,7 +320,6 @@ where
     })
 }
 
-#[path = "private_tx.rs"]
 mod transaction;
 pub use transaction::*;
 
