@@ -36,7 +36,7 @@ const LEDGER: &str = "CREATE TABLE IF NOT EXISTS payments_ledger (
 );
 ALTER TABLE payments_ledger ADD COLUMN IF NOT EXISTS tenant TEXT NOT NULL DEFAULT 'anonymous'";
 
-/// One charge per key; no wait: a duplicate in flight gets 409 at once, as
+/// One charge per key; no wait: a duplicate in progress gets 409 at once, as
 /// behind the layer.
 static CHARGE: Operation = Operation::new("payments.charge");
 
@@ -138,7 +138,7 @@ impl From<Error> for Unstored {
 /// `POST /payments`, deciding as the layer does, in its order: the key
 /// (missing, repeated or malformed: `400`), the body (`413` over the
 /// limit), then the claim, with the fingerprint of the method, path and
-/// body bytes (another body under a used key: `422`; in flight: `409`;
+/// body bytes (another body under a used key: `422`; in progress: `409`;
 /// done: the stored answer, replayed). A body the `Json` extractor refuses
 /// is answered like the layer's handler answers it, after the claim, and
 /// nothing is stored.

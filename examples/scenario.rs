@@ -64,7 +64,7 @@ pub async fn run(intents: u64, concurrency: usize, faults: Faults, protected: bo
 pub struct Scenario {
     /// Payments sent, one intent each.
     pub intents: u64,
-    /// How many are in flight at once.
+    /// How many are in progress at once.
     pub concurrency: usize,
     /// What the proxy does to connections.
     pub faults: Faults,

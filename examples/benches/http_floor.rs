@@ -29,7 +29,7 @@ const SHARDS: usize = 64;
 /// The layer's default body and response limit.
 const LIMIT: usize = 8 << 20;
 
-/// What a key holds: a request in flight, or its stored answer.
+/// What a key holds: a request in progress, or its stored answer.
 enum Entry {
     InProgress,
     Done(Bytes),

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use support::{PgSchema, ServerProcess, http_client};
 
 /// One server per store, with 300 ms of work per charge (long enough to
-/// meet a duplicate in flight).
+/// meet a duplicate in progress).
 async fn each_store(name: &str, check: impl AsyncFn(&str)) {
     let redis = RedisServer::start();
     let schema = PgSchema::create(&format!("answers_{name}")).await;
@@ -154,7 +154,7 @@ async fn replays_reuse_and_duplicates_in_flight_answer_the_same_on_every_store()
         let respaced = post(base, &key, r#"{"amount":1000,"currency":"USD"}"#).await;
         assert_eq!(respaced.status, 422, "{base}");
 
-        let key = [JSON, ("idempotency-key", "k-in-flight")];
+        let key = [JSON, ("idempotency-key", "k-in-progress")];
         let (a, b) = tokio::join!(post(base, &key, PAYMENT), async {
             tokio::time::sleep(Duration::from_millis(100)).await;
             post(base, &key, PAYMENT).await

@@ -47,7 +47,7 @@ async fn the_same_faults_without_idempotency_charge_twice() {
 async fn three_hundred_intents_through_faults_and_a_redis_stop_charge_exactly_three_hundred_times()
 {
     // Redis keeps its data on disk (AOF), as a production Redis would, and
-    // is stopped for 3 s while payments are in flight: results that ran
+    // is stopped for 3 s while payments are in progress: results that ran
     // meanwhile are stored once it is back, so no retry charges again.
     let mut redis = RedisServer::start_with(&["--appendonly", "yes"]);
     let scenario = Scenario {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::record::{ClaimOutcome, LeaseToken, StorageKey};
 use crate::{Fingerprint, IdempotencyKey, Store, StoreError};
 
-/// The short lease of the cases about expiry and in-flight answers. Cases
+/// The short lease of the cases about expiry and in-progress answers. Cases
 /// that only need a record completed claim it with [`LONG_LEASE`], so that a
 /// loaded machine cannot make the lease lapse before the completion.
 const LEASE: Duration = Duration::from_millis(200);
@@ -53,8 +53,8 @@ macro_rules! for_each_case {
             { $($args)* }
             a_fresh_claim_acquires,
             completion_replays_the_exact_bytes,
-            a_different_payload_is_a_mismatch_while_in_progress,
-            a_different_payload_is_a_mismatch_after_completion,
+            a_different_payload_is_key_reused_while_in_progress,
+            a_different_payload_is_key_reused_after_completion,
             a_running_call_answers_in_flight_within_its_lease,
             a_wrong_token_is_fenced_and_changes_nothing,
             a_completion_with_another_fingerprint_is_refused,
@@ -132,8 +132,8 @@ async fn claim<S: Store + ?Sized>(store: &S, key: &StorageKey, fp: Fingerprint) 
 
 fn assert_in_flight(outcome: &ClaimOutcome, why: &str) {
     assert!(
-        matches!(outcome, ClaimOutcome::InFlight { .. }),
-        "{why}: expected InFlight, got {outcome:?}"
+        matches!(outcome, ClaimOutcome::InProgress { .. }),
+        "{why}: expected InProgress, got {outcome:?}"
     );
 }
 
@@ -182,24 +182,24 @@ pub async fn completion_replays_the_exact_bytes<S: Store + ?Sized>(store: &Arc<S
 
 /// Another payload under a key in progress is refused, and does not disturb
 /// the owner.
-pub async fn a_different_payload_is_a_mismatch_while_in_progress<S: Store + ?Sized>(
+pub async fn a_different_payload_is_key_reused_while_in_progress<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LONG_LEASE).await;
-    assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
+    assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::KeyReused);
     assert_in_flight(&claim(s, &k, FP).await, "the owner keeps the key");
     s.complete(&k, token, FP, b"r", TTL)
         .await
-        .expect("the owner completes after a mismatch");
+        .expect("the owner completes after a reused key");
     assert_eq!(claim(s, &k, FP).await, completed(b"r"));
 }
 
 /// Another payload under a completed key is refused, and the record still
 /// replays for the original payload.
-pub async fn a_different_payload_is_a_mismatch_after_completion<S: Store + ?Sized>(
+pub async fn a_different_payload_is_key_reused_after_completion<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -210,7 +210,7 @@ pub async fn a_different_payload_is_a_mismatch_after_completion<S: Store + ?Size
         .await
         .expect("complete");
     for _ in 0..2 {
-        assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
+        assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::KeyReused);
         assert_eq!(claim(s, &k, FP).await, completed(b"r"));
     }
 }
@@ -226,8 +226,8 @@ pub async fn a_running_call_answers_in_flight_within_its_lease<S: Store + ?Sized
     let lease = Duration::from_millis(400);
     acquire(s, &k, FP, lease).await;
     let retry_after = |outcome: ClaimOutcome| match outcome {
-        ClaimOutcome::InFlight { retry_after } => retry_after,
-        other => panic!("expected InFlight, got {other:?}"),
+        ClaimOutcome::InProgress { retry_after } => retry_after,
+        other => panic!("expected InProgress, got {other:?}"),
     };
     let first = retry_after(claim(s, &k, FP).await);
     assert!(
@@ -322,7 +322,7 @@ pub async fn release_makes_the_key_claimable_again<S: Store + ?Sized>(store: &Ar
     assert_lease_lost(s.complete(&k, first, FP, b"old", TTL).await, "old token");
     assert_eq!(
         claim(s, &k, FP).await,
-        ClaimOutcome::Mismatch,
+        ClaimOutcome::KeyReused,
         "the key now belongs to the second payload"
     );
     s.complete(&k, second, OTHER_FP, b"second", TTL)
@@ -397,7 +397,7 @@ pub async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>, case: 
     assert_in_flight(&claim(s, &k, FP).await, "held past the original lease");
     assert_eq!(
         claim(s, &k, OTHER_FP).await,
-        ClaimOutcome::Mismatch,
+        ClaimOutcome::KeyReused,
         "the record is live, so another payload is refused"
     );
     // No more renewals: the lease runs out one lease later.
@@ -435,7 +435,7 @@ pub async fn a_completed_record_outlives_its_lease<S: Store + ?Sized>(store: &Ar
         .expect("complete");
     tokio::time::sleep(PAST_LEASE).await;
     assert_eq!(claim(s, &k, FP).await, completed(b"kept"));
-    assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::Mismatch);
+    assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::KeyReused);
 }
 
 /// A lease, renewal or TTL of `Duration::MAX` is held (for a century), never
@@ -473,7 +473,7 @@ pub async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?Sized>(
         ("key", StorageKey::new("ns", "scope", "op", &other)),
     ];
     for (part, variant) in &variants {
-        // Another payload too: a shared record would answer Mismatch.
+        // Another payload too: a shared record would answer KeyReused.
         let token = match s.claim(variant, OTHER_FP, LONG_LEASE).await.expect("claim") {
             ClaimOutcome::Acquired(lease) => lease.token,
             other => panic!("another {part} must be another record, got {other:?}"),
@@ -497,7 +497,7 @@ pub async fn the_four_parts_of_a_storage_key_are_independent<S: Store + ?Sized>(
 async fn wait_until_settled<S: Store + ?Sized>(s: &S, k: &StorageKey) -> Duration {
     const WAIT: Duration = Duration::from_secs(3);
     let started = Instant::now();
-    while matches!(claim(s, k, FP).await, ClaimOutcome::InFlight { .. }) {
+    while matches!(claim(s, k, FP).await, ClaimOutcome::InProgress { .. }) {
         assert!(
             started.elapsed() < WAIT * 2,
             "the record never settled after {:?}",
@@ -590,7 +590,7 @@ pub async fn concurrent_claims_acquire_exactly_once<S: Store + ?Sized>(store: &A
         assert!(
             matches!(
                 outcome,
-                ClaimOutcome::Acquired(_) | ClaimOutcome::InFlight { .. }
+                ClaimOutcome::Acquired(_) | ClaimOutcome::InProgress { .. }
             ),
             "{outcome:?}"
         );
@@ -598,7 +598,7 @@ pub async fn concurrent_claims_acquire_exactly_once<S: Store + ?Sized>(store: &A
 }
 
 /// Simultaneous claims with two payloads: one acquires, the same payload is
-/// told it is in flight, the other payload is a mismatch.
+/// told it is in progress, the other payload is key reused.
 pub async fn concurrent_claims_with_two_payloads_acquire_exactly_once<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
@@ -616,11 +616,11 @@ pub async fn concurrent_claims_with_two_payloads_acquire_exactly_once<S: Store +
     for (fp, outcome) in &outcomes {
         match outcome {
             ClaimOutcome::Acquired(_) => {}
-            ClaimOutcome::InFlight { .. } => {
-                assert_eq!(*fp, winner, "in flight for the winner's payload only")
+            ClaimOutcome::InProgress { .. } => {
+                assert_eq!(*fp, winner, "in progress for the winner's payload only")
             }
-            ClaimOutcome::Mismatch => {
-                assert_ne!(*fp, winner, "a mismatch for the other payload only")
+            ClaimOutcome::KeyReused => {
+                assert_ne!(*fp, winner, "key reused for the other payload only")
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -40,7 +40,7 @@
 //!
 //! - Once per key: the [`idempotent`] attribute, or a [`Call`] of an
 //!   [`Operation`] on an [`Idempotency`] runtime; its answer is an
-//!   [`Executed`] value or an [`Error`].
+//!   [`Done`] value or an [`Error`].
 //! - Stores: [`memory`] (the default, one process), [`redis`] (standalone,
 //!   cluster, TLS) and [`postgres`] (with its same-transaction mode).
 //! - HTTP: [`http`], a tower layer for axum and any tower service.
@@ -84,7 +84,7 @@ pub mod __fuzz;
 /// - `ttl = "24h"`, `lease = "30s"`: retention (at most [`MAX_DURATION`](record::MAX_DURATION)),
 ///   and how long a running call holds the key (renewed while the body
 ///   runs; at least [`MIN_LEASE`]).
-/// - `wait = "5s"`: a duplicate in flight waits this long for the result
+/// - `wait = "5s"`: a duplicate in progress waits this long for the result
 ///   instead of failing with [`Error::InProgress`].
 /// - `cache_errors` or `cache_errors = "5m"`: store `Err` results too.
 /// - `skip(a, b)`, `skip_all` or `fingerprint = <expr>`: what the payload
@@ -107,7 +107,7 @@ pub mod __fuzz;
 #[doc(inline)]
 pub use idempotent_macros::idempotent;
 
-pub use engine::{Begun, Call, Executed, KeyTransaction, Operation, TxBody};
+pub use engine::{Begun, Call, Done, KeyTransaction, Operation, TxBody};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, PayloadError};
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};

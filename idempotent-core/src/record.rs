@@ -17,7 +17,7 @@
 //! Rules a reader might look for:
 //! - A record whose deadline has passed (lease expiry for `InProgress`,
 //!   retention for `Completed`) is the same as an absent key.
-//! - A different payload under a live key is a [`Mismatch`](ClaimOutcome::Mismatch),
+//! - A different payload under a live key is a [`KeyReused`](ClaimOutcome::KeyReused),
 //!   whether the first request is still running or finished.
 //! - `complete`, `release` and `renew` succeed only for the live lease whose
 //!   token they carry; anything else is [`Fenced`].
@@ -141,12 +141,12 @@ pub enum ClaimOutcome {
     /// Same key, same fingerprint, finished before: replay this response.
     Completed(Arc<[u8]>),
     /// Same key, same fingerprint, running now; try again after `retry_after`.
-    InFlight {
+    InProgress {
         /// How long until the current lease runs out (an upper bound on the wait).
         retry_after: Duration,
     },
     /// Same key, different fingerprint.
-    Mismatch,
+    KeyReused,
 }
 
 /// What a store must do to answer a claim.
@@ -170,10 +170,10 @@ pub fn decide_claim(
         return ClaimDecision::Acquire;
     };
     if record.fingerprint != fingerprint {
-        return ClaimDecision::Answer(ClaimOutcome::Mismatch);
+        return ClaimDecision::Answer(ClaimOutcome::KeyReused);
     }
     ClaimDecision::Answer(match &record.state {
-        RecordState::InProgress { lease_until, .. } => ClaimOutcome::InFlight {
+        RecordState::InProgress { lease_until, .. } => ClaimOutcome::InProgress {
             retry_after: Duration::from_millis(lease_until - now),
         },
         RecordState::Completed { response, .. } => ClaimOutcome::Completed(Arc::clone(response)),
@@ -238,7 +238,7 @@ mod tests {
         assert_eq!(decide_claim(None, FP, 10), ClaimDecision::Acquire);
         assert_eq!(
             decide_claim(Some(&in_progress(15)), FP, 10),
-            ClaimDecision::Answer(ClaimOutcome::InFlight {
+            ClaimDecision::Answer(ClaimOutcome::InProgress {
                 retry_after: Duration::from_millis(5)
             })
         );
@@ -252,7 +252,7 @@ mod tests {
         );
         assert_eq!(
             decide_claim(Some(&in_progress(15)), OTHER, 10),
-            ClaimDecision::Answer(ClaimOutcome::Mismatch)
+            ClaimDecision::Answer(ClaimOutcome::KeyReused)
         );
         assert_eq!(
             decide_claim(Some(&completed(15)), FP, 10),
@@ -260,7 +260,7 @@ mod tests {
         );
         assert_eq!(
             decide_claim(Some(&completed(15)), OTHER, 10),
-            ClaimDecision::Answer(ClaimOutcome::Mismatch)
+            ClaimDecision::Answer(ClaimOutcome::KeyReused)
         );
         assert_eq!(
             decide_claim(Some(&completed(10)), OTHER, 10),

@@ -13,10 +13,10 @@ use metrics::{Counter, Gauge, Histogram};
 pub const EXECUTED: &str = "idempotent_executed_total";
 /// Counter: stored responses replayed.
 pub const REPLAYED: &str = "idempotent_replayed_total";
-/// Counter: calls that met a duplicate in flight (answered in-progress or made to wait).
-pub const IN_FLIGHT: &str = "idempotent_in_flight_total";
+/// Counter: calls that met a duplicate in progress (answered in-progress or made to wait).
+pub const IN_PROGRESS: &str = "idempotent_in_progress_total";
 /// Counter: keys reused with another payload (possible key collisions).
-pub const MISMATCH: &str = "idempotent_mismatch_total";
+pub const KEY_REUSED: &str = "idempotent_key_reused_total";
 /// Counter: store calls that failed (label `call`).
 pub const STORE_ERRORS: &str = "idempotent_store_errors_total";
 /// Histogram: store call latency in seconds (label `call`: claim, complete, release).
@@ -68,8 +68,8 @@ pub(crate) struct Metrics(OnceLock<Handles>);
 pub(crate) struct Handles {
     pub(crate) executed: Counter,
     pub(crate) replayed: Counter,
-    pub(crate) in_flight: Counter,
-    pub(crate) mismatch: Counter,
+    pub(crate) in_progress: Counter,
+    pub(crate) key_reused: Counter,
     pub(crate) pending: Gauge,
     pub(crate) lost: Counter,
     latency: [Histogram; 3],
@@ -86,8 +86,8 @@ impl Metrics {
             Handles {
             executed: metrics::counter!(EXECUTED, "operation" => operation),
             replayed: metrics::counter!(REPLAYED, "operation" => operation),
-            in_flight: metrics::counter!(IN_FLIGHT, "operation" => operation),
-            mismatch: metrics::counter!(MISMATCH, "operation" => operation),
+            in_progress: metrics::counter!(IN_PROGRESS, "operation" => operation),
+            key_reused: metrics::counter!(KEY_REUSED, "operation" => operation),
             pending: metrics::gauge!(PENDING, "operation" => operation),
             lost: metrics::counter!(LOST, "operation" => operation),
             latency: StoreCall::ALL.map(|call| {

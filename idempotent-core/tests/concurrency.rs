@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotent_core::memory::MemoryStore;
-use idempotent_core::{DEFAULT_LEASE, Error, Executed, Idempotency, Operation};
+use idempotent_core::{DEFAULT_LEASE, Done, Error, Idempotency, Operation};
 use support::bank::Bank;
 use support::timed_call;
 use tokio::sync::{Notify, mpsc};
@@ -87,7 +87,7 @@ fn spawn_callers(
     operation: &'static Operation,
     runs: &Arc<AtomicUsize>,
     gate: &Arc<Notify>,
-) -> mpsc::UnboundedReceiver<Result<Executed<usize>, Error>> {
+) -> mpsc::UnboundedReceiver<Result<Done<usize>, Error>> {
     let (results, received) = mpsc::unbounded_channel();
     for _ in 0..CALLERS {
         let (idem, runs, gate, results) = (
@@ -132,7 +132,7 @@ async fn a_thousand_overlapping_engine_callers_run_the_body_once_the_rest_are_in
     let owner = results.recv().await.unwrap().unwrap();
     assert_eq!(
         owner,
-        Executed {
+        Done {
             value: 1,
             replayed: false
         }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotent_core::memory::MemoryStore;
-use idempotent_core::{Error, Executed, Idempotency, Operation, idempotent};
+use idempotent_core::{Done, Error, Idempotency, Operation, idempotent};
 use serde::{Deserialize, Serialize};
 use support::bank::{Bank, PayError, StoredError};
 
@@ -78,7 +78,7 @@ async fn charge(
     runs: &AtomicUsize,
     declines: &[usize],
     cache_errors: bool,
-) -> Result<Executed<usize>, ChargeError> {
+) -> Result<Done<usize>, ChargeError> {
     let call = idem.call(operation).key("order-1").payload(&1000);
     let body = async {
         let run = runs.fetch_add(1, Ordering::SeqCst) + 1;

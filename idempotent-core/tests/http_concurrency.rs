@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use idempotent_core::http::InFlight;
+use idempotent_core::http::InProgress;
 use support::http::{app, memory, post_with, problem, send};
 
 /// A request with key `k` whose handler takes `ms` milliseconds.
@@ -21,7 +21,7 @@ fn slow(ms: u64) -> Request<Body> {
 }
 
 /// Sends `slow(ms)` in the background and returns 50 ms (paused time) into
-/// its handler, with the key in flight.
+/// its handler, with the key in progress.
 async fn first_in_flight(
     app: &Router,
     ms: u64,
@@ -51,7 +51,7 @@ async fn a_duplicate_in_flight_gets_409_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
-    let (app, calls) = app(memory().in_flight(InFlight::Wait(Duration::from_secs(5))));
+    let (app, calls) = app(memory().in_progress(InProgress::Wait(Duration::from_secs(5))));
     let first = first_in_flight(&app, 200).await;
     let (status, headers, body) = send(&app, slow(200)).await;
     let (first_status, _, first_body) = first.await.unwrap();
@@ -63,7 +63,7 @@ async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
 
 #[tokio::test(start_paused = true)]
 async fn in_wait_mode_a_duplicate_still_running_after_the_wait_gets_409() {
-    let (app, calls) = app(memory().in_flight(InFlight::Wait(Duration::from_millis(100))));
+    let (app, calls) = app(memory().in_progress(InProgress::Wait(Duration::from_millis(100))));
     let first = first_in_flight(&app, 2000).await;
     let started = tokio::time::Instant::now();
     let (status, headers, body) = send(&app, slow(2000)).await;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use idempotent_core::memory::MemoryStore;
-use idempotent_core::{Error, Executed, Idempotency, Operation, Store, idempotent};
+use idempotent_core::{Done, Error, Idempotency, Operation, Store, idempotent};
 use support::bank::Bank;
 
 #[tokio::test]
@@ -51,7 +51,7 @@ async fn call(
     scope: Option<&str>,
     key: &str,
     runs: &AtomicUsize,
-) -> Executed<usize> {
+) -> Done<usize> {
     let mut call = idem.call(operation).key(key).payload(&1000);
     if let Some(scope) = scope {
         call = call.scope(scope);

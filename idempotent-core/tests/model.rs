@@ -14,8 +14,8 @@
 //!   deadline: a body never runs twice while a completed record or a live
 //!   lease exists, the promise the crate rests on;
 //! - otherwise it replays exactly the stored bytes for the same payload,
-//!   answers in flight (with the lease left as `retry_after`) while the same
-//!   payload runs, and a mismatch for another payload;
+//!   answers in progress (with the lease left as `retry_after`) while the same
+//!   payload runs, and key reused for another payload;
 //! - `complete`, `release` and `renew` succeed only with the token of the
 //!   live lease (and, for `complete`, its fingerprint); anything else is
 //!   [`StoreError::LeaseLost`] and changes nothing, so a fenced owner never
@@ -202,8 +202,8 @@ fn the_memory_store_follows_the_model() {
         "acquired a free key",
         "took over an expired record",
         "replayed",
-        "in flight",
-        "mismatch",
+        "in progress",
+        "key_reused",
         "completed",
         "released",
         "renewed",
@@ -606,8 +606,8 @@ impl fmt::Display for Held {
 /// The answer a claim must get from a live record.
 enum LiveAnswer {
     Replay(usize),
-    InFlight(Span),
-    Mismatch,
+    InProgress(Span),
+    KeyReused,
 }
 
 /// A fenced call, with what it would write.
@@ -729,10 +729,10 @@ impl<'a> Model<'a> {
         let expected = self.records[key].as_ref().and_then(|held| {
             let live = liveness(held.deadline(), call, margin);
             let answer = if held.fingerprint() != fingerprint {
-                LiveAnswer::Mismatch
+                LiveAnswer::KeyReused
             } else {
                 match *held {
-                    Held::InProgress { deadline, .. } => LiveAnswer::InFlight(deadline),
+                    Held::InProgress { deadline, .. } => LiveAnswer::InProgress(deadline),
                     Held::Completed { response, .. } => LiveAnswer::Replay(response),
                 }
             };
@@ -787,13 +787,16 @@ impl<'a> Model<'a> {
                     (LiveAnswer::Replay(index), ClaimOutcome::Completed(bytes)) => {
                         **bytes == *response(*index)
                     }
-                    (LiveAnswer::InFlight(deadline), ClaimOutcome::InFlight { retry_after }) => {
+                    (
+                        LiveAnswer::InProgress(deadline),
+                        ClaimOutcome::InProgress { retry_after },
+                    ) => {
                         // The lease left, as far as the test can tell.
                         let most = deadline.latest.saturating_sub(call.earliest) + margin;
                         let least = deadline.earliest.saturating_sub(call.latest + margin);
                         (least..=most).contains(retry_after)
                     }
-                    (LiveAnswer::Mismatch, ClaimOutcome::Mismatch) => true,
+                    (LiveAnswer::KeyReused, ClaimOutcome::KeyReused) => true,
                     _ => false,
                 };
                 if !right {
@@ -801,18 +804,18 @@ impl<'a> Model<'a> {
                         LiveAnswer::Replay(index) => {
                             format!("Completed({})", RESPONSE_NAMES[index])
                         }
-                        LiveAnswer::InFlight(deadline) => {
-                            format!("InFlight with the lease left until {deadline}")
+                        LiveAnswer::InProgress(deadline) => {
+                            format!("InProgress with the lease left until {deadline}")
                         }
-                        LiveAnswer::Mismatch => "Mismatch".to_owned(),
+                        LiveAnswer::KeyReused => "KeyReused".to_owned(),
                     };
                     let problem = format!("expected {wanted}: {before}");
                     return Err(self.fail(call, what, said, problem));
                 }
                 self.tally.count(match expected {
                     LiveAnswer::Replay(_) => "replayed",
-                    LiveAnswer::InFlight(_) => "in flight",
-                    LiveAnswer::Mismatch => "mismatch",
+                    LiveAnswer::InProgress(_) => "in progress",
+                    LiveAnswer::KeyReused => "key_reused",
                 });
                 if live == Liveness::TooCloseToCall {
                     // The store saw the record live during the call.
@@ -973,8 +976,8 @@ fn describe_claim(outcome: &ClaimOutcome) -> String {
             Some(index) => format!("Completed({})", RESPONSE_NAMES[index]),
             None => format!("Completed({} unknown bytes)", bytes.len()),
         },
-        ClaimOutcome::InFlight { retry_after } => {
-            format!("InFlight(retry after {retry_after:?})")
+        ClaimOutcome::InProgress { retry_after } => {
+            format!("InProgress(retry after {retry_after:?})")
         }
         other => format!("{other:?}"),
     }

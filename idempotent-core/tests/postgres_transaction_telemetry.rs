@@ -119,7 +119,7 @@ fn transactional_calls_have_the_span_and_the_metrics_of_every_call() {
     let expected = [
         ("pg.tx.telemetry", "order-1", "executed"),
         ("pg.tx.telemetry", "order-1", "replayed"),
-        ("pg.tx.telemetry", "order-1", "mismatch"),
+        ("pg.tx.telemetry", "order-1", "key_reused"),
         ("pg.tx.telemetry", "order-2", "executed"),
         ("pg.tx.telemetry", "order-2", "executed"),
         ("pg.tx.telemetry.nowait", "order-3", "in_progress"),
@@ -165,9 +165,9 @@ fn transactional_calls_have_the_span_and_the_metrics_of_every_call() {
         "{counters:?}"
     );
     assert_eq!(count(telemetry::REPLAYED, "pg.tx.telemetry"), Some(1));
-    assert_eq!(count(telemetry::MISMATCH, "pg.tx.telemetry"), Some(1));
+    assert_eq!(count(telemetry::KEY_REUSED, "pg.tx.telemetry"), Some(1));
     assert_eq!(
-        count(telemetry::IN_FLIGHT, "pg.tx.telemetry.nowait"),
+        count(telemetry::IN_PROGRESS, "pg.tx.telemetry.nowait"),
         Some(1)
     );
     let timed = |operation: &str, call: &str| {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use idempotent_core::memory::MemoryStore;
-use idempotent_core::{Error, Executed, Idempotency, Operation, Store, idempotent};
+use idempotent_core::{Done, Error, Idempotency, Operation, Store, idempotent};
 use support::bank::Bank;
 
 #[tokio::test]
@@ -83,7 +83,7 @@ struct Receipt {
     note: String,
 }
 
-async fn charge(idem: &Idempotency, runs: &AtomicUsize, key: &str) -> Executed<Receipt> {
+async fn charge(idem: &Idempotency, runs: &AtomicUsize, key: &str) -> Done<Receipt> {
     idem.call(&CHARGE)
         .key(key)
         .scope("tenant-1")

@@ -113,10 +113,10 @@ impl From<Error> for StoreDown {
 /// Runs `call` until it answers something other than "the store is down"
 /// or "in progress", sleeping 100 ms between tries, as a client retries;
 /// for at most a minute of the (paused) clock.
-async fn settled<F, Fut>(call: F) -> Result<idempotent_core::Executed<usize>, Error>
+async fn settled<F, Fut>(call: F) -> Result<idempotent_core::Done<usize>, Error>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<idempotent_core::Executed<usize>, Error>>,
+    Fut: std::future::Future<Output = Result<idempotent_core::Done<usize>, Error>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -181,7 +181,7 @@ fn first_run_takes_the_store_down<'a>(
     operation: &'static Operation,
     runs: &'a AtomicUsize,
     outage: &'a Outage,
-) -> impl std::future::Future<Output = Result<idempotent_core::Executed<usize>, Error>> + 'a {
+) -> impl std::future::Future<Output = Result<idempotent_core::Done<usize>, Error>> + 'a {
     idem.call(operation)
         .key("order-1")
         .payload(&1)

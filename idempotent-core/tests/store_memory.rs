@@ -108,7 +108,7 @@ async fn a_full_store_of_running_calls_refuses_new_claims() {
     for i in 0..10 {
         assert!(matches!(
             store.claim(&key(i), FP, LEASE).await.unwrap(),
-            ClaimOutcome::InFlight { .. }
+            ClaimOutcome::InProgress { .. }
         ));
     }
 }
@@ -212,7 +212,7 @@ async fn the_bound_evicts_completed_records_and_never_one_in_progress() {
         assert!(
             matches!(
                 store.claim(&key(i), FP, LEASE).await.unwrap(),
-                ClaimOutcome::InFlight { .. }
+                ClaimOutcome::InProgress { .. }
             ),
             "running call {i} was evicted"
         );

@@ -150,7 +150,7 @@ async fn a_takeover_that_waited_on_the_row_lock_gets_its_whole_lease() {
     assert!(matches!(taken, ClaimOutcome::Acquired(_)), "{taken:?}");
     let second = store.claim(&key, fp, LEASE).await.unwrap();
     assert!(
-        matches!(second, ClaimOutcome::InFlight { .. }),
+        matches!(second, ClaimOutcome::InProgress { .. }),
         "the takeover's lease had already run out: {second:?}"
     );
 }
@@ -388,7 +388,7 @@ async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
     assert!(!first.await.unwrap().unwrap().replayed);
     assert_eq!(schema.count("ledger").await, 1);
     // Once completed, concurrent retries all replay: a replay takes no lock
-    // that could make the next one look in flight.
+    // that could make the next one look in progress.
     let retries = (0..20).map(|_| {
         let (store, runtime) = (store.clone(), runtime.clone());
         tokio::spawn(async move {

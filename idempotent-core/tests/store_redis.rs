@@ -86,17 +86,17 @@ async fn a_completion_sent_twice_succeeds_twice() {
 /// what is left of that record's lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_answer_reports_the_lease_left() {
-    let (_server, store, key) = one_key("in-flight").await;
+    let (_server, store, key) = one_key("in-progress").await;
     let fingerprint = Fingerprint::from_u128(1);
     let lease = Duration::from_secs(20);
     let first = store.claim(&key, fingerprint, lease).await.unwrap();
     assert!(matches!(first, ClaimOutcome::Acquired(_)), "{first:?}");
     match store.claim(&key, fingerprint, lease).await.unwrap() {
-        ClaimOutcome::InFlight { retry_after } => assert!(
+        ClaimOutcome::InProgress { retry_after } => assert!(
             retry_after <= lease && retry_after > lease - Duration::from_secs(5),
             "{retry_after:?}"
         ),
-        other => panic!("expected InFlight, got {other:?}"),
+        other => panic!("expected InProgress, got {other:?}"),
     }
 }
 

@@ -70,8 +70,8 @@ fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
     }
     assert_eq!(counters.get(telemetry::EXECUTED), Some(&1));
     assert_eq!(counters.get(telemetry::REPLAYED), Some(&2));
-    assert_eq!(counters.get(telemetry::MISMATCH), Some(&1));
-    assert_eq!(counters.get(telemetry::IN_FLIGHT), Some(&0));
+    assert_eq!(counters.get(telemetry::KEY_REUSED), Some(&1));
+    assert_eq!(counters.get(telemetry::IN_PROGRESS), Some(&0));
     assert_eq!(counters.get(telemetry::STORE_ERRORS), Some(&0));
     assert_eq!(counters.get(telemetry::LOST), Some(&0));
     assert_eq!(latencies.get("claim"), Some(&4), "every call claims");
@@ -143,7 +143,7 @@ fn a_waiting_duplicate_counts_once_however_often_it_rechecks_and_a_refused_claim
     });
     let counters = counters(&snapshotter);
     assert_eq!(
-        counters.get(telemetry::IN_FLIGHT),
+        counters.get(telemetry::IN_PROGRESS),
         Some(&1),
         "one call met a duplicate"
     );

@@ -54,7 +54,7 @@ fn every_call_runs_in_a_span_with_its_key_operation_and_outcome() {
         .collect();
     assert_eq!(
         outcomes,
-        [Some("executed"), Some("replayed"), Some("mismatch")]
+        [Some("executed"), Some("replayed"), Some("key_reused")]
     );
     for span in calls {
         assert_eq!(span["operation"], "telemetry::traced");

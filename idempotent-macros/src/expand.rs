@@ -83,10 +83,10 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
             None
         }
     };
-    if let Some(output) = output {
-        if let Err(error) = owned_output(output, args.cache_errors.is_some()) {
-            push(error);
-        }
+    if let Some(output) = output
+        && let Err(error) = owned_output(output, args.cache_errors.is_some())
+    {
+        push(error);
     }
     let payload = payload(&args, func).unwrap_or_else(|error| {
         push(error);

@@ -18,14 +18,14 @@ use crate::runtime::Idempotency;
 
 /// The result of an idempotent call, and whether it was replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Executed<T> {
+pub struct Done<T> {
     /// The body's value, fresh or replayed.
     pub value: T,
     /// `true` when the value came from the store, `false` when the body ran now.
     pub replayed: bool,
 }
 
-impl<T> Executed<T> {
+impl<T> Done<T> {
     /// The value.
     pub fn into_inner(self) -> T {
         self.value
@@ -154,7 +154,7 @@ impl<'a> Call<'a> {
 
     /// Runs `body` once per key and stores its `Ok` value; an `Err` releases
     /// the key, so a retry runs the body again.
-    pub fn run<T, E, F>(self, body: F) -> impl Future<Output = Result<Executed<T>, E>>
+    pub fn run<T, E, F>(self, body: F) -> impl Future<Output = Result<Done<T>, E>>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
@@ -167,10 +167,7 @@ impl<'a> Call<'a> {
     /// the operation's error TTL (its TTL if it sets none).
     ///
     /// Errors the library itself raises ([`Error`]) are never stored.
-    pub fn run_caching_errors<T, E, F>(
-        self,
-        body: F,
-    ) -> impl Future<Output = Result<Executed<T>, E>>
+    pub fn run_caching_errors<T, E, F>(self, body: F) -> impl Future<Output = Result<Done<T>, E>>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error> + Serialize + DeserializeOwned,
@@ -188,7 +185,7 @@ impl<'a> Call<'a> {
         self,
         codec: C,
         body: F,
-        finish: impl FnOnce(Result<Executed<T>, E>) -> O,
+        finish: impl FnOnce(Result<Done<T>, E>) -> O,
     ) -> impl Future<Output = O>
     where
         E: From<Error>,
@@ -219,7 +216,7 @@ impl<'a> Call<'a> {
             .await;
             finish(executed.map_err(E::from).and_then(|executed| {
                 let replayed = executed.replayed;
-                executed.value.map(|value| Executed { value, replayed })
+                executed.value.map(|value| Done { value, replayed })
             }))
         }
     }

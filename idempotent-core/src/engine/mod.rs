@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tracing::Instrument as _;
 
-pub use call::{Call, Executed};
+pub use call::{Call, Done};
 use codec::codec_error;
 pub(crate) use codec::{Codec, ResultCodec, replay};
 pub use operation::Operation;
@@ -48,7 +48,7 @@ pub(crate) fn execute<'a, V, C, F>(
     fingerprint: Fingerprint,
     codec: &'a C,
     body: F,
-) -> impl Future<Output = Result<Executed<V>, Error>> + 'a
+) -> impl Future<Output = Result<Done<V>, Error>> + 'a
 where
     C: Codec<V>,
     F: Future<Output = V> + 'a,
@@ -80,20 +80,20 @@ fn span(operation: &Operation, key: &IdempotencyKey) -> tracing::Span {
     )
 }
 
-fn record_outcome<V>(span: &tracing::Span, result: &Result<Executed<V>, Error>) {
+fn record_outcome<V>(span: &tracing::Span, result: &Result<Done<V>, Error>) {
     if !span.is_disabled() {
         span.record("outcome", outcome(result));
     }
 }
 
-fn outcome<V>(result: &Result<Executed<V>, Error>) -> &'static str {
+fn outcome<V>(result: &Result<Done<V>, Error>) -> &'static str {
     match result {
-        Ok(Executed { replayed: true, .. }) => "replayed",
-        Ok(Executed {
+        Ok(Done { replayed: true, .. }) => "replayed",
+        Ok(Done {
             replayed: false, ..
         }) => "executed",
         Err(Error::InProgress { .. }) => "in_progress",
-        Err(Error::KeyReused { .. }) => "mismatch",
+        Err(Error::KeyReused { .. }) => "key_reused",
         Err(Error::StoreUnavailable(_)) => "store_unavailable",
         Err(_) => "error",
     }
@@ -115,7 +115,7 @@ async fn execute_inner<V, C, F>(
     codec: &C,
     body: F,
     span: tracing::Span,
-) -> Result<Executed<V>, Error>
+) -> Result<Done<V>, Error>
 where
     C: Codec<V>,
     F: Future<Output = V>,
@@ -170,15 +170,15 @@ where
                 .await;
             }
             ClaimOutcome::Completed(bytes) => break replayed(codec, &bytes, operation),
-            ClaimOutcome::InFlight { retry_after } => {
+            ClaimOutcome::InProgress { retry_after } => {
                 if !std::mem::replace(&mut met_in_flight, true) {
-                    operation.metrics().in_flight.increment(1);
+                    operation.metrics().in_progress.increment(1);
                 }
                 let now = tokio::time::Instant::now();
                 match wait_until {
                     Some(until) if until > now => {
                         // At least a millisecond between re-checks: a store
-                        // that answers "in flight, retry now" (a lease that
+                        // that answers "in progress, retry now" (a lease that
                         // just ran out) must not make this loop spin.
                         let timeout = retry_after.max(MIN_RECHECK).min(until - now);
                         Box::pin(wait_for(store, &storage_key, timeout)).await;
@@ -186,7 +186,7 @@ where
                     _ => break Err(in_progress(key, retry_after)),
                 }
             }
-            ClaimOutcome::Mismatch => break Err(key_reused(operation, key)),
+            ClaimOutcome::KeyReused => break Err(key_reused(operation, key)),
         }
     };
     record_outcome(&span, &result);
@@ -198,9 +198,9 @@ fn replayed<V>(
     codec: &impl Codec<V>,
     bytes: &[u8],
     operation: &Operation,
-) -> Result<Executed<V>, Error> {
+) -> Result<Done<V>, Error> {
     operation.metrics().replayed.increment(1);
-    replay(codec, bytes, operation).map(|value| Executed {
+    replay(codec, bytes, operation).map(|value| Done {
         value,
         replayed: true,
     })
@@ -217,7 +217,7 @@ fn in_progress(key: &IdempotencyKey, retry_after: Duration) -> Error {
 
 /// The answer to a call whose key was used with another payload.
 fn key_reused(operation: &Operation, key: &IdempotencyKey) -> Error {
-    operation.metrics().mismatch.increment(1);
+    operation.metrics().key_reused.increment(1);
     tracing::warn!("idempotency key reused with a different payload");
     Error::KeyReused {
         operation: operation.name.to_owned(),
@@ -225,7 +225,7 @@ fn key_reused(operation: &Operation, key: &IdempotencyKey) -> Error {
     }
 }
 
-/// Waits for a duplicate in flight to finish (or for `timeout`).
+/// Waits for a duplicate in progress to finish (or for `timeout`).
 async fn wait_for(store: &dyn Store, key: &StorageKey, timeout: Duration) {
     if store.wait(key, timeout).await.is_err() {
         // Don't spin on a failing store; the next claim reports it.

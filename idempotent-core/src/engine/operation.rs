@@ -61,7 +61,7 @@ impl Operation {
         self
     }
 
-    /// Wait up to `wait` for a duplicate in flight to finish, then replay its
+    /// Wait up to `wait` for a duplicate in progress to finish, then replay its
     /// response (or run, if it failed), instead of failing at once with
     /// [`Error::InProgress`](crate::Error::InProgress).
     #[must_use]
@@ -95,7 +95,7 @@ impl Operation {
         self.name
     }
 
-    /// How long a duplicate in flight is waited for, if at all.
+    /// How long a duplicate in progress is waited for, if at all.
     pub(crate) fn wait_bound(&self) -> Option<Duration> {
         self.wait
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::codec::{Codec, unstored};
 use super::deferred::{Deferred, retry_delay};
 use super::operation::Operation;
-use super::{Executed, timed};
+use super::{Done, timed};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, StorageKey};
@@ -31,7 +31,7 @@ pub(super) async fn run_owned<V, C, F>(
     mut guard: LeaseGuard,
     lease: Duration,
     body: F,
-) -> Result<Executed<V>, Error>
+) -> Result<Done<V>, Error>
 where
     C: Codec<V>,
     F: Future<Output = V>,
@@ -51,7 +51,7 @@ where
     )
     .await;
     let fresh = |value| {
-        Ok(Executed {
+        Ok(Done {
             value,
             replayed: false,
         })
@@ -156,7 +156,7 @@ async fn release(
     }
 }
 
-/// A lease renewal in flight.
+/// A lease renewal in progress.
 type Renewal<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'a>>;
 
 /// Polls `body` and, once it has had to wait, renews the lease every third

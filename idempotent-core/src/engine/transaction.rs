@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-use super::call::{Call, Executed, Prepared};
+use super::call::{Call, Done, Prepared};
 use super::codec::{Codec as _, ResultCodec};
 use super::operation::Operation;
 use super::{in_progress, key_reused, record_outcome, replayed, span, store_error, timed};
@@ -103,7 +103,7 @@ impl<S: TransactionalStore> KeyTransaction<'_, S> {
     ///
     /// A failed commit is [`Error::StoreUnavailable`]: whether it landed is
     /// unknown, and a retry either replays it or runs clean.
-    pub async fn finish<T, E>(self, value: Result<T, E>) -> Result<Executed<T>, E>
+    pub async fn finish<T, E>(self, value: Result<T, E>) -> Result<Done<T>, E>
     where
         T: Serialize + DeserializeOwned,
         E: From<Error>,
@@ -113,11 +113,11 @@ impl<S: TransactionalStore> KeyTransaction<'_, S> {
         record_outcome(&span, &finished);
         finished.map_err(E::from).and_then(|executed| {
             let replayed = executed.replayed;
-            executed.value.map(|value| Executed { value, replayed })
+            executed.value.map(|value| Done { value, replayed })
         })
     }
 
-    async fn end<T, E>(self, value: Result<T, E>) -> Result<Executed<Result<T, E>>, Error>
+    async fn end<T, E>(self, value: Result<T, E>) -> Result<Done<Result<T, E>>, Error>
     where
         T: Serialize + DeserializeOwned,
     {
@@ -154,7 +154,7 @@ impl<S: TransactionalStore> KeyTransaction<'_, S> {
                 return Err(error);
             }
         }
-        Ok(Executed {
+        Ok(Done {
             value,
             replayed: false,
         })
@@ -232,19 +232,19 @@ impl<'a> Call<'a> {
             Ok(TransactionClaim::Answered(outcome)) => Ok(outcome),
             Err(error) => Err(error),
         };
-        let answer: Result<Executed<Result<T, Error>>, Error> = span.in_scope(|| match claim {
+        let answer: Result<Done<Result<T, Error>>, Error> = span.in_scope(|| match claim {
             Ok(ClaimOutcome::Completed(bytes)) => {
                 replayed(&ResultCodec::<false>, &bytes, operation)
             }
-            Ok(ClaimOutcome::Mismatch) => Err(key_reused(operation, &key)),
-            Ok(ClaimOutcome::InFlight { retry_after }) => {
-                operation.metrics().in_flight.increment(1);
+            Ok(ClaimOutcome::KeyReused) => Err(key_reused(operation, &key)),
+            Ok(ClaimOutcome::InProgress { retry_after }) => {
+                operation.metrics().in_progress.increment(1);
                 Err(in_progress(&key, retry_after))
             }
             // A lease is no answer of this mode: a store that gives one
             // holds the key for someone else, as far as this call knows.
             Ok(ClaimOutcome::Acquired(_)) => {
-                operation.metrics().in_flight.increment(1);
+                operation.metrics().in_progress.increment(1);
                 Err(in_progress(&key, Duration::from_secs(1)))
             }
             Err(error) => Err(store_error(operation, error)),
@@ -292,7 +292,7 @@ impl<'a> Call<'a> {
     /// println!("charge {} (replayed: {})", charged.value, charged.replayed);
     /// # Ok(()) }
     /// ```
-    pub async fn run_in_transaction<S, T, E, B>(self, store: &S, body: B) -> Result<Executed<T>, E>
+    pub async fn run_in_transaction<S, T, E, B>(self, store: &S, body: B) -> Result<Done<T>, E>
     where
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
@@ -300,7 +300,7 @@ impl<'a> Call<'a> {
         B: for<'c> FnOnce(&'c mut Connection<S>) -> TxBody<'c, T, E>,
     {
         match self.begin(store).await? {
-            Begun::Replayed(value) => Ok(Executed {
+            Begun::Replayed(value) => Ok(Done {
                 value,
                 replayed: true,
             }),

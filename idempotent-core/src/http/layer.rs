@@ -24,7 +24,7 @@ pub const DEFAULT_RESPONSE_LIMIT: usize = 8 * 1024 * 1024;
 /// What a request gets when the same key is being processed right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum InFlight {
+pub enum InProgress {
     /// `409 Conflict` at once, with `Retry-After` (the default).
     Reject,
     /// Wait up to this long for the first request to finish, then replay its
@@ -75,7 +75,7 @@ impl IdempotencyLayer {
                 name: "http",
                 ttl: None,
                 lease: None,
-                in_flight: InFlight::Reject,
+                in_progress: InProgress::Reject,
                 methods: vec![Method::POST, Method::PATCH],
                 header: HeaderName::from_static(IDEMPOTENCY_KEY),
                 required: true,
@@ -156,7 +156,7 @@ struct Settings {
     name: &'static str,
     ttl: Option<Duration>,
     lease: Option<Duration>,
-    in_flight: InFlight,
+    in_progress: InProgress,
     methods: Vec<Method>,
     header: HeaderName,
     required: bool,
@@ -212,9 +212,9 @@ impl<S> IdempotencyLayerBuilder<S> {
     }
 
     /// What a duplicate of a request still running gets (default
-    /// [`InFlight::Reject`]).
-    pub fn in_flight(mut self, in_flight: InFlight) -> Self {
-        self.settings.in_flight = in_flight;
+    /// [`InProgress::Reject`]).
+    pub fn in_progress(mut self, in_progress: InProgress) -> Self {
+        self.settings.in_progress = in_progress;
         self
     }
 
@@ -359,7 +359,7 @@ impl<S> IdempotencyLayerBuilder<S> {
         if let Some(lease) = settings.lease {
             operation = operation.lease(lease);
         }
-        if let InFlight::Wait(wait) = settings.in_flight {
+        if let InProgress::Wait(wait) = settings.in_progress {
             operation = operation.wait(wait);
         }
         IdempotencyLayer {

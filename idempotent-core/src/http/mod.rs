@@ -10,7 +10,7 @@
 //! | first request with a key | the handler's response, stored (see below) |
 //! | refused before any handler ran (400, 413, 415 or 422 without the [`Handled`] mark: axum's extractor rejections) | passed on untouched and not stored, so the corrected retry with the same key runs |
 //! | same key, same request, completed | the stored response, byte for byte (trailers too), plus `Idempotent-Replayed: true` |
-//! | same key, same request, still running | `409 Conflict` with `Retry-After` (or wait and replay, see [`InFlight`]) |
+//! | same key, same request, still running | `409 Conflict` with `Retry-After` (or wait and replay, see [`InProgress`]) |
 //! | same key, same route, different query or body | `422 Unprocessable Content` |
 //! | same key on another method or path | a key of its own: keys are scoped to the route, so one endpoint never replays another's response |
 //! | key required but missing | `400 Bad Request` |
@@ -168,7 +168,7 @@ pub use handled::Handled;
 pub use header::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use layer::{
     DEFAULT_BODY_LIMIT, DEFAULT_RESPONSE_LIMIT, IdempotencyLayer, IdempotencyLayerBuilder,
-    InFlight, Scope, ScopeChosen, ScopeUnchosen,
+    InProgress, Scope, ScopeChosen, ScopeUnchosen,
 };
 pub use request::{fingerprint, read_body, read_key};
 pub use service::IdempotencyService;
@@ -179,7 +179,7 @@ use grpc::Protocol;
 /// The answer [`IdempotencyLayer`] gives for an engine error, for handlers
 /// that run the engine themselves (the PostgreSQL same-transaction mode,
 /// say): 400 for a malformed key, 422 for a key reused with another request,
-/// 409 with `Retry-After` for a duplicate in flight, 503 with `Retry-After`
+/// 409 with `Retry-After` for a duplicate in progress, 503 with `Retry-After`
 /// when the store is unavailable, 500 otherwise (the details go to the log,
 /// not to the client). The body is an RFC 9457 problem document.
 ///

@@ -20,7 +20,7 @@ use super::problem;
 use super::request::{client_uri, fingerprint, key, whole_body};
 use super::tracker::RunToEnd;
 use crate::IdempotencyKey;
-use crate::engine::{Executed, execute};
+use crate::engine::{Done, execute};
 use crate::record::StorageKey;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -235,7 +235,7 @@ where
     })
     .await;
     Ok(match executed {
-        Ok(Executed { value, .. }) => match value {
+        Ok(Done { value, .. }) => match value {
             Outcome::Fresh(mut parts, body, trailers) => {
                 // Only a replay is marked, whatever the handler set; and a
                 // fresh answer carries no more than its replays do.

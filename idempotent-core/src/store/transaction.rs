@@ -42,7 +42,7 @@ pub trait TransactionalStore: Store + Clone {
     ///
     /// A duplicate whose own transaction holds the key is waited on for
     /// `wait` at most (`None`: not at all), then answered
-    /// [`ClaimOutcome::InFlight`]; so is a key a lease-mode caller holds.
+    /// [`ClaimOutcome::InProgress`]; so is a key a lease-mode caller holds.
     /// Anything but [`TransactionClaim::Acquired`] leaves no transaction
     /// open, and no lock held.
     async fn begin(

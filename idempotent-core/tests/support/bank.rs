@@ -83,7 +83,7 @@ impl Bank {
         Ok(self.execute(amount, Duration::ZERO).await)
     }
 
-    /// Takes `work` to run; fails at once on a duplicate in flight.
+    /// Takes `work` to run; fails at once on a duplicate in progress.
     #[idempotent(key = id, runtime = self.idem, lease = "300ms", skip(work))]
     pub async fn charge_slowly(
         &self,
@@ -94,7 +94,7 @@ impl Bank {
         Ok(self.execute(amount, work).await)
     }
 
-    /// Takes `work` to run; a duplicate in flight waits for it.
+    /// Takes `work` to run; a duplicate in progress waits for it.
     #[idempotent(key = id, runtime = self.idem, wait = "10s", skip(work))]
     pub async fn charge_waiting(
         &self,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use idempotent_core::{Error, Executed, Idempotency, Operation};
+use idempotent_core::{Done, Error, Idempotency, Operation};
 
 /// One call of `operation` with the key `order-1` whose body takes `work`
 /// and answers its run number.
@@ -24,7 +24,7 @@ pub fn timed_call(
     operation: &'static Operation,
     runs: &Arc<AtomicUsize>,
     work: Duration,
-) -> impl std::future::Future<Output = Result<Executed<usize>, Error>> + Send + 'static {
+) -> impl std::future::Future<Output = Result<Done<usize>, Error>> + Send + 'static {
     let (idem, runs) = (idem.clone(), Arc::clone(runs));
     async move {
         idem.call(operation)

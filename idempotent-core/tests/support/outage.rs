@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use idempotent_core::{Error, Executed, Idempotency, Operation};
+use idempotent_core::{Done, Error, Idempotency, Operation};
 use tokio::sync::Notify;
 
 /// How long the store is away, and how long the slow body works.
@@ -20,7 +20,7 @@ pub async fn retried(
     operation: &'static Operation,
     key: &str,
     runs: &AtomicUsize,
-) -> Executed<usize> {
+) -> Done<usize> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let result = idem

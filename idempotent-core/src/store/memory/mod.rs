@@ -50,7 +50,7 @@ const PURGE_BATCH: usize = 64;
 /// - Expiry costs O(expired), not a scan: each shard keeps a min-heap of
 ///   deadlines, and every call first removes the records whose deadline has
 ///   passed (at most a small batch per call).
-/// - Callers waiting on an in-flight key are woken when it completes, is
+/// - Callers waiting on an in-progress key are woken when it completes, is
 ///   released or is taken over (a [`Notify`](tokio::sync::Notify) per waited-on key, no polling).
 /// - A bound on records ([`MemoryStoreBuilder::max_entries`], by default
 ///   [`DEFAULT_MAX_ENTRIES`]) evicts the completed record closest to

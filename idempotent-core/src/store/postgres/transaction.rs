@@ -67,7 +67,7 @@ impl TransactionalStore for PostgresStore {
             .bind(lock_key)
             .fetch_optional(&mut *tx)
             .await;
-        let in_progress = TransactionClaim::Answered(ClaimOutcome::InFlight {
+        let in_progress = TransactionClaim::Answered(ClaimOutcome::InProgress {
             retry_after: RETRY_AFTER,
         });
         let row = match claimed {
@@ -103,7 +103,7 @@ impl TransactionalStore for PostgresStore {
         let current = decode(key, &row)?;
         Ok(match record::decide_claim(Some(&current), fingerprint, 0) {
             ClaimDecision::Answer(
-                outcome @ (ClaimOutcome::Completed(_) | ClaimOutcome::Mismatch),
+                outcome @ (ClaimOutcome::Completed(_) | ClaimOutcome::KeyReused),
             ) => TransactionClaim::Answered(outcome),
             // A lease-based caller holds the key (the two modes share the table).
             _ => in_progress,

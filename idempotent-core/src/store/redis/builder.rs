@@ -85,7 +85,7 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// How long a caller waiting on a duplicate in flight (`wait = ...`)
+    /// How long a caller waiting on a duplicate in progress (`wait = ...`)
     /// sleeps before it re-checks the key if no completion notice woke it
     /// (default 200 ms, at least 1 ms). Notices normally wake waiters at
     /// once; this bounds what a missed one costs, at the price of one Redis

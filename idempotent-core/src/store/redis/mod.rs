@@ -21,14 +21,14 @@
 //!   the record only when the key is absent (or expired: a dead lease is
 //!   gone), and otherwise returns the record that is there, which
 //!   [`record::decide_claim`] answers. No script: a claim, and so every
-//!   replay, costs Redis what a plain `SET` does. Only an in-flight answer
+//!   replay, costs Redis what a plain `SET` does. Only an in-progress answer
 //!   asks a second question (the record and its `PTTL`, read together by a
 //!   script), for its `retry_after`.
 //! - complete, release and renew are Lua scripts (`EVALSHA`; after
 //!   `NOSCRIPT`, `EVAL` with the source) that check the lease token and
 //!   write in one step.
 //!
-//! A caller that waits on an in-flight key appends `'w'` to its record (a
+//! A caller that waits on an in-progress key appends `'w'` to its record (a
 //! small script, on that rare path only); completion and release of a
 //! marked record are announced on a pub/sub channel, which wakes the
 //! waiters. Unmarked records publish nothing, so the common path pays no
@@ -73,7 +73,7 @@ use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken};
 /// The default bound on every Redis call, after which it fails closed.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How often, by default, a caller waiting on an in-flight key re-checks it,
+/// How often, by default, a caller waiting on an in-progress key re-checks it,
 /// in case a completion notice was missed (sent before it subscribed, or lost
 /// with a dropped pub/sub connection); see [`RedisStoreBuilder::wait_recheck`].
 pub const DEFAULT_WAIT_RECHECK: Duration = Duration::from_millis(200);
@@ -87,7 +87,7 @@ pub const DEFAULT_WAIT_RECHECK: Duration = Duration::from_millis(200);
 ///   comes back, the store works again without a restart.
 /// - A stored value that is not a record this store wrote is
 ///   [`StoreError::Corrupt`], never a panic and never a re-execution.
-/// - Waiting on an in-flight key is woken by a pub/sub notice, with a
+/// - Waiting on an in-progress key is woken by a pub/sub notice, with a
 ///   polling fallback, every 200 ms by default ([`RedisStoreBuilder::wait_recheck`]).
 ///
 /// ```no_run
@@ -215,7 +215,7 @@ impl RedisStore {
     /// lease has left, read together with the record. The record may have
     /// changed since the claim: completed (answered as such), or gone (the
     /// caller may retry now).
-    async fn in_flight(
+    async fn in_progress(
         &self,
         key: &StorageKey,
         fingerprint: Fingerprint,
@@ -233,7 +233,7 @@ impl RedisStore {
             // Gone since the claim (Lua's `false` is a nil on RESP2, a
             // boolean on RESP3).
             Value::Nil | Value::Boolean(false) => {
-                return Ok(ClaimOutcome::InFlight {
+                return Ok(ClaimOutcome::InProgress {
                     retry_after: Duration::ZERO,
                 });
             }
@@ -244,16 +244,18 @@ impl RedisStore {
             // -1: no expiry. This store always sets one, so the record was
             // written or `PERSIST`ed by something else, and would hold the
             // key forever.
-            ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) if ttl == -1 => Err(corrupt(
+            ClaimDecision::Answer(ClaimOutcome::InProgress { .. }) if ttl == -1 => Err(corrupt(
                 key,
                 "a record in progress without an expiry (it would hold the key forever); \
                  delete the key",
             )),
-            ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) => Ok(ClaimOutcome::InFlight {
-                retry_after: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
-            }),
+            ClaimDecision::Answer(ClaimOutcome::InProgress { .. }) => {
+                Ok(ClaimOutcome::InProgress {
+                    retry_after: Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
+                })
+            }
             ClaimDecision::Answer(answer) => Ok(answer),
-            ClaimDecision::Acquire => Ok(ClaimOutcome::InFlight {
+            ClaimDecision::Acquire => Ok(ClaimOutcome::InProgress {
                 retry_after: Duration::ZERO,
             }),
         }
@@ -353,12 +355,12 @@ impl Store for RedisStore {
         };
         // Redis only returns live keys: the record's deadline is "later".
         match record::decide_claim(Some(&current), fingerprint, 0) {
-            ClaimDecision::Answer(ClaimOutcome::InFlight { .. }) => {
-                self.in_flight(key, fingerprint).await
+            ClaimDecision::Answer(ClaimOutcome::InProgress { .. }) => {
+                self.in_progress(key, fingerprint).await
             }
             ClaimDecision::Answer(answer) => Ok(answer),
             // Not reachable for a live record; answered conservatively.
-            ClaimDecision::Acquire => Ok(ClaimOutcome::InFlight {
+            ClaimDecision::Acquire => Ok(ClaimOutcome::InProgress {
                 retry_after: Duration::from_millis(1),
             }),
         }

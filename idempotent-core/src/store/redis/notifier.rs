@@ -1,4 +1,4 @@
-//! Completion notices: callers waiting on an in-flight key are woken by a
+//! Completion notices: callers waiting on an in-progress key are woken by a
 //! pub/sub notice when it completes or is released (see the module docs of
 //! [`redis`](super)).
 
@@ -10,7 +10,7 @@ use futures_util::StreamExt as _;
 use redis::Value;
 use tokio::sync::Notify;
 
-/// Callers waiting on in-flight keys, by Redis key: the key's `Notify` and
+/// Callers waiting on in-progress keys, by Redis key: the key's `Notify` and
 /// how many callers wait on it.
 #[derive(Default)]
 pub(super) struct Waiters(Mutex<HashMap<Vec<u8>, Waiting>>);

@@ -1,5 +1,5 @@
 //! The Lua scripts of the Redis store: the fenced transitions (complete,
-//! release, renew), the waiter's mark, and the in-flight look.
+//! release, renew), the waiter's mark, and the in-progress look.
 
 use redis::Script;
 
@@ -58,7 +58,7 @@ end
 return 1
 ";
 
-/// The record and its remaining time to live, read together: the in-flight
+/// The record and its remaining time to live, read together: the in-progress
 /// answer's `retry_after` must be the lease of the record it saw, not the
 /// retention of one completed in between.
 pub(super) const LOOK: &str = r"

@@ -47,8 +47,8 @@ async fn a_changed_payload_while_in_flight_is_key_reused() {
 }
 
 #[tokio::test]
-async fn a_mismatch_runs_nothing_and_the_first_payload_still_replays() {
-    static OP: Operation = Operation::new("mismatch.engine");
+async fn a_reused_key_runs_nothing_and_the_first_payload_still_replays() {
+    static OP: Operation = Operation::new("key_reused.engine");
     let idem = Idempotency::new(MemoryStore::new());
     let runs = AtomicUsize::new(0);
     let call = |amount: u64| {
@@ -62,7 +62,7 @@ async fn a_mismatch_runs_nothing_and_the_first_payload_still_replays() {
         let error = call(amount).await.unwrap_err();
         match &error {
             Error::KeyReused { operation, key } => {
-                assert_eq!(operation, "mismatch.engine");
+                assert_eq!(operation, "key_reused.engine");
                 assert_eq!(key, "order-1");
             }
             other => panic!("expected KeyReused, got {other:?}"),
@@ -161,7 +161,7 @@ async fn a_payload_that_cannot_be_serialized_is_refused_and_runs_nothing() {
     assert_eq!(ledger.runs.load(Ordering::SeqCst), 0);
 
     // Through the engine's API too; the key was never claimed.
-    static OP: Operation = Operation::new("mismatch.unserializable");
+    static OP: Operation = Operation::new("key_reused.unserializable");
     let error = ledger
         .idem
         .call(&OP)
