@@ -29,6 +29,12 @@ mod request;
 mod retry;
 mod send;
 
+/// The `reqwest` this client is built on (0.13): use it for the
+/// [`http_client`](ClientBuilder::http_client) you pass in and the
+/// responses you get back, rather than a `reqwest` dependency of your own
+/// whose version could differ.
+pub use reqwest;
+
 pub use answer::{is_retryable_status, retry_after};
 pub use budget::{RetryBudget, RetryBudgetBuilder};
 pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotentClient};
