@@ -55,6 +55,95 @@ fn to_bytes<D: Buf>(frame: Frame<D>) -> Frame<Bytes> {
 }
 
 pin_project! {
+    /// Either a body held whole or the body `B` untouched: what both
+    /// [`RequestBody`] and [`ResponseBody`] are.
+    #[project = EitherProj]
+    enum Either<B> {
+        Whole { whole: Whole },
+        Inner { #[pin] body: B },
+    }
+}
+
+impl<B> Either<B> {
+    fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self::Whole {
+            whole: Whole::new(data, trailers),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Whole { .. } => "whole",
+            Self::Inner { .. } => "inner",
+        }
+    }
+}
+
+impl<B: Body> Body for Either<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project() {
+            EitherProj::Whole { whole } => whole.poll_frame().map_err(|never| match never {}),
+            EitherProj::Inner { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map(to_bytes))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Whole { whole } => whole.is_end_stream(),
+            Self::Inner { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Whole { whole } => whole.size_hint(),
+            Self::Inner { body } => body.size_hint(),
+        }
+    }
+}
+
+/// The [`Body`] of a wrapper of [`Either`] (its field `kind`).
+macro_rules! delegate_body {
+    ($body:ident) => {
+        impl<B: Body> Body for $body<B> {
+            type Data = Bytes;
+            type Error = B::Error;
+
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+                self.project().kind.poll_frame(cx)
+            }
+
+            fn is_end_stream(&self) -> bool {
+                self.kind.is_end_stream()
+            }
+
+            fn size_hint(&self) -> SizeHint {
+                self.kind.size_hint()
+            }
+        }
+
+        impl<B> fmt::Debug for $body<B> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($body))
+                    .field("kind", &self.kind.kind())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+pin_project! {
     /// The body of a request as [`IdempotencyLayer`](super::IdempotencyLayer)
     /// hands it to its inner service: read whole (bytes and trailers) for a
     /// guarded request, whose body the fingerprint covers; the caller's
@@ -76,15 +165,7 @@ pin_project! {
     /// ```
     pub struct RequestBody<B> {
         #[pin]
-        kind: RequestKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = RequestKindProj]
-    enum RequestKind<B> {
-        Whole { whole: Whole },
-        Inner { #[pin] body: B },
+        kind: Either<B>,
     }
 }
 
@@ -92,62 +173,19 @@ impl<B> RequestBody<B> {
     /// A body read whole by the layer.
     pub(crate) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
-            kind: RequestKind::Whole {
-                whole: Whole::new(data, trailers),
-            },
+            kind: Either::whole(data, trailers),
         }
     }
 
     /// The caller's body, untouched.
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: RequestKind::Inner { body },
+            kind: Either::Inner { body },
         }
     }
 }
 
-impl<B: Body> Body for RequestBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            RequestKindProj::Whole { whole } => whole.poll_frame().map_err(|never| match never {}),
-            RequestKindProj::Inner { body } => body
-                .poll_frame(cx)
-                .map(|frame| frame.map(|frame| frame.map(to_bytes))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            RequestKind::Whole { whole } => whole.is_end_stream(),
-            RequestKind::Inner { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            RequestKind::Whole { whole } => whole.size_hint(),
-            RequestKind::Inner { body } => body.size_hint(),
-        }
-    }
-}
-
-impl<B> fmt::Debug for RequestBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            RequestKind::Whole { .. } => "whole",
-            RequestKind::Inner { .. } => "inner",
-        };
-        f.debug_struct("RequestBody")
-            .field("kind", &kind)
-            .finish_non_exhaustive()
-    }
-}
+delegate_body!(RequestBody);
 
 pin_project! {
     /// The body of a response of [`IdempotencyLayer`](super::IdempotencyLayer):
@@ -171,15 +209,7 @@ pin_project! {
     /// ```
     pub struct ResponseBody<B> {
         #[pin]
-        kind: ResponseKind<B>,
-    }
-}
-
-pin_project! {
-    #[project = ResponseKindProj]
-    enum ResponseKind<B> {
-        Whole { whole: Whole },
-        Inner { #[pin] body: B },
+        kind: Either<B>,
     }
 }
 
@@ -187,16 +217,14 @@ impl<B> ResponseBody<B> {
     /// A body held whole.
     pub(crate) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
-            kind: ResponseKind::Whole {
-                whole: Whole::new(data, trailers),
-            },
+            kind: Either::whole(data, trailers),
         }
     }
 
     /// The inner service's body, untouched.
     pub(crate) fn inner(body: B) -> Self {
         Self {
-            kind: ResponseKind::Inner { body },
+            kind: Either::Inner { body },
         }
     }
 }
@@ -207,48 +235,7 @@ impl<B> From<Bytes> for ResponseBody<B> {
     }
 }
 
-impl<B: Body> Body for ResponseBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
-            ResponseKindProj::Whole { whole } => whole.poll_frame().map_err(|never| match never {}),
-            ResponseKindProj::Inner { body } => body
-                .poll_frame(cx)
-                .map(|frame| frame.map(|frame| frame.map(to_bytes))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            ResponseKind::Whole { whole } => whole.is_end_stream(),
-            ResponseKind::Inner { body } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            ResponseKind::Whole { whole } => whole.size_hint(),
-            ResponseKind::Inner { body } => body.size_hint(),
-        }
-    }
-}
-
-impl<B> fmt::Debug for ResponseBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match &self.kind {
-            ResponseKind::Whole { .. } => "whole",
-            ResponseKind::Inner { .. } => "inner",
-        };
-        f.debug_struct("ResponseBody")
-            .field("kind", &kind)
-            .finish_non_exhaustive()
-    }
-}
+delegate_body!(ResponseBody);
 
 #[cfg(test)]
 mod tests {
