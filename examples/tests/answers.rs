@@ -125,7 +125,7 @@ async fn keys_are_checked_the_same_on_every_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replays_reuse_and_duplicates_in_flight_answer_the_same_on_every_store() {
+async fn replays_reuse_and_duplicates_in_progress_answer_the_same_on_every_store() {
     each_store("replays", async |base| {
         let key = [JSON, ("idempotency-key", "k-replay")];
         let first = post(base, &key, PAYMENT).await;

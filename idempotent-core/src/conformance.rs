@@ -55,7 +55,7 @@ macro_rules! for_each_case {
             completion_replays_the_exact_bytes,
             a_different_payload_is_key_reused_while_in_progress,
             a_different_payload_is_key_reused_after_completion,
-            a_running_call_answers_in_flight_within_its_lease,
+            a_running_call_answers_in_progress_within_its_lease,
             a_wrong_token_is_fenced_and_changes_nothing,
             a_completion_with_another_fingerprint_is_refused,
             a_completed_record_fences_every_token,
@@ -130,7 +130,7 @@ async fn claim<S: Store + ?Sized>(store: &S, key: &StorageKey, fp: Fingerprint) 
     store.claim(key, fp, LEASE).await.expect("claim")
 }
 
-fn assert_in_flight(outcome: &ClaimOutcome, why: &str) {
+fn assert_in_progress(outcome: &ClaimOutcome, why: &str) {
     assert!(
         matches!(outcome, ClaimOutcome::InProgress { .. }),
         "{why}: expected InProgress, got {outcome:?}"
@@ -190,7 +190,7 @@ pub async fn a_different_payload_is_key_reused_while_in_progress<S: Store + ?Siz
     let k = key(case, "k");
     let token = acquire(s, &k, FP, LONG_LEASE).await;
     assert_eq!(claim(s, &k, OTHER_FP).await, ClaimOutcome::KeyReused);
-    assert_in_flight(&claim(s, &k, FP).await, "the owner keeps the key");
+    assert_in_progress(&claim(s, &k, FP).await, "the owner keeps the key");
     s.complete(&k, token, FP, b"r", TTL)
         .await
         .expect("the owner completes after a reused key");
@@ -217,7 +217,7 @@ pub async fn a_different_payload_is_key_reused_after_completion<S: Store + ?Size
 
 /// A duplicate of a running call is told to come back within the lease, and
 /// the hint shrinks as the lease runs down.
-pub async fn a_running_call_answers_in_flight_within_its_lease<S: Store + ?Sized>(
+pub async fn a_running_call_answers_in_progress_within_its_lease<S: Store + ?Sized>(
     store: &Arc<S>,
     case: &str,
 ) {
@@ -255,7 +255,7 @@ pub async fn a_wrong_token_is_fenced_and_changes_nothing<S: Store + ?Sized>(
     assert_lease_lost(s.complete(&k, forged, FP, b"forged", TTL).await, "complete");
     assert_lease_lost(s.release(&k, forged).await, "release");
     assert_lease_lost(s.renew(&k, forged, LONG_LEASE).await, "renew");
-    assert_in_flight(&claim(s, &k, FP).await, "the record is unchanged");
+    assert_in_progress(&claim(s, &k, FP).await, "the record is unchanged");
     s.complete(&k, token, FP, b"real", TTL)
         .await
         .expect("the owner still completes");
@@ -303,7 +303,7 @@ pub async fn a_completion_with_another_fingerprint_is_refused<S: Store + ?Sized>
         s.complete(&k, token, OTHER_FP, b"other", TTL).await,
         "another fingerprint",
     );
-    assert_in_flight(&claim(s, &k, FP).await, "the record is unchanged");
+    assert_in_progress(&claim(s, &k, FP).await, "the record is unchanged");
     s.complete(&k, token, FP, b"r", TTL)
         .await
         .expect("the claim's fingerprint completes");
@@ -349,7 +349,7 @@ pub async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced<S: Sto
     );
     assert_lease_lost(s.renew(&k, stale, LONG_LEASE).await, "stale renew");
     assert_lease_lost(s.release(&k, stale).await, "stale release");
-    assert_in_flight(&claim(s, &k, FP).await, "the stale owner changed nothing");
+    assert_in_progress(&claim(s, &k, FP).await, "the stale owner changed nothing");
     s.complete(&k, fresh, FP, b"fresh", TTL)
         .await
         .expect("the new owner completes");
@@ -394,7 +394,7 @@ pub async fn renewal_extends_the_lease<S: Store + ?Sized>(store: &Arc<S>, case: 
         tokio::time::sleep(lease / 4).await;
         s.renew(&k, token, lease).await.expect("renew");
     }
-    assert_in_flight(&claim(s, &k, FP).await, "held past the original lease");
+    assert_in_progress(&claim(s, &k, FP).await, "held past the original lease");
     assert_eq!(
         claim(s, &k, OTHER_FP).await,
         ClaimOutcome::KeyReused,
@@ -444,7 +444,7 @@ pub async fn the_longest_durations_are_held<S: Store + ?Sized>(store: &Arc<S>, c
     let s: &S = store;
     let k = key(case, "k");
     let token = acquire(s, &k, FP, Duration::MAX).await;
-    assert_in_flight(&claim(s, &k, FP).await, "held under the longest lease");
+    assert_in_progress(&claim(s, &k, FP).await, "held under the longest lease");
     s.renew(&k, token, Duration::MAX).await.expect("renew");
     s.complete(&k, token, FP, b"kept", Duration::MAX)
         .await
@@ -546,7 +546,7 @@ pub async fn wait_returns_when_the_holder_releases<S: Store + ?Sized>(store: &Ar
         "a 3 s wait took {waited:?}: the release did not wake it"
     );
     holder.await.expect("holder task").expect("release");
-    assert_in_flight(
+    assert_in_progress(
         &claim(&**store, &k, FP).await,
         "the waiter now owns the key",
     );

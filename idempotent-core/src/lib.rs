@@ -102,7 +102,7 @@ pub mod __fuzz;
 ///   `#[tx]` (a `&mut sqlx::PgConnection`) receives it and leaves the
 ///   signature, so callers do not pass it. The namespace and TTL come from
 ///   `runtime = ...`, else the installed runtime, else the defaults
-///   ([`DEFAULT_NAMESPACE`], [`DEFAULT_TTL`]). See `PostgresStore::begin`.
+///   ([`DEFAULT_NAMESPACE`], [`DEFAULT_TTL`]). See [`Call::begin`].
 /// - `crate = "..."`: where `idempotent_core` is, if renamed.
 #[doc(inline)]
 pub use idempotent_macros::idempotent;
@@ -136,7 +136,7 @@ struct FunctionGuideDoctests;
 #[doc = include_str!("../../docs/stores.md")]
 struct StoresGuideDoctests;
 
-#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../../docs/http.md")]
 struct HttpGuideDoctests;
 

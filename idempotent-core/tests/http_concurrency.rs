@@ -22,7 +22,7 @@ fn slow(ms: u64) -> Request<Body> {
 
 /// Sends `slow(ms)` in the background and returns 50 ms (paused time) into
 /// its handler, with the key in progress.
-async fn first_in_flight(
+async fn first_in_progress(
     app: &Router,
     ms: u64,
 ) -> tokio::task::JoinHandle<(StatusCode, HeaderMap, Vec<u8>)> {
@@ -35,9 +35,9 @@ async fn first_in_flight(
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_duplicate_in_flight_gets_409_with_retry_after() {
+async fn a_duplicate_in_progress_gets_409_with_retry_after() {
     let (app, calls) = app(memory().lease(Duration::from_secs(10)));
-    let first = first_in_flight(&app, 300).await;
+    let first = first_in_progress(&app, 300).await;
     let (status, headers, body) = send(&app, slow(300)).await;
     problem(status, &headers, &body, StatusCode::CONFLICT);
     let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -50,9 +50,9 @@ async fn a_duplicate_in_flight_gets_409_with_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
+async fn in_wait_mode_a_duplicate_in_progress_waits_and_replays() {
     let (app, calls) = app(memory().in_progress(InProgress::Wait(Duration::from_secs(5))));
-    let first = first_in_flight(&app, 200).await;
+    let first = first_in_progress(&app, 200).await;
     let (status, headers, body) = send(&app, slow(200)).await;
     let (first_status, _, first_body) = first.await.unwrap();
     assert_eq!(status, first_status);
@@ -64,7 +64,7 @@ async fn in_wait_mode_a_duplicate_in_flight_waits_and_replays() {
 #[tokio::test(start_paused = true)]
 async fn in_wait_mode_a_duplicate_still_running_after_the_wait_gets_409() {
     let (app, calls) = app(memory().in_progress(InProgress::Wait(Duration::from_millis(100))));
-    let first = first_in_flight(&app, 2000).await;
+    let first = first_in_progress(&app, 2000).await;
     let started = tokio::time::Instant::now();
     let (status, headers, body) = send(&app, slow(2000)).await;
     problem(status, &headers, &body, StatusCode::CONFLICT);

@@ -24,7 +24,7 @@ async fn a_changed_payload_after_completion_is_key_reused() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_changed_payload_while_in_flight_is_key_reused() {
+async fn a_changed_payload_while_in_progress_is_key_reused() {
     let bank = Arc::new(Bank::new());
     let first = {
         let bank = Arc::clone(&bank);

@@ -175,7 +175,7 @@ async fn slow_refund(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_wait_a_duplicate_in_flight_is_refused_at_once() {
+async fn without_wait_a_duplicate_in_progress_is_refused_at_once() {
     let (schema, db) = with_ledger("macro_tx_nowait").await;
     let first = tokio::spawn({
         let db = db.clone();

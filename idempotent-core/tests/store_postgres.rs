@@ -357,7 +357,7 @@ async fn a_retry_right_after_a_failed_body_runs_without_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_wait_a_duplicate_in_flight_gets_in_progress_at_once() {
+async fn without_wait_a_duplicate_in_progress_gets_in_progress_at_once() {
     static TX_NOWAIT: Operation = Operation::new("pg.tx.nowait");
     let (schema, store) = with_ledger("tx_nowait").await;
     let runtime = Idempotency::new(store.clone());

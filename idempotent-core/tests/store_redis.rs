@@ -85,7 +85,7 @@ async fn a_completion_sent_twice_succeeds_twice() {
 /// A claim that meets a record in progress reports, as its `retry_after`,
 /// what is left of that record's lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_in_flight_answer_reports_the_lease_left() {
+async fn an_in_progress_answer_reports_the_lease_left() {
     let (_server, store, key) = one_key("in-progress").await;
     let fingerprint = Fingerprint::from_u128(1);
     let lease = Duration::from_secs(20);

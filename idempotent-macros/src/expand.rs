@@ -214,9 +214,10 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
             match #private::begin_transaction::<#output>(#store_var, #call_var).await {
                 #private::TxStart::Done(#done_var) => #done_var,
                 #private::TxStart::Fresh(mut #tx_var) => {
+                    let __idempotent_span = #private::transaction_span(&#tx_var);
                     let #value_var: #output = {
                         let #pattern: #ty = #private::connection(&mut #tx_var);
-                        async move #block.await
+                        #private::in_span(__idempotent_span, async move #block).await
                     };
                     #private::finish_transaction(#tx_var, #value_var).await
                 }

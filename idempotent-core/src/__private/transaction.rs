@@ -65,6 +65,24 @@ pub async fn begin_transaction<'a, R: IdempotentOutput>(
     }
 }
 
+/// The `idempotent` span of a `transaction = ...` call, for its body.
+#[cfg(feature = "postgres")]
+pub fn transaction_span(
+    tx: &crate::KeyTransaction<'_, crate::postgres::PostgresStore>,
+) -> tracing::Span {
+    tx.span().clone()
+}
+
+/// The body of a `transaction = ...` call, run in its `idempotent` span
+/// like the body of every other call.
+#[cfg(feature = "postgres")]
+pub fn in_span<F: std::future::Future>(
+    span: tracing::Span,
+    body: F,
+) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(body, span)
+}
+
 /// The connection the body's `#[tx]` argument is bound to.
 #[cfg(feature = "postgres")]
 pub fn connection<'t>(
@@ -112,6 +130,14 @@ mod stand_ins {
     /// Stands in for opening the transaction.
     pub async fn begin_transaction<'a, R>(_store: &impl Sized, _call: Call<'a>) -> TxStart<'a, R> {
         unreachable!("`transaction = ...` needs the `postgres` feature")
+    }
+
+    /// Stands in for the call's span.
+    pub fn transaction_span(_tx: &NoTransaction<'_>) {}
+
+    /// Stands in for running the body in the span.
+    pub fn in_span<F>(_span: (), body: F) -> F {
+        body
     }
 
     /// Stands in for the body's connection.

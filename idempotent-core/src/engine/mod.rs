@@ -135,7 +135,7 @@ where
             .unwrap_or_else(|| now + crate::record::MAX_DURATION)
     });
     // Counted once per call, however many times a waiting call re-checks.
-    let mut met_in_flight = false;
+    let mut met_in_progress = false;
     let result = loop {
         let claim = timed(
             operation,
@@ -171,7 +171,7 @@ where
             }
             ClaimOutcome::Completed(bytes) => break replayed(codec, &bytes, operation),
             ClaimOutcome::InProgress { retry_after } => {
-                if !std::mem::replace(&mut met_in_flight, true) {
+                if !std::mem::replace(&mut met_in_progress, true) {
                     operation.metrics().in_progress.increment(1);
                 }
                 let now = tokio::time::Instant::now();

@@ -28,10 +28,6 @@ use crate::telemetry::StoreCall;
 /// connection.
 pub type TxBody<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;
 
-/// The connection a store's transaction dereferences to, which the body
-/// writes through (for PostgreSQL, a `PgConnection`).
-type Connection<S> = <<S as TransactionalStore>::Transaction as Deref>::Target;
-
 /// What [`Call::begin`] found under a key.
 #[must_use = "a `Fresh` transaction rolls back unless it is finished"]
 pub enum Begun<'a, T, S: TransactionalStore> {
@@ -83,7 +79,9 @@ impl<S: TransactionalStore> fmt::Debug for KeyTransaction<'_, S> {
 }
 
 impl<S: TransactionalStore> Deref for KeyTransaction<'_, S> {
-    type Target = Connection<S>;
+    /// What the store's transaction dereferences to, which the body writes
+    /// through (for PostgreSQL, a `PgConnection`).
+    type Target = <S::Transaction as Deref>::Target;
 
     fn deref(&self) -> &Self::Target {
         &self.transaction
@@ -97,6 +95,11 @@ impl<S: TransactionalStore> DerefMut for KeyTransaction<'_, S> {
 }
 
 impl<S: TransactionalStore> KeyTransaction<'_, S> {
+    /// The call's `idempotent` span, for its body.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
     /// Ends the call: an `Ok` value is stored under the key and committed
     /// with the caller's writes (`replayed: false`); an `Err` rolls all of it
     /// back and is returned as it is.
@@ -297,7 +300,7 @@ impl<'a> Call<'a> {
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        B: for<'c> FnOnce(&'c mut Connection<S>) -> TxBody<'c, T, E>,
+        B: for<'c> FnOnce(&'c mut <S::Transaction as Deref>::Target) -> TxBody<'c, T, E>,
     {
         match self.begin(store).await? {
             Begun::Replayed(value) => Ok(Done {
@@ -305,7 +308,7 @@ impl<'a> Call<'a> {
                 replayed: true,
             }),
             Begun::Fresh(mut tx) => {
-                let span = tx.span.clone();
+                let span = tx.span().clone();
                 let value = body(&mut tx).instrument(span).await;
                 tx.finish(value).await
             }

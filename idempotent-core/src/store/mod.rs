@@ -2,7 +2,7 @@
 //!
 //! A store applies the transitions of [`record`](crate::record) atomically;
 //! it holds no policy of its own. Every backend passes the same conformance
-//! suite (`idempotent-core/tests/conformance/`).
+//! suite ([`conformance`](crate::conformance), feature `conformance`).
 
 use std::sync::Arc;
 use std::time::Duration;
