@@ -234,3 +234,21 @@ async fn grpc_answers_are_stored_by_their_grpc_status() {
         assert_eq!(calls.get() - before, runs, "grpc-status {code}");
     }
 }
+
+/// A gRPC answer with no `grpc-status` at all (a broken server, a proxy's
+/// page) is not a final answer: not stored, and the retry runs again.
+#[tokio::test]
+async fn a_grpc_answer_without_a_status_is_not_stored() {
+    let (service, calls) = served(memory());
+    let request = || {
+        grpc(Some("no-status"))
+            .body(trailed("m", HeaderMap::new()))
+            .unwrap()
+    };
+    let (status, _, _, trailers) = call(&service, request()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!trailers.unwrap().contains_key("grpc-status"));
+    let (_, headers, _, _) = call(&service, request()).await;
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(calls.get(), 2, "the retry ran the service again");
+}

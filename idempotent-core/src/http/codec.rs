@@ -267,12 +267,13 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
         let too_large = || problem::response_too_large(self.config.response_limit);
         Ok(match value {
+            // Read whole: its trailers are known, if only to be none.
             Outcome::Fresh(parts, body, trailers) => self
                 .config
                 .stores_answer(
                     parts.status,
                     &parts.headers,
-                    trailers.as_ref(),
+                    Some(trailers.as_ref().unwrap_or(&HeaderMap::new())),
                     self.protocol,
                 )
                 .then(|| {

@@ -35,10 +35,12 @@ impl Config {
     }
 
     /// Whether an answer is stored, from its head and, once its body is
-    /// read, its trailers: for a gRPC caller, by the answer's gRPC status
-    /// when it has one (see [`grpc::stored`]; before its trailers are read,
-    /// an answer whose status is in them counts as the handler's answer),
-    /// else by its HTTP status ([`stores`](Self::stores)).
+    /// read, its `trailers` (`None` before): for a gRPC caller, by the
+    /// answer's gRPC status (see [`grpc::stored`]; before its trailers are
+    /// read, an answer whose status is in them counts as the handler's
+    /// answer, and once they are, an answer with no status at all is not
+    /// stored: its caller sees an error a retry may not repeat), else by its
+    /// HTTP status ([`stores`](Self::stores)).
     pub(crate) fn stores_answer(
         &self,
         status: StatusCode,
@@ -47,9 +49,10 @@ impl Config {
         protocol: Protocol,
     ) -> bool {
         match protocol {
-            Protocol::Grpc if status == StatusCode::OK => {
-                grpc::status(headers, trailers).map_or_else(|| self.stores(status), grpc::stored)
-            }
+            Protocol::Grpc if status == StatusCode::OK => match grpc::status(headers, trailers) {
+                Some(code) => grpc::stored(code),
+                None => trailers.is_none() && self.stores(status),
+            },
             _ => self.stores(status),
         }
     }
