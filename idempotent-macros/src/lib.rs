@@ -5,6 +5,8 @@ use proc_macro::TokenStream;
 
 mod attr;
 mod expand;
+mod output;
+mod payload;
 
 /// Runs an `async fn` once per idempotency key. See `idempotent_core` for the options.
 #[proc_macro_attribute]
