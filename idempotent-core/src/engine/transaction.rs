@@ -133,12 +133,8 @@ impl<S: TransactionalStore> KeyTransaction<'_, S> {
             span: _,
         } = self;
         let store = &store;
-        let rollback = |transaction| {
-            timed(operation, StoreCall::Release, async move {
-                store.rollback(transaction).await;
-                Ok(())
-            })
-        };
+        let rollback =
+            |transaction| timed(operation, StoreCall::Release, store.rollback(transaction));
         match ResultCodec::<false>.encode(&value, operation, &runtime) {
             // The claim gave the record its retention already.
             Ok(Some((bytes, _ttl))) => {

@@ -65,8 +65,11 @@ pub trait TransactionalStore: Store + Clone {
     ) -> Result<(), StoreError>;
 
     /// Rolls `transaction` back, record included, before answering, so a
-    /// retry that follows at once finds the key free.
-    async fn rollback(&self, transaction: Self::Transaction);
+    /// retry that follows at once finds the key free. An error says the
+    /// rollback could not be confirmed (the transaction still ends: for
+    /// PostgreSQL, when its connection is next used); it is counted, not
+    /// returned to the caller, whose answer does not depend on it.
+    async fn rollback(&self, transaction: Self::Transaction) -> Result<(), StoreError>;
 }
 
 /// What [`TransactionalStore::begin`] found under a key.

@@ -74,23 +74,23 @@ impl TransactionalStore for PostgresStore {
             Ok(Some(row)) => row,
             // No row: a duplicate holds the advisory lock.
             Ok(None) => {
-                end(tx, self.timeout()).await;
+                let _ = end(tx, self.timeout()).await;
                 return Ok(in_progress);
             }
             // lock_not_available: the duplicate outlasted the wait.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
-                end(tx, self.timeout()).await;
+                let _ = end(tx, self.timeout()).await;
                 return Ok(in_progress);
             }
             Err(e) => {
-                end(tx, self.timeout()).await;
+                let _ = end(tx, self.timeout()).await;
                 return Err(StoreError::unavailable(e));
             }
         };
         let acquired: bool = match row.try_get("acquired") {
             Ok(acquired) => acquired,
             Err(e) => {
-                end(tx, self.timeout()).await;
+                let _ = end(tx, self.timeout()).await;
                 return Err(corrupt(key, e.to_string()));
             }
         };
@@ -99,7 +99,7 @@ impl TransactionalStore for PostgresStore {
         }
         // Not ours: the transaction changed nothing. Rolled back before
         // answering, so that a lock it took is free for the next retry.
-        end(tx, self.timeout()).await;
+        let _ = end(tx, self.timeout()).await;
         let current = decode(key, &row)?;
         Ok(match record::decide_claim(Some(&current), fingerprint, 0) {
             ClaimDecision::Answer(
@@ -134,14 +134,14 @@ impl TransactionalStore for PostgresStore {
                          the transaction (an error it ignored): nothing was committed"
                 );
             }
-            end(transaction, self.timeout()).await;
+            let _ = end(transaction, self.timeout()).await;
             return Err(StoreError::unavailable(error));
         }
         transaction.commit().await.map_err(StoreError::unavailable)
     }
 
-    async fn rollback(&self, transaction: Self::Transaction) {
-        end(transaction, self.timeout()).await;
+    async fn rollback(&self, transaction: Self::Transaction) -> Result<(), StoreError> {
+        end(transaction, self.timeout()).await
     }
 }
 
@@ -163,11 +163,17 @@ const TX_CLAIM: &str = claim_statement!(
 /// Rolls back a transaction (a claim that was not ours, or a body that
 /// failed), so that its locks are free before the caller hears the answer.
 /// If that fails or takes longer than `timeout`, dropping it queues the
-/// rollback instead.
-async fn end(tx: Transaction<'static, Postgres>, timeout: Duration) {
+/// rollback instead, and the error says so.
+async fn end(tx: Transaction<'static, Postgres>, timeout: Duration) -> Result<(), StoreError> {
     match tokio::time::timeout(timeout, tx.rollback()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%error, "could not roll back an idempotency transaction"),
-        Err(_) => tracing::debug!("rolling back an idempotency transaction timed out"),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "could not roll back an idempotency transaction");
+            Err(StoreError::unavailable(error))
+        }
+        Err(_) => {
+            tracing::debug!("rolling back an idempotency transaction timed out");
+            Err(StoreError::unavailable("rolling back timed out"))
+        }
     }
 }
