@@ -29,6 +29,23 @@ use crate::record::ClaimOutcome;
 ///
 /// A clone is a cheap handle on the same store: an open transaction keeps
 /// one, so that the body may borrow whatever held the store.
+///
+/// Code generic over it runs on any such store, through the engine:
+///
+/// ```no_run
+/// use idempotent_core::{Begun, Error, Idempotency, Operation, TransactionalStore};
+///
+/// static CHARGE: Operation = Operation::new("charge");
+///
+/// /// Whether this call replayed an earlier one.
+/// async fn charge<S: TransactionalStore>(store: &S, runtime: &Idempotency) -> Result<bool, Error> {
+///     match runtime.call(&CHARGE).key("order-42").begin::<u64, _>(store).await? {
+///         Begun::Replayed(_) => Ok(true),
+///         // Write through `tx` (it dereferences to the store's connection), then:
+///         Begun::Fresh(tx) => Ok(tx.finish(Ok::<_, Error>(4200)).await?.replayed),
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait TransactionalStore: Store + Clone {
     /// An open transaction holding a key's record. The body writes through
