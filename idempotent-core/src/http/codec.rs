@@ -265,7 +265,7 @@ impl<E, B> Codec<Outcome<E, B>> for HttpCodec<'_> {
         operation: &Operation,
         runtime: &Idempotency,
     ) -> Result<Option<(Vec<u8>, Duration)>, Error> {
-        let too_large = || problem::response_too_large(self.config.response_limit);
+        let too_large = || problem::response_too_large(self.config.response_limit, true);
         Ok(match value {
             // Read whole: its trailers are known, if only to be none.
             Outcome::Fresh(parts, body, trailers) => self

@@ -153,13 +153,19 @@ pub(crate) fn malformed_key(error: &KeyError) -> Problem {
 
 /// The answer, first and replayed, for a handler whose response is over the
 /// layer's response `limit` (in bytes): it ran, but its response cannot be
-/// stored, so this is stored in its place and a retry never runs it again.
-pub(crate) fn response_too_large(limit: usize) -> Problem {
+/// stored, so this is stored in its place (when its status is one the layer
+/// stores) and a retry never runs it again.
+pub(crate) fn response_too_large(limit: usize, stored: bool) -> Problem {
+    let retry = if stored {
+        "it is not run again"
+    } else {
+        "nothing was stored, so a retry runs it again"
+    };
     Problem::new(
         RESPONSE_TOO_LARGE,
         format!(
             "the request was processed, but its response is over the {limit}-byte limit of what \
-             this idempotency layer stores, so it cannot be replayed; it is not run again"
+             this idempotency layer stores, so it cannot be replayed; {retry}"
         ),
     )
 }

@@ -260,20 +260,31 @@ where
                 response.headers_mut().remove(IDEMPOTENT_REPLAYED);
                 response.map(ResponseBody::inner)
             }
-            Outcome::Oversized { mut response, .. } => {
+            Outcome::Oversized {
+                mut response,
+                stored,
+            } => {
                 response.headers_mut().remove(IDEMPOTENT_REPLAYED);
-                tracing::warn!(
-                    limit = response_limit,
-                    "a response over the layer's response limit was passed on; a retry gets a 500"
-                );
+                if stored {
+                    tracing::warn!(
+                        limit = response_limit,
+                        "a response over the layer's response limit was passed on; a retry gets a 500"
+                    );
+                } else {
+                    tracing::warn!(
+                        limit = response_limit,
+                        "a response over the layer's response limit was passed on and not stored; \
+                         a retry runs the handler again"
+                    );
+                }
                 response.map(ResponseBody::inner)
             }
-            Outcome::OverLimit { .. } => {
+            Outcome::OverLimit { stored } => {
                 tracing::warn!(
                     limit = response_limit,
                     "a response body went over the layer's response limit; answered 500"
                 );
-                problem::response_too_large(response_limit).into_response(protocol)
+                problem::response_too_large(response_limit, stored).into_response(protocol)
             }
         },
         Err(error) => problem::from_error(&error).into_response(protocol),
