@@ -313,46 +313,58 @@ impl Parse for Args {
 }
 
 impl RawArgs {
-    /// Checks the combinations, pointing at the offending option.
+    /// Checks the combinations, pointing at each offending option: every
+    /// conflict is reported at once (`syn::Error::combine`), not the first.
     fn build(self) -> syn::Result<Args> {
-        let Some((_, key)) = self.key else {
-            return Err(syn::Error::new(
-                Span::call_site(),
-                "missing `key`: write `#[idempotent(key = <expression>)]`, such as `key = request.payment_id`",
-            ));
+        let mut errors: Option<syn::Error> = None;
+        let mut refuse = |span: Span, message: &str| {
+            let error = syn::Error::new(span, message);
+            match &mut errors {
+                Some(errors) => errors.combine(error),
+                None => errors = Some(error),
+            }
         };
+        const MISSING_KEY: &str = "missing `key`: write `#[idempotent(key = <expression>)]`, such as `key = request.payment_id`";
+        if self.key.is_none() {
+            refuse(Span::call_site(), MISSING_KEY);
+        }
         if let (Some((span, _)), Some(_)) = (&self.skip, &self.fingerprint) {
-            return Err(syn::Error::new(
+            refuse(
                 *span,
                 "`skip` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the arguments in the payload fingerprint; remove `skip(...)`",
-            ));
+            );
         }
         if let (Some((span, _)), Some(_)) = (&self.skip, &self.skip_all) {
-            return Err(syn::Error::new(
+            refuse(
                 *span,
                 "`skip` and `skip_all` cannot be combined: `skip_all` already leaves every argument out of the payload fingerprint; remove `skip(...)`",
-            ));
+            );
         }
         if let (Some((span, _)), Some(_)) = (&self.skip_all, &self.fingerprint) {
-            return Err(syn::Error::new(
+            refuse(
                 *span,
                 "`skip_all` and `fingerprint` cannot be combined: `fingerprint = <expr>` replaces the arguments in the payload fingerprint; remove `skip_all` (or `fingerprint` to fingerprint nothing)",
-            ));
+            );
         }
         if self.transaction.is_some() {
             if let Some((span, _)) = &self.lease {
-                return Err(syn::Error::new(
+                refuse(
                     *span,
                     "`lease` has no meaning with `transaction`: the record lives and dies with the transaction; remove it",
-                ));
+                );
             }
             if let Some((span, _)) = &self.cache_errors {
-                return Err(syn::Error::new(
+                refuse(
                     *span,
                     "`cache_errors` cannot be combined with `transaction`: an `Err` rolls the transaction back, record included; remove it",
-                ));
+                );
             }
         }
+        let key = match (self.key, errors) {
+            (Some((_, key)), None) => key,
+            (_, Some(errors)) => return Err(errors),
+            (None, None) => return Err(syn::Error::new(Span::call_site(), MISSING_KEY)),
+        };
         Ok(Args {
             key,
             runtime: self.runtime.map(|(_, v)| v),
