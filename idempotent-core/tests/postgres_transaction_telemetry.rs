@@ -19,6 +19,23 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use spans::Spans;
 
 static TX: Operation = Operation::new("pg.tx.telemetry");
+
+/// A `transaction = ...` function whose body opens a span of its own.
+#[idempotent_core::idempotent(key = id, transaction = store, runtime = runtime, name = "pg.tx.macro")]
+async fn charged(
+    store: &idempotent_core::postgres::PostgresStore,
+    runtime: &Idempotency,
+    #[tx] tx: &mut sqlx::PgConnection,
+    id: &str,
+) -> Result<i64, Error> {
+    let _ = id;
+    let _body = tracing::info_span!("body.macro").entered();
+    drop(_body);
+    sqlx::query_scalar("INSERT INTO ledger (amount) VALUES (1) RETURNING id")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| Error::StoreUnavailable(StoreError::unavailable(e)))
+}
 static TX_NOWAIT: Operation = Operation::new("pg.tx.telemetry.nowait");
 
 fn insert(
@@ -99,11 +116,33 @@ fn transactional_calls_have_the_span_and_the_metrics_of_every_call() {
                     "{duplicate:?}"
                 );
                 tx.finish(Ok::<_, Error>(0)).await.unwrap();
-                schema.count("ledger").await
+                // Bodies run in the call's span, in each form of the mode.
+                charged(&store, &idempotency, "order-4").await.unwrap();
+                idempotency
+                    .call(&TX_NOWAIT)
+                    .key("order-5")
+                    .run_in_transaction(&store, |tx| {
+                        Box::pin(async move {
+                            drop(tracing::info_span!("body.closure").entered());
+                            insert(9)(tx).await
+                        })
+                    })
+                    .await
+                    .unwrap();
+                schema.count("ledger").await - 2
             })
         })
     });
     assert_eq!(rows, 2, "one row per executed key");
+    for body in ["body.macro", "body.closure"] {
+        let spans = spans.named(body);
+        assert_eq!(spans.len(), 1, "{body}");
+        assert_eq!(
+            spans[0].get("parent").map(String::as_str),
+            Some("idempotent"),
+            "{body} runs in the call's span"
+        );
+    }
 
     let outcomes: Vec<_> = spans
         .named("idempotent")
@@ -124,6 +163,8 @@ fn transactional_calls_have_the_span_and_the_metrics_of_every_call() {
         ("pg.tx.telemetry", "order-2", "executed"),
         ("pg.tx.telemetry.nowait", "order-3", "in_progress"),
         ("pg.tx.telemetry.nowait", "order-3", "executed"),
+        ("pg.tx.macro", "order-4", "executed"),
+        ("pg.tx.telemetry.nowait", "order-5", "executed"),
     ];
     let mut sorted = outcomes.clone();
     sorted.sort();
