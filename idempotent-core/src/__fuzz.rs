@@ -93,17 +93,25 @@ pub fn header(data: &[u8]) {
     }
 }
 
-/// A stored HTTP response: decoded or refused, never a panic; what decodes
-/// encodes again to a record that decodes, and encodes to the same bytes.
+/// A stored HTTP response (either record version): decoded or refused,
+/// never a panic; what decodes encodes again, trailers included, to a
+/// record that decodes, and encodes to the same bytes.
 #[cfg(feature = "http")]
 pub fn http_record(data: &[u8]) {
-    use crate::http::codec::{decode, encode};
+    use crate::http::codec::{decode, encode_with_trailers};
 
     let Ok(stored) = decode(data) else { return };
-    let once = encode(stored.status, &stored.headers, &stored.body);
+    let trailers = stored.trailers.as_ref();
+    let once = encode_with_trailers(stored.status, &stored.headers, trailers, &stored.body);
     let again = decode(&once).expect("an encoded response decodes");
     assert_eq!((again.status, &again.body), (stored.status, &stored.body));
-    assert_eq!(encode(again.status, &again.headers, &again.body), once);
+    let twice = encode_with_trailers(
+        again.status,
+        &again.headers,
+        again.trailers.as_ref(),
+        &again.body,
+    );
+    assert_eq!(twice, once, "a decoded record encodes to the same bytes");
 }
 
 /// A Redis record value: a record or [`StoreError::Corrupt`](crate::StoreError::Corrupt).
