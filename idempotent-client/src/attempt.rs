@@ -2,6 +2,8 @@
 //! answer classified (a final answer read whole, one that says try again, or
 //! none).
 
+use tokio::time::Instant;
+
 use reqwest::{Response, ResponseBuilderExt as _};
 
 use crate::answer::{is_replay, is_retryable_status};
@@ -11,6 +13,9 @@ use crate::request::{IDEMPOTENCY_KEY, RequestBuilder};
 pub(crate) enum Outcome {
     /// A final answer (with a key, read whole): the server's for good.
     Final(Response),
+    /// The server's answer that the key was first used with another
+    /// request ([`is_key_reused`]), read whole.
+    KeyReused(Response),
     /// A final answer whose body is over the client's response limit (its
     /// body not, or not all, read), to the attempt that carried `key`.
     TooLarge {
@@ -33,13 +38,25 @@ pub(crate) enum Outcome {
 }
 
 /// The request of one attempt, carrying `key` if there is one (without a
-/// key, only a method idempotent by itself is sent twice).
-pub(crate) fn build(request: &RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
+/// key, only a method idempotent by itself is sent twice), bounded by the
+/// attempt timeout and by the request's `deadline` (its policy's
+/// `max_elapsed`), whichever comes first.
+pub(crate) fn build(
+    request: &RequestBuilder,
+    key: Option<&str>,
+    deadline: Option<Instant>,
+) -> reqwest::RequestBuilder {
     let inner = &request.client.inner;
+    let timeout = match deadline {
+        Some(deadline) => inner
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now())),
+        None => inner.attempt_timeout,
+    };
     let mut built = inner
         .http
         .request(request.method.clone(), &request.url)
-        .timeout(inner.attempt_timeout)
+        .timeout(timeout)
         .body(request.body.clone());
     for (name, value) in &request.headers {
         built = built.header(name, value);
@@ -50,15 +67,17 @@ pub(crate) fn build(request: &RequestBuilder, key: Option<&str>) -> reqwest::Req
     }
 }
 
-/// Makes attempt number `attempt` of `request`, carrying `key`; `retryable`
-/// when the request may be sent more than once.
+/// Makes attempt number `attempt` of `request`, carrying `key`, to end by
+/// `deadline` at the latest; `retryable` when the request may be sent more
+/// than once.
 pub(crate) async fn run(
     request: &RequestBuilder,
     key: Option<&str>,
     retryable: bool,
     attempt: u32,
+    deadline: Option<Instant>,
 ) -> Outcome {
-    let result = build(request, key).send().await;
+    let result = build(request, key, deadline).send().await;
     tracing::debug!(
         key,
         intent = request.intent.as_deref(),
@@ -82,7 +101,10 @@ pub(crate) async fn run(
         // is retried, and the server replays it.
         Ok(response) => match key {
             Some(key) => match read_whole(response, request.client.inner.response_limit).await {
-                Ok(Whole::Read(whole)) => Outcome::Final(whole),
+                Ok(Whole::Read(whole, body)) if is_key_reused(whole.status(), &body) => {
+                    Outcome::KeyReused(whole)
+                }
+                Ok(Whole::Read(whole, _)) => Outcome::Final(whole),
                 Ok(Whole::TooLarge(response)) => Outcome::TooLarge {
                     response,
                     key: key.to_owned(),
@@ -102,8 +124,8 @@ pub(crate) async fn run(
 
 /// What [`read_whole`] read.
 enum Whole {
-    /// The answer, rebuilt around its whole body.
-    Read(Response),
+    /// The answer, rebuilt around its whole body, and that body.
+    Read(Response, bytes::Bytes),
     /// An answer whose body is over the limit (its body not, or not all, read).
     TooLarge(Response),
 }
@@ -140,8 +162,38 @@ async fn read_whole(mut response: Response, limit: usize) -> Result<Whole, reqwe
     if let Some(headers) = whole.headers_mut() {
         *headers = std::mem::take(response.headers_mut());
     }
-    let whole = whole.url(response.url().clone()).body(body);
-    Ok(Whole::Read(Response::from(whole.expect(
-        "the status, version and headers of a response rebuild it",
-    ))))
+    let body = bytes::Bytes::from(body);
+    let whole = whole.url(response.url().clone()).body(body.clone());
+    Ok(Whole::Read(
+        Response::from(whole.expect("the status, version and headers of a response rebuild it")),
+        body,
+    ))
+}
+
+/// The problem type of this library's servers for a key reused with
+/// another request (`urn:idempotent:problem:key-reused`).
+pub(crate) const KEY_REUSED_PROBLEM: &str = "urn:idempotent:problem:key-reused";
+
+/// Whether a final answer says the key was first used with another
+/// request. A `422` alone does not: a server answers `422` for a bad value
+/// too (axum's `Json` rejection, say), which is an application error. The
+/// rule: a `422` problem document (RFC 9457) whose `type` is this
+/// library's ([`KEY_REUSED_PROBLEM`]), or, from a server that is not ours,
+/// whose `type` or `title` names the idempotency key, as the IETF draft's
+/// examples do ("Idempotency-Key is already used").
+pub(crate) fn is_key_reused(status: http::StatusCode, body: &[u8]) -> bool {
+    if status != http::StatusCode::UNPROCESSABLE_ENTITY {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(problem)) = serde_json::from_slice(body) else {
+        return false;
+    };
+    let field = |name: &str| problem.get(name).and_then(serde_json::Value::as_str);
+    if field("type") == Some(KEY_REUSED_PROBLEM) {
+        return true;
+    }
+    [field("type"), field("title")]
+        .into_iter()
+        .flatten()
+        .any(|text| text.to_ascii_lowercase().contains("idempotency"))
 }

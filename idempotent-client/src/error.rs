@@ -20,8 +20,12 @@ pub enum ClientError {
         #[source]
         source: reqwest::Error,
     },
-    /// The server answered 422: this key was first used with a different
-    /// request. A bug in the caller (an explicit key reused), never retried.
+    /// The server answered that this key was first used with a different
+    /// request: a `422` problem document of type
+    /// `urn:idempotent:problem:key-reused` (this library's servers), or
+    /// whose `type` or `title` names the idempotency key (the IETF draft's).
+    /// Any other `422` (a bad value) is a final answer, returned as it is.
+    /// A bug in the caller (an explicit key reused), never retried.
     #[error("idempotency key `{key}` was already used with a different request")]
     KeyReused {
         /// The key.

@@ -66,13 +66,17 @@ impl RequestBuilder {
         }
     }
 
-    /// A JSON body (and `Content-Type: application/json`).
+    /// A JSON body, with `Content-Type: application/json` unless the
+    /// request has a `Content-Type` already (as reqwest's `json` does: one
+    /// `Content-Type` is sent, never two).
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
         match serde_json::to_vec(value) {
             Ok(body) => {
                 self.body = body;
-                self.headers
-                    .push(("content-type".to_owned(), "application/json".to_owned()));
+                if !self.headers.iter().any(|(name, _)| is_content_type(name)) {
+                    self.headers
+                        .push(("content-type".to_owned(), "application/json".to_owned()));
+                }
             }
             Err(error) => {
                 self.invalid = Some(format!("the JSON body failed to serialize: {error}"))
@@ -91,11 +95,17 @@ impl RequestBuilder {
     /// A header, sent with every attempt (credentials are never journaled).
     /// An `Idempotency-Key` header sets the key, as [`key`](Self::key) does,
     /// so that one key is sent, once.
+    ///
+    /// A `Content-Type` replaces the one a body set before it
+    /// ([`json`](Self::json)): a request has one.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         let (name, value) = (name.into(), value.into());
         if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY) {
             // The key, given as a header: one key, sent once.
             return self.key(value);
+        }
+        if is_content_type(&name) {
+            self.headers.retain(|(name, _)| !is_content_type(name));
         }
         self.headers.push((name, value));
         self
@@ -141,7 +151,7 @@ impl RequestBuilder {
         // A request that cannot be built (a bad URL, header or key) is
         // refused before its intent is journaled: journaled, it would stay
         // pending, and fail the same way on every resume.
-        attempt::build(&self, Some(self.key.as_deref().unwrap_or("k")))
+        attempt::build(&self, Some(self.key.as_deref().unwrap_or("k")), None)
             .build()
             .map_err(|error| ClientError::InvalidRequest(error.to_string()))?;
         let key = match &self.intent {
@@ -223,4 +233,8 @@ fn without_userinfo(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+fn is_content_type(name: &str) -> bool {
+    name.eq_ignore_ascii_case("content-type")
 }

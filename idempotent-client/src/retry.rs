@@ -112,8 +112,9 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    /// The overall deadline: no retry starts later than this after the
-    /// first attempt started (`None`: no bound).
+    /// The overall deadline, from when the first attempt started: no retry
+    /// starts after it, and an attempt still running is cut at it (`None`:
+    /// no bound).
     pub fn max_elapsed(&self) -> Option<Duration> {
         self.max_elapsed
     }
@@ -206,9 +207,9 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The overall deadline: no retry starts later than this after the
-    /// first attempt started, counting both the attempts and the delays
-    /// (default 60 s; `None`: no bound).
+    /// The overall deadline, from when the first attempt started, counting
+    /// both the attempts and the delays: no retry starts after it, and an
+    /// attempt still running is cut at it (default 60 s; `None`: no bound).
     pub fn max_elapsed(mut self, elapsed: Option<Duration>) -> Self {
         self.policy.max_elapsed = elapsed;
         self

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::{Response, StatusCode};
+use reqwest::Response;
 use tokio::time::Instant;
 
 use crate::answer::retry_after;
@@ -32,8 +32,10 @@ pub struct Sent {
 /// Sends `request` with `key` (journaled already if the request names an
 /// intent), retrying what may be retried:
 ///
-/// - a final answer ends it, and marks the intent answered; a `422` to a
-///   request with a key is [`ClientError::KeyReused`];
+/// - a final answer ends it, and marks the intent answered; the server's
+///   answer that the key was used with another request is
+///   [`ClientError::KeyReused`] (see `attempt::is_key_reused`: not every
+///   `422`);
 /// - an answer that says try again (`409` while the first request with the
 ///   key is in progress, `429`, `503`, ...) waits its `Retry-After`, or backs
 ///   off; so does a lost answer (a failed connection, a timeout, a cut body);
@@ -52,8 +54,17 @@ pub(crate) async fn with_retries(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let last = match attempt::run(request, key.as_deref(), retryable, attempts).await {
+        let deadline = schedule.deadline();
+        let last = match attempt::run(request, key.as_deref(), retryable, attempts, deadline).await
+        {
             Outcome::Final(response) => return answered(request, response, key, attempts).await,
+            Outcome::KeyReused(response) => {
+                mark_answered(request).await;
+                return Err(ClientError::KeyReused {
+                    key: key.unwrap_or_default(),
+                    response: Box::new(response),
+                });
+            }
             Outcome::TooLarge { response, key } => {
                 return too_large(request, response, key, attempts).await;
             }
@@ -113,6 +124,13 @@ impl<'a> Schedule<'a> {
         }
     }
 
+    /// When the policy's `max_elapsed` ends, if it has one: no attempt runs
+    /// past it, and no retry starts after it.
+    fn deadline(&self) -> Option<Instant> {
+        self.max_elapsed
+            .and_then(|max| self.started.checked_add(max))
+    }
+
     /// The delay before retrying after `last` (an answer's `Retry-After`
     /// replaces the drawn delay), if the policy allows another attempt, it
     /// starts within `max_elapsed`, and the budget pays for it.
@@ -136,8 +154,7 @@ impl<'a> Schedule<'a> {
     }
 }
 
-/// A final answer: its intent is marked answered; `422` to a request with a key is
-/// [`ClientError::KeyReused`].
+/// A final answer, whatever its status: its intent is marked answered.
 async fn answered(
     request: &RequestBuilder,
     response: Response,
@@ -145,12 +162,6 @@ async fn answered(
     attempts: u32,
 ) -> Result<Sent, ClientError> {
     mark_answered(request).await;
-    if let (StatusCode::UNPROCESSABLE_ENTITY, Some(key)) = (response.status(), &key) {
-        return Err(ClientError::KeyReused {
-            key: key.clone(),
-            response: Box::new(response),
-        });
-    }
     Ok(Sent {
         response,
         key,

@@ -535,14 +535,18 @@ async fn the_overall_deadline_counts_the_attempts_time_too() {
         .intent("deadline")
         .retry(policy)
         .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.response.status(), 503);
-    assert!(
-        (2..=5).contains(&sent.attempts),
-        "{} attempts",
-        sent.attempts
-    );
+        .await;
+    // The last attempt ends with its 503, or is cut by the deadline (which
+    // bounds the attempt in flight too).
+    let attempts = match sent {
+        Ok(sent) => {
+            assert_eq!(sent.response.status(), 503);
+            sent.attempts
+        }
+        Err(ClientError::Http { attempts, source }) if source.is_timeout() => attempts,
+        Err(other) => panic!("{other:?}"),
+    };
+    assert!((2..=5).contains(&attempts), "{attempts} attempts");
     assert_eq!(counters.charges.load(Ordering::SeqCst), 0);
 }
 
@@ -631,4 +635,132 @@ async fn an_answer_the_journal_cannot_record_is_still_returned() {
         "the server replays its stored answer"
     );
     assert_eq!(counters.charges.load(Ordering::SeqCst), 1);
+}
+
+/// One `Content-Type` is sent, as with plain reqwest: the caller's, whether
+/// it comes before or after the JSON body, else `application/json`.
+#[tokio::test]
+async fn a_json_body_and_a_content_type_send_one_content_type() {
+    async fn types(headers: HeaderMap) -> String {
+        let types: Vec<_> = headers
+            .get_all("content-type")
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .collect();
+        types.join(" | ")
+    }
+    let app = Router::new().route("/types", post(types));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/types", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let journal = MemoryJournal::new();
+    let client = client(&journal);
+    let patch = "application/merge-patch+json";
+    let body = serde_json::json!({ "amount": 1 });
+    let received = |request: idempotent_client::RequestBuilder| async move {
+        request.send().await.unwrap().response.text().await.unwrap()
+    };
+    let before = client.post(&url).header("content-type", patch).json(&body);
+    assert_eq!(received(before).await, patch);
+    let after = client.post(&url).json(&body).header("Content-Type", patch);
+    assert_eq!(received(after).await, patch);
+    assert_eq!(
+        received(client.post(&url).json(&body)).await,
+        "application/json"
+    );
+}
+
+/// The overall deadline (`max_elapsed`) bounds the attempt in flight too, not
+/// only when a retry may start: against a server that never answers, a 1 s
+/// deadline ends the send after about 1 s, not after the 10 s attempt timeout.
+#[tokio::test]
+async fn the_overall_deadline_cuts_an_attempt_that_outlives_it() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/payments", listener.local_addr().unwrap());
+    // Accepts connections and never answers.
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let client = IdempotentClient::builder()
+        .journal(MemoryJournal::new())
+        .attempt_timeout(Duration::from_secs(10))
+        .retry(fast().max_elapsed(Some(Duration::from_secs(1))).build())
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let sent = client
+        .post(&url)
+        .body("x")
+        .intent("never-answered")
+        .send()
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(&sent, Err(ClientError::Http { source, .. }) if source.is_timeout()),
+        "{sent:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "ended after {took:?}"
+    );
+}
+
+/// A `422` that is not the server's key-reused answer (a value the
+/// application refuses, here axum's own `Json` rejection, behind the real
+/// layer) is a final answer returned as it is, not `KeyReused`; a problem
+/// of the IETF draft's kind from another server is `KeyReused`.
+#[tokio::test]
+async fn only_the_key_reused_problem_is_key_reused_not_any_422() {
+    #[derive(serde::Deserialize)]
+    struct Payment {
+        #[allow(dead_code)]
+        amount: u64,
+    }
+    async fn pay(axum::Json(_): axum::Json<Payment>) -> StatusCode {
+        StatusCode::CREATED
+    }
+    async fn other_server() -> Response {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            [("content-type", "application/problem+json")],
+            r#"{"type": "https://developer.example.com/idempotency", "title": "Idempotency-Key is already used"}"#,
+        )
+            .into_response()
+    }
+    let app = Router::new()
+        .route("/payments", post(pay))
+        .layer(
+            IdempotencyLayer::builder(Idempotency::new(MemoryStore::new()))
+                .single_tenant()
+                .build(),
+        )
+        .route("/elsewhere", post(other_server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = client(&MemoryJournal::new());
+
+    let refused = client
+        .post(format!("{base}/payments"))
+        .json(&serde_json::json!({ "amount": -1 }))
+        .key("bad-value")
+        .send()
+        .await
+        .expect("a final answer, not an error");
+    assert_eq!(refused.response.status(), 422);
+    assert_eq!(refused.attempts, 1, "final: not retried");
+
+    let elsewhere = client
+        .post(format!("{base}/elsewhere"))
+        .body("x")
+        .key("used-elsewhere")
+        .send()
+        .await;
+    assert!(
+        matches!(&elsewhere, Err(ClientError::KeyReused { key, .. }) if key == "used-elsewhere"),
+        "{elsewhere:?}"
+    );
 }
