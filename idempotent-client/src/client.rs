@@ -164,6 +164,10 @@ impl ClientBuilder {
                 // reqwest is built with rustls but no provider of its own:
                 // use ring (pure Rust and assembly, no C toolchain like
                 // aws-lc needs) unless the program installed one already.
+                // rustls 0.23.48 deprecates ring's provider for its lack of
+                // post-quantum key exchange; a program that wants that
+                // installs aws-lc-rs's provider first, and it is kept.
+                #[allow(deprecated)]
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()
                     .build()
