@@ -23,35 +23,21 @@ use idempotent_core::Idempotency;
 use idempotent_core::memory::MemoryStore;
 use idempotent_core::redis::RedisStore;
 
-const USAGE: &str =
-    "usage: grpc-server [--addr 127.0.0.1:50051] [--store memory|redis://HOST:PORT] [--work-ms N]";
-
+/// The gRPC payment service behind the idempotency layer, the key in the
+/// `idempotency-key` metadata entry.
+#[derive(clap::Parser)]
+#[command(name = "grpc-server", version)]
 struct Args {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:50051")]
     addr: SocketAddr,
+    /// Where idempotency records live: memory, or redis://HOST:PORT (or
+    /// rediss://).
+    #[arg(long, default_value = "memory")]
     store: String,
-    work: Duration,
-}
-
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        addr: ([127, 0, 0, 1], 50051).into(),
-        store: "memory".to_owned(),
-        work: Duration::ZERO,
-    };
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--addr" => parsed.addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
-            "--store" => parsed.store = value()?,
-            "--work-ms" => {
-                let ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?;
-                parsed.work = Duration::from_millis(ms);
-            }
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown argument `{other}`")),
-        }
-    }
-    Ok(parsed)
+    /// Simulated work per charge, in milliseconds.
+    #[arg(long = "work-ms", value_name = "N", default_value_t = 0)]
+    work_ms: u64,
 }
 
 async fn runtime(store: &str) -> Result<Idempotency, String> {
@@ -75,16 +61,7 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::WARN)
         .init();
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("grpc-server: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let runtime = match runtime(&args.store).await {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -109,7 +86,13 @@ async fn main() -> ExitCode {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let served = serve(listener, Charges::with_work(args.work), layer, stop).await;
+    let served = serve(
+        listener,
+        Charges::with_work(Duration::from_millis(args.work_ms)),
+        layer,
+        stop,
+    )
+    .await;
     // No more calls: the charges whose callers left finish and store their replies.
     let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
     match served {

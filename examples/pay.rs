@@ -4,7 +4,8 @@
 //! Sends N payments, C at a time, through the retrying client: one intent
 //! each, named `<prefix>-<i>`, so a run killed half-way and started again
 //! with the same journal finishes the batch without charging any payment
-//! twice. Prints sent, retried, succeeded and failed.
+//! twice. Prints sent, retried, succeeded (and of those, replayed: charged
+//! by an earlier attempt or run) and failed.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,57 +14,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use idempotent_client::IdempotentClient;
 use tokio::sync::Semaphore;
 
-const USAGE: &str = "usage: pay --url http://HOST:PORT [--count N] [--concurrency C] [--journal PATH] [--intent-prefix P]";
-
+/// Sends payments through the retrying client, one intent each, named
+/// `<prefix>-<i>`: a run killed half-way and started again with the same
+/// journal finishes the batch without charging any payment twice. Prints
+/// sent, retried, succeeded (and of those, replayed: charged by an earlier
+/// attempt or run) and failed.
+#[derive(clap::Parser)]
+#[command(name = "pay", version)]
 struct Args {
+    /// The payments-server to pay, such as http://127.0.0.1:3000.
+    #[arg(long, value_parser = http_url)]
     url: String,
+    /// How many payments to send.
+    #[arg(long, value_name = "N", default_value_t = 100)]
     count: u64,
-    concurrency: usize,
+    /// How many are in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// The journal file: each intent's key, kept across runs.
+    #[arg(long, value_name = "PATH", default_value = "pay.journal")]
     journal: String,
+    /// Intents are named `<prefix>-<i>`.
+    #[arg(long = "intent-prefix", value_name = "P", default_value = "payment")]
     prefix: String,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        url: String::new(),
-        count: 100,
-        concurrency: 8,
-        journal: "pay.journal".to_owned(),
-        prefix: "payment".to_owned(),
-    };
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--url" => parsed.url = value()?.trim_end_matches('/').to_owned(),
-            "--count" => parsed.count = value()?.parse().map_err(|e| format!("--count: {e}"))?,
-            "--concurrency" => {
-                parsed.concurrency = value()?
-                    .parse::<usize>()
-                    .map_err(|e| format!("--concurrency: {e}"))?
-                    .max(1);
-            }
-            "--journal" => parsed.journal = value()?,
-            "--intent-prefix" => parsed.prefix = value()?,
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown argument `{other}`")),
+/// An http(s) URL, without a trailing `/`: checked before anything is
+/// journaled, since a bad URL would leave every intent pending.
+fn http_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {
+            Ok(text.trim_end_matches('/').to_owned())
         }
+        Ok(url) => Err(format!("`{}` is not an http(s) URL", url.scheme())),
+        Err(error) => Err(format!("{error} (say http://host:port)")),
     }
-    if parsed.url.is_empty() {
-        return Err("--url is required".to_owned());
-    }
-    // Checked before anything is journaled: a bad URL would otherwise leave
-    // every intent pending.
-    match reqwest::Url::parse(&parsed.url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-        Ok(url) => return Err(format!("--url: `{}` is not an http(s) URL", url.scheme())),
-        Err(error) => {
-            return Err(format!(
-                "--url `{}`: {error} (say http://host:port)",
-                parsed.url
-            ));
-        }
-    }
-    Ok(parsed)
 }
 
 /// The amount of payment `i`: the same on every run, so a re-run sends the
@@ -77,21 +62,15 @@ struct Tally {
     sent: AtomicU64,
     retried: AtomicU64,
     succeeded: AtomicU64,
+    /// Succeeded with the server's stored answer (`Idempotent-Replayed`):
+    /// charged by an earlier attempt or run, not this one.
+    replayed: AtomicU64,
     failed: AtomicU64,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("pay: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = <Args as clap::Parser>::parse();
     let client = match IdempotentClient::builder()
         .journal_path(&args.journal)
         .build()
@@ -103,7 +82,7 @@ async fn main() -> ExitCode {
         }
     };
     let tally = Arc::new(Tally::default());
-    let permits = Arc::new(Semaphore::new(args.concurrency));
+    let permits = Arc::new(Semaphore::new(usize::from(args.concurrency)));
     let url = format!("{}/payments", args.url);
     let mut tasks = Vec::new();
     for i in 0..args.count {
@@ -131,6 +110,14 @@ async fn main() -> ExitCode {
             match sent {
                 Ok(sent) if sent.response.status().is_success() => {
                     tally.succeeded.fetch_add(1, Ordering::Relaxed);
+                    let replayed = sent
+                        .response
+                        .headers()
+                        .get("idempotent-replayed")
+                        .is_some_and(|value| value == "true");
+                    if replayed {
+                        tally.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(sent) => {
                     eprintln!("pay: {intent}: {}", sent.response.status());
@@ -149,10 +136,11 @@ async fn main() -> ExitCode {
     }
     let failed = tally.failed.load(Ordering::Relaxed);
     println!(
-        "sent {}  retried {}  succeeded {}  failed {}",
+        "sent {}  retried {}  succeeded {} (replayed {})  failed {}",
         tally.sent.load(Ordering::Relaxed),
         tally.retried.load(Ordering::Relaxed),
         tally.succeeded.load(Ordering::Relaxed),
+        tally.replayed.load(Ordering::Relaxed),
         failed
     );
     if failed == 0 {

@@ -14,37 +14,41 @@ use std::time::Duration;
 
 use examples::payments::{Config, StoreChoice, app};
 
-const USAGE: &str = "usage: payments-server [--addr 127.0.0.1:3000] [--store memory|redis://HOST:PORT|postgres://USER@HOST/DB] [--work-ms N] [--unprotected] [--memory-records N (default 100000)]";
-
+/// A payment API behind the idempotency layer: `POST /payments` charges
+/// once per `Idempotency-Key`, `GET /payments` lists the ledger, `GET
+/// /metrics` serves Prometheus text.
+#[derive(clap::Parser)]
+#[command(name = "payments-server", version)]
 struct Args {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
-    config: Config,
+    /// Where idempotency records live: memory, redis://HOST:PORT (or
+    /// rediss://, redis+cluster://), or postgres://USER@HOST/DB (the ledger
+    /// and the records then commit together).
+    #[arg(long, default_value = "memory")]
+    store: StoreChoice,
+    /// Simulated work per charge, in milliseconds.
+    #[arg(long = "work-ms", value_name = "N", default_value_t = 0)]
+    work_ms: u64,
+    /// Serve the same routes without idempotency, to show the duplicates it
+    /// prevents.
+    #[arg(long)]
+    unprotected: bool,
+    /// The most records the memory store keeps.
+    #[arg(long = "memory-records", value_name = "N", default_value_t = idempotent_core::memory::DEFAULT_MAX_ENTRIES)]
+    memory_records: usize,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut addr: SocketAddr = ([127, 0, 0, 1], 3000).into();
-    let mut config = Config::default();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--addr" => addr = value()?.parse().map_err(|e| format!("--addr: {e}"))?,
-            "--store" => config.store = value()?.parse::<StoreChoice>()?,
-            "--work-ms" => {
-                let ms = value()?.parse().map_err(|e| format!("--work-ms: {e}"))?;
-                config.work = Duration::from_millis(ms);
-            }
-            "--unprotected" => config.protected = false,
-            "--memory-records" => {
-                let records = value()?
-                    .parse()
-                    .map_err(|e| format!("--memory-records: {e}"))?;
-                config.memory_records = Some(records);
-            }
-            "--help" | "-h" => return Err(String::new()),
-            other => return Err(format!("unknown argument `{other}`")),
+impl Args {
+    fn config(&self) -> Config {
+        Config {
+            store: self.store.clone(),
+            work: Duration::from_millis(self.work_ms),
+            protected: !self.unprotected,
+            memory_records: Some(self.memory_records),
         }
     }
-    Ok(Args { addr, config })
 }
 
 #[tokio::main]
@@ -56,17 +60,9 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::Level::WARN)
         .init();
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("payments-server: {message}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let router = match app(&args.config).await {
+    let args = <Args as clap::Parser>::parse();
+    let config = args.config();
+    let router = match app(&config).await {
         Ok(router) => router,
         Err(error) => {
             eprintln!("payments-server: cannot set up the store: {error}");
@@ -84,8 +80,8 @@ async fn main() -> ExitCode {
     // Tests and scripts wait for this line.
     println!(
         "payments-server listening on http://{addr} (store: {:?}, {})",
-        args.config.store,
-        if args.config.protected {
+        config.store,
+        if config.protected {
             "protected"
         } else {
             "UNPROTECTED"

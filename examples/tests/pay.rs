@@ -64,6 +64,17 @@ async fn pay_killed_half_way_and_restarted_charges_each_payment_once() {
     let summary = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{summary}");
     assert!(summary.contains(&format!("succeeded {COUNT}")), "{summary}");
+    // Every payment charged before the kill comes back as a replay.
+    let replayed: usize = summary
+        .split("(replayed ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no replayed count: {summary}"));
+    assert!(
+        (at_kill..=COUNT).contains(&replayed),
+        "{summary} ({at_kill} charged before the kill)"
+    );
 
     let mut per_key: HashMap<String, usize> = HashMap::new();
     for entry in ledger(&server.base).await {
