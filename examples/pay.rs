@@ -5,7 +5,8 @@
 //! each, named `<prefix>-<i>`, so a run killed half-way and started again
 //! with the same journal finishes the batch without charging any payment
 //! twice. Prints sent, retried, succeeded (and of those, replayed: charged
-//! by an earlier attempt or run) and failed.
+//! by an earlier attempt or run), failed, and resumed (intents a killed run
+//! left pending in the journal).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use tokio::sync::Semaphore;
 /// `<prefix>-<i>`: a run killed half-way and started again with the same
 /// journal finishes the batch without charging any payment twice. Prints
 /// sent, retried, succeeded (and of those, replayed: charged by an earlier
-/// attempt or run) and failed.
+/// attempt or run), failed, and resumed (intents a killed run left pending
+/// in the journal).
 #[derive(clap::Parser)]
 #[command(name = "pay", version)]
 struct Args {
@@ -81,6 +83,27 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Intents of this batch a killed run left pending in the journal: this
+    // run sends them again with their journaled keys.
+    let resumed = match client.pending().await {
+        Ok(pending) => {
+            let batch = format!("{}-", args.prefix);
+            pending
+                .iter()
+                .filter(|intent| {
+                    intent
+                        .name
+                        .strip_prefix(&batch)
+                        .and_then(|i| i.parse::<u64>().ok())
+                        .is_some_and(|i| i < args.count)
+                })
+                .count()
+        }
+        Err(error) => {
+            eprintln!("pay: cannot read the journal: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let tally = Arc::new(Tally::default());
     let permits = Arc::new(Semaphore::new(usize::from(args.concurrency)));
     let url = format!("{}/payments", args.url);
@@ -136,12 +159,13 @@ async fn main() -> ExitCode {
     }
     let failed = tally.failed.load(Ordering::Relaxed);
     println!(
-        "sent {}  retried {}  succeeded {} (replayed {})  failed {}",
+        "sent {}  retried {}  succeeded {} (replayed {})  failed {}  resumed {}",
         tally.sent.load(Ordering::Relaxed),
         tally.retried.load(Ordering::Relaxed),
         tally.succeeded.load(Ordering::Relaxed),
         tally.replayed.load(Ordering::Relaxed),
-        failed
+        failed,
+        resumed
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -75,6 +75,14 @@ async fn pay_killed_half_way_and_restarted_charges_each_payment_once() {
         (at_kill..=COUNT).contains(&replayed),
         "{summary} ({at_kill} charged before the kill)"
     );
+    // The intents in flight at the kill (at most the 4 sent at once) were
+    // left pending, and this run resumed them.
+    let resumed: usize = summary
+        .split("resumed ")
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no resumed count: {summary}"));
+    assert!(resumed <= 4, "{summary}");
 
     let mut per_key: HashMap<String, usize> = HashMap::new();
     for entry in ledger(&server.base).await {
