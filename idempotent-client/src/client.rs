@@ -147,15 +147,18 @@ impl ClientBuilder {
                 self.retention.unwrap_or(DEFAULT_RETENTION),
             )?),
             (Some(_), Some(_)) => {
-                return Err(ClientError::Config(
-                    "set either `journal` or `journal_path`, not both".to_owned(),
-                ));
+                return Err(ClientError::Config {
+                    reason: "set either `journal` or `journal_path`, not both".to_owned(),
+                    source: None,
+                });
             }
             (None, None) => {
-                return Err(ClientError::Config(
-                    "no journal: set `journal_path(...)` (durable) or `journal(MemoryJournal::new())`"
+                return Err(ClientError::Config {
+                    reason: "no journal: set `journal_path(...)` (durable) or \
+                             `journal(MemoryJournal::new())`"
                         .to_owned(),
-                ));
+                    source: None,
+                });
             }
         };
         let http = match self.http {
@@ -171,7 +174,10 @@ impl ClientBuilder {
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()
                     .build()
-                    .map_err(|e| ClientError::Config(format!("the HTTP client: {e}")))?
+                    .map_err(|e| ClientError::Config {
+                        reason: "the HTTP client could not be built".to_owned(),
+                        source: Some(e),
+                    })?
             }
         };
         Ok(IdempotentClient {

@@ -67,10 +67,23 @@ pub enum ClientError {
         /// Attempts made, the first included.
         attempts: u32,
     },
-    /// The request could not be built (a body that failed to serialize, say).
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
+    /// The request could not be built (a body that failed to serialize, a
+    /// bad URL or header); nothing was journaled or sent.
+    #[error("invalid request: {reason}")]
+    InvalidRequest {
+        /// What is wrong with it.
+        reason: String,
+        /// The error it came from (serde_json's, reqwest's).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The client is misconfigured.
-    #[error("client configuration: {0}")]
-    Config(String),
+    #[error("client configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+        /// The error it came from (building the HTTP client).
+        #[source]
+        source: Option<reqwest::Error>,
+    },
 }

@@ -56,10 +56,15 @@ impl Intent {
     }
 }
 
-/// A journal that could not be read or written.
+/// A journal that could not be read or written. The error it came from, if
+/// any, is its [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
-#[error("idempotency journal: {0}")]
-pub struct JournalError(String);
+#[error("idempotency journal: {detail}")]
+pub struct JournalError {
+    detail: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
 impl JournalError {
     /// An error of a [`Journal`] of your own, from what went wrong.
@@ -69,7 +74,27 @@ impl JournalError {
     /// assert_eq!(error.to_string(), "idempotency journal: disk full");
     /// ```
     pub fn new(error: impl std::fmt::Display) -> Self {
-        Self(error.to_string())
+        Self {
+            detail: error.to_string(),
+            source: None,
+        }
+    }
+
+    /// An error of a [`Journal`] of your own that keeps the error it came
+    /// from as its source.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    ///
+    /// let io = std::io::Error::other("disk full");
+    /// let error = idempotent_client::JournalError::from_source(io);
+    /// assert_eq!(error.source().unwrap().to_string(), "disk full");
+    /// ```
+    pub fn from_source(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            detail: error.to_string(),
+            source: Some(Box::new(error)),
+        }
     }
 }
 
@@ -211,24 +236,24 @@ impl FileJournal {
                     path.display()
                 ))
             })?
-            .map_err(JournalError::new)?;
+            .map_err(JournalError::from_source)?;
         // Prune here, before the writer thread owns the database.
         let cutoff = SystemTime::now()
             .checked_sub(retention)
             .unwrap_or(UNIX_EPOCH);
-        let tx = db.begin_write().map_err(JournalError::new)?;
+        let tx = db.begin_write().map_err(JournalError::from_source)?;
         {
-            let mut table = tx.open_table(INTENTS).map_err(JournalError::new)?;
+            let mut table = tx.open_table(INTENTS).map_err(JournalError::from_source)?;
             let (reply, _) = oneshot::channel();
             // The reply closure only forwards the result; nobody waits for it.
             drop(apply(&mut table, Request::Prune(ms(cutoff), reply)));
         }
-        tx.commit().map_err(JournalError::new)?;
+        tx.commit().map_err(JournalError::from_source)?;
         let (requests, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("idempotent-journal".to_owned())
             .spawn(move || writer(&db, &receiver))
-            .map_err(JournalError::new)?;
+            .map_err(JournalError::from_source)?;
         Ok(Self {
             writer: Arc::new(Writer {
                 requests: Some(requests),
@@ -314,7 +339,7 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
         table: &redb::Table<'_, &str, &[u8]>,
         name: &str,
     ) -> Result<Option<Intent>, JournalError> {
-        match table.get(name).map_err(JournalError::new)? {
+        match table.get(name).map_err(JournalError::from_source)? {
             Some(bytes) => serde_json::from_slice(bytes.value())
                 .map(Some)
                 .map_err(|e| JournalError::new(format!("corrupt entry `{name}`: {e}"))),
@@ -325,10 +350,10 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
         table: &mut redb::Table<'_, &str, &[u8]>,
         intent: &Intent,
     ) -> Result<(), JournalError> {
-        let bytes = serde_json::to_vec(intent).map_err(JournalError::new)?;
+        let bytes = serde_json::to_vec(intent).map_err(JournalError::from_source)?;
         table
             .insert(intent.name.as_str(), bytes.as_slice())
-            .map_err(JournalError::new)?;
+            .map_err(JournalError::from_source)?;
         Ok(())
     }
     fn reply<T: Send + 'static>(
@@ -374,7 +399,7 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
                 for intent in &old {
                     table
                         .remove(intent.name.as_str())
-                        .map_err(JournalError::new)?;
+                        .map_err(JournalError::from_source)?;
                 }
                 Ok(old.len())
             });
@@ -388,8 +413,8 @@ fn apply(table: &mut redb::Table<'_, &str, &[u8]>, request: Request) -> Reply {
 /// not stop the others from being resumed.
 fn all(table: &redb::Table<'_, &str, &[u8]>) -> Result<Vec<Intent>, JournalError> {
     let mut intents = Vec::new();
-    for entry in table.iter().map_err(JournalError::new)? {
-        let (name, bytes) = entry.map_err(JournalError::new)?;
+    for entry in table.iter().map_err(JournalError::from_source)? {
+        let (name, bytes) = entry.map_err(JournalError::from_source)?;
         match serde_json::from_slice(bytes.value()) {
             Ok(intent) => intents.push(intent),
             Err(error) => tracing::error!(

@@ -34,7 +34,8 @@ pub struct RequestBuilder {
     pub(crate) url: String,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: Vec<u8>,
-    invalid: Option<String>,
+    /// Why the request cannot be sent, found while it was assembled.
+    invalid: Option<serde_json::Error>,
     pub(crate) intent: Option<String>,
     pub(crate) key: Option<String>,
     pub(crate) retry: Option<RetryPolicy>,
@@ -78,9 +79,7 @@ impl RequestBuilder {
                         .push(("content-type".to_owned(), "application/json".to_owned()));
                 }
             }
-            Err(error) => {
-                self.invalid = Some(format!("the JSON body failed to serialize: {error}"))
-            }
+            Err(error) => self.invalid = Some(error),
         }
         self
     }
@@ -146,14 +145,20 @@ impl RequestBuilder {
     ///   unread, as from `reqwest`.
     pub async fn send(self) -> Result<Sent, ClientError> {
         if let Some(invalid) = self.invalid {
-            return Err(ClientError::InvalidRequest(invalid));
+            return Err(ClientError::InvalidRequest {
+                reason: "the JSON body failed to serialize".to_owned(),
+                source: Some(Box::new(invalid)),
+            });
         }
         // A request that cannot be built (a bad URL, header or key) is
         // refused before its intent is journaled: journaled, it would stay
         // pending, and fail the same way on every resume.
         attempt::build(&self, Some(self.key.as_deref().unwrap_or("k")), None)
             .build()
-            .map_err(|error| ClientError::InvalidRequest(error.to_string()))?;
+            .map_err(|error| ClientError::InvalidRequest {
+                reason: "the request cannot be built (its URL, a header or the key)".to_owned(),
+                source: Some(Box::new(error)),
+            })?;
         let key = match &self.intent {
             Some(name) => Some(self.record(name).await?),
             None => self.key.clone(),

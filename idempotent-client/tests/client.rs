@@ -408,7 +408,13 @@ async fn a_key_header_is_the_key_and_an_unbuildable_request_journals_nothing() {
         .send()
         .await;
     assert!(
-        matches!(refused, Err(ClientError::InvalidRequest(_))),
+        matches!(
+            &refused,
+            Err(ClientError::InvalidRequest {
+                source: Some(_),
+                ..
+            })
+        ),
         "{refused:?}"
     );
     assert!(client(&journal).pending().await.unwrap().is_empty());
