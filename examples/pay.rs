@@ -1,18 +1,24 @@
 //! `cargo run --example pay -- --url http://127.0.0.1:3000 [--count N]
-//! [--concurrency C] [--journal PATH] [--intent-prefix P]`
+//! [--concurrency C] [--journal PATH] [--intent-prefix P] [--via client|middleware]`
 //!
 //! Sends N payments, C at a time, through the retrying client: one intent
 //! each, named `<prefix>-<i>`, so a run killed half-way and started again
 //! with the same journal finishes the batch without charging any payment
 //! twice. Prints sent, retried, succeeded (and of those, replayed: charged
 //! by an earlier attempt or run), failed, and resumed (intents a killed run
-//! left pending in the journal).
+//! left pending in the journal). `--via middleware` sends through a
+//! reqwest-middleware stack instead: reqwest-tracing's middleware, then
+//! this library's.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use idempotent_client::IdempotentClient;
+use idempotent_client::reqwest_middleware::{self, ClientWithMiddleware};
+use idempotent_client::{
+    ClientError, Delivery, IdempotencyMiddleware, IdempotentClient, Intent, IntentName,
+    default_http_client,
+};
 use tokio::sync::Semaphore;
 
 /// Sends payments through the retrying client, one intent each, named
@@ -39,6 +45,89 @@ struct Args {
     /// Intents are named `<prefix>-<i>`.
     #[arg(long = "intent-prefix", value_name = "P", default_value = "payment")]
     prefix: String,
+    /// How to send: the client, or a reqwest-middleware stack (tracing,
+    /// then idempotency) built by hand.
+    #[arg(long, value_enum, default_value_t = Via::Client)]
+    via: Via,
+}
+
+/// What payments are sent through.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Via {
+    /// `IdempotentClient`.
+    Client,
+    /// A reqwest-middleware stack: `reqwest_tracing::TracingMiddleware`,
+    /// then `IdempotencyMiddleware`.
+    Middleware,
+}
+
+/// The sender built for `--via`.
+#[derive(Clone)]
+enum Sender {
+    Client(IdempotentClient),
+    Stack {
+        http: ClientWithMiddleware,
+        idempotency: IdempotencyMiddleware,
+    },
+}
+
+impl Sender {
+    fn new(via: Via, journal: &str) -> Result<Self, ClientError> {
+        Ok(match via {
+            Via::Client => Self::Client(IdempotentClient::builder().journal_path(journal).build()?),
+            Via::Middleware => {
+                let idempotency = IdempotencyMiddleware::builder()
+                    .journal_path(journal)
+                    .build()?;
+                let http = reqwest_middleware::ClientBuilder::new(default_http_client()?)
+                    .with(reqwest_tracing::TracingMiddleware::default())
+                    .with(idempotency.clone())
+                    .build();
+                Self::Stack { http, idempotency }
+            }
+        })
+    }
+
+    async fn pending(&self) -> Result<Vec<Intent>, ClientError> {
+        match self {
+            Self::Client(client) => client.pending().await,
+            Self::Stack { idempotency, .. } => idempotency.pending().await,
+        }
+    }
+
+    /// Sends payment `i` as intent `intent`: its answer or error, and the
+    /// attempts made.
+    async fn pay(
+        &self,
+        url: &str,
+        i: u64,
+        intent: String,
+    ) -> (Result<reqwest::Response, String>, u64) {
+        let body = serde_json::json!({ "amount": amount(i), "currency": "USD" });
+        match self {
+            Self::Client(client) => {
+                let sent = client.post(url).json(&body).intent(intent).send().await;
+                match sent {
+                    Ok(sent) => (Ok(sent.response), u64::from(sent.attempts)),
+                    Err(error @ ClientError::Http { attempts, .. }) => {
+                        (Err(error.to_string()), u64::from(attempts))
+                    }
+                    Err(error) => (Err(error.to_string()), 1),
+                }
+            }
+            Self::Stack { http, .. } => {
+                let request = match http.post(url).json(&body).build() {
+                    Ok(request) => request,
+                    Err(error) => return (Err(error.to_string()), 0),
+                };
+                let mut extensions = http::Extensions::new();
+                extensions.insert(IntentName::new(intent));
+                let result = http.execute_with_extensions(request, &mut extensions).await;
+                let attempts = extensions.get::<Delivery>().map_or(1, |d| d.attempts);
+                (result.map_err(|e| e.to_string()), u64::from(attempts))
+            }
+        }
+    }
 }
 
 /// An http(s) URL, without a trailing `/`: checked before anything is
@@ -73,10 +162,7 @@ struct Tally {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = <Args as clap::Parser>::parse();
-    let client = match IdempotentClient::builder()
-        .journal_path(&args.journal)
-        .build()
-    {
+    let client = match Sender::new(args.via, &args.journal) {
         Ok(client) => client,
         Err(error) => {
             eprintln!("pay: {error}");
@@ -115,26 +201,15 @@ async fn main() -> ExitCode {
         let (client, tally, url) = (client.clone(), Arc::clone(&tally), url.clone());
         let intent = format!("{}-{i}", args.prefix);
         tasks.push(tokio::spawn(async move {
-            let sent = client
-                .post(url)
-                .json(&serde_json::json!({ "amount": amount(i), "currency": "USD" }))
-                .intent(intent.clone())
-                .send()
-                .await;
-            let attempts = match &sent {
-                Ok(sent) => u64::from(sent.attempts),
-                Err(idempotent_client::ClientError::Http { attempts, .. }) => u64::from(*attempts),
-                Err(_) => 1,
-            };
+            let (sent, attempts) = client.pay(&url, i, intent.clone()).await;
             tally.sent.fetch_add(attempts, Ordering::Relaxed);
             tally
                 .retried
                 .fetch_add(attempts.saturating_sub(1), Ordering::Relaxed);
             match sent {
-                Ok(sent) if sent.response.status().is_success() => {
+                Ok(response) if response.status().is_success() => {
                     tally.succeeded.fetch_add(1, Ordering::Relaxed);
-                    let replayed = sent
-                        .response
+                    let replayed = response
                         .headers()
                         .get("idempotent-replayed")
                         .is_some_and(|value| value == "true");
@@ -142,8 +217,8 @@ async fn main() -> ExitCode {
                         tally.replayed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(sent) => {
-                    eprintln!("pay: {intent}: {}", sent.response.status());
+                Ok(response) => {
+                    eprintln!("pay: {intent}: {}", response.status());
                     tally.failed.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(error) => {

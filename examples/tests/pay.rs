@@ -1,5 +1,6 @@
 //! `pay` killed with SIGKILL half-way and started again on the same journal
-//! finishes the batch with exactly one charge per payment.
+//! finishes the batch with exactly one charge per payment: through the
+//! client, and through a reqwest-middleware stack.
 
 mod support;
 
@@ -25,15 +26,33 @@ async fn ledger(base: &str) -> Vec<LedgerEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_killed_half_way_and_restarted_charges_each_payment_once() {
+    killed_and_restarted("client").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_through_a_middleware_stack_killed_and_restarted_charges_each_payment_once() {
+    killed_and_restarted("middleware").await;
+}
+
+/// Runs `pay --via <via>`, kills it half-way, runs it again on the same
+/// journal, and checks the ledger.
+async fn killed_and_restarted(via: &str) {
     let server = ServerProcess::start("memory");
-    let dir = std::env::temp_dir().join(format!("idempotent-pay-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("idempotent-pay-{via}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let journal = dir.join("pay.journal");
     let pay = || {
         let mut command = Command::new(binary("pay"));
         command
             .args(["--url", &server.base, "--count", &COUNT.to_string()])
-            .args(["--concurrency", "4", "--intent-prefix", "batch"])
+            .args([
+                "--concurrency",
+                "4",
+                "--intent-prefix",
+                "batch",
+                "--via",
+                via,
+            ])
             .arg("--journal")
             .arg(&journal)
             .stdout(Stdio::piped())

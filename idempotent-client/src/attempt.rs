@@ -2,12 +2,13 @@
 //! answer classified (a final answer read whole, one that says try again, or
 //! none).
 
+use http::Extensions;
+use reqwest::{Request, Response, ResponseBuilderExt as _};
+use reqwest_middleware::Next;
 use tokio::time::Instant;
 
-use reqwest::{Response, ResponseBuilderExt as _};
-
 use crate::answer::{is_replay, is_retryable_status};
-use crate::request::{IDEMPOTENCY_KEY, RequestBuilder};
+use crate::send::Exchange;
 
 /// What one attempt came to.
 pub(crate) enum Outcome {
@@ -16,14 +17,9 @@ pub(crate) enum Outcome {
     /// The server's answer that the key was first used with another
     /// request ([`is_key_reused`]), read whole.
     KeyReused(Response),
-    /// A final answer whose body is over the client's response limit (its
-    /// body not, or not all, read), to the attempt that carried `key`.
-    TooLarge {
-        /// The answer, without its body.
-        response: Response,
-        /// The key the attempt carried.
-        key: String,
-    },
+    /// A final answer whose body is over the response limit (its body not,
+    /// or not all, read).
+    TooLarge(Response),
     /// An answer that says try again (408, 409 while a request with the key
     /// is in progress, 425, 429, 500, 502, 503, 504) to a request that may
     /// be sent again.
@@ -31,56 +27,41 @@ pub(crate) enum Outcome {
     /// No whole answer: the connection failed, timed out, or broke before
     /// the whole answer arrived, to a request that may be sent again (the
     /// server may have handled it: the key makes a retry safe).
-    Lost(reqwest::Error),
+    Lost(reqwest_middleware::Error),
     /// An error not worth a retry (a request that may not be sent twice,
-    /// or an error other than the transport's).
-    Failed(reqwest::Error),
+    /// or an error other than the transport's, such as another
+    /// middleware's).
+    Failed(reqwest_middleware::Error),
 }
 
-/// The request of one attempt, carrying `key` if there is one (without a
-/// key, only a method idempotent by itself is sent twice), bounded by the
-/// attempt timeout and by the request's `deadline` (its policy's
-/// `max_elapsed`), whichever comes first.
-pub(crate) fn build(
-    request: &RequestBuilder,
-    key: Option<&str>,
-    deadline: Option<Instant>,
-) -> reqwest::RequestBuilder {
-    let inner = &request.client.inner;
-    let timeout = match deadline {
-        Some(deadline) => inner
-            .attempt_timeout
-            .min(deadline.saturating_duration_since(Instant::now())),
-        None => inner.attempt_timeout,
-    };
-    let mut built = inner
-        .http
-        .request(request.method.clone(), &request.url)
-        .timeout(timeout)
-        .body(request.body.clone());
-    for (name, value) in &request.headers {
-        built = built.header(name, value);
-    }
-    match key {
-        Some(key) => built.header(IDEMPOTENCY_KEY, key),
-        None => built,
-    }
-}
-
-/// Makes attempt number `attempt` of `request`, carrying `key`, to end by
-/// `deadline` at the latest; `retryable` when the request may be sent more
-/// than once.
+/// Makes attempt number `attempt` of `exchange` with `request` (which
+/// carries its key already) through `next`, bounded by the attempt timeout,
+/// by a timeout set on the request, and by the request's `deadline` (its
+/// policy's `max_elapsed`), whichever comes first; `retryable` when the
+/// request may be sent more than once.
 pub(crate) async fn run(
-    request: &RequestBuilder,
-    key: Option<&str>,
-    retryable: bool,
+    exchange: &Exchange<'_>,
+    mut request: Request,
     attempt: u32,
     deadline: Option<Instant>,
+    retryable: bool,
+    next: Next<'_>,
+    extensions: &mut Extensions,
 ) -> Outcome {
-    let result = build(request, key, deadline).send().await;
+    let settings = exchange.settings;
+    let mut timeout = settings.attempt_timeout;
+    if let Some(deadline) = deadline {
+        timeout = timeout.min(deadline.saturating_duration_since(Instant::now()));
+    }
+    if let Some(own) = request.timeout() {
+        timeout = timeout.min(*own);
+    }
+    *request.timeout_mut() = Some(timeout);
+    let result = next.run(request, extensions).await;
+    let key = exchange.key.as_deref();
     tracing::debug!(
         key,
-        intent = request.intent.as_deref(),
+        intent = exchange.intent,
         attempt,
         status = result.as_ref().ok().map(|r| r.status().as_u16()),
         "attempt"
@@ -99,24 +80,21 @@ pub(crate) async fn run(
         // A final answer to a request with a key is read whole before its
         // intent is marked answered: one that breaks or times out half-way
         // is retried, and the server replays it.
-        Ok(response) => match key {
-            Some(key) => match read_whole(response, request.client.inner.response_limit).await {
+        Ok(response) if key.is_some() => {
+            match read_whole(response, settings.response_limit).await {
                 Ok(Whole::Read(whole, body)) if is_key_reused(whole.status(), &body) => {
                     Outcome::KeyReused(whole)
                 }
                 Ok(Whole::Read(whole, _)) => Outcome::Final(whole),
-                Ok(Whole::TooLarge(response)) => Outcome::TooLarge {
-                    response,
-                    key: key.to_owned(),
-                },
-                Err(error) => Outcome::Lost(error),
-            },
-            None => Outcome::Final(response),
-        },
-        Err(error)
+                Ok(Whole::TooLarge(response)) => Outcome::TooLarge(response),
+                Err(error) => Outcome::Lost(error.into()),
+            }
+        }
+        Ok(response) => Outcome::Final(response),
+        Err(reqwest_middleware::Error::Reqwest(error))
             if retryable && (error.is_connect() || error.is_timeout() || error.is_request()) =>
         {
-            Outcome::Lost(error)
+            Outcome::Lost(error.into())
         }
         Err(error) => Outcome::Failed(error),
     }

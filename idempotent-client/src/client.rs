@@ -1,31 +1,23 @@
-//! The client and its builder: what every request of a client shares (the
-//! HTTP client, the journal, the retry policy and budget, the bounds on an
-//! attempt).
+//! The client and its builder: the [`IdempotencyMiddleware`] on a `reqwest`
+//! client, with a request builder of its own.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
+use reqwest_middleware::ClientWithMiddleware;
 
 use crate::budget::RetryBudget;
 use crate::error::ClientError;
-use crate::journal::{FileJournal, Intent, Journal};
+use crate::journal::{Intent, Journal};
+use crate::middleware::{IdempotencyMiddleware, MiddlewareBuilder};
 use crate::request::RequestBuilder;
 use crate::retry::RetryPolicy;
 
-/// What the clones of a client share.
-pub(crate) struct Inner {
-    pub(crate) http: reqwest::Client,
-    pub(crate) journal: Arc<dyn Journal>,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) budget: RetryBudget,
-    pub(crate) attempt_timeout: Duration,
-    pub(crate) response_limit: usize,
-}
-
 /// A retrying HTTP client whose retries reuse one idempotency key per
-/// intent, recorded in a journal before the first attempt.
+/// intent, recorded in a journal before the first attempt: an
+/// [`IdempotencyMiddleware`] on a `reqwest` client. To stack the
+/// middleware with your own, use it directly.
 ///
 /// ```no_run
 /// use idempotent_client::IdempotentClient;
@@ -43,96 +35,74 @@ pub(crate) struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct IdempotentClient {
-    pub(crate) inner: Arc<Inner>,
+    /// The `reqwest` client with the middleware.
+    pub(crate) http: ClientWithMiddleware,
+    /// The middleware, for its journal.
+    pub(crate) middleware: IdempotencyMiddleware,
 }
 
 impl std::fmt::Debug for IdempotentClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotentClient")
-            .field("retry", &self.inner.retry)
+            .field("middleware", &self.middleware)
             .finish_non_exhaustive()
     }
 }
 
-/// Builds an [`IdempotentClient`].
-#[derive(Default)]
+/// Builds an [`IdempotentClient`]: the [`MiddlewareBuilder`]'s settings,
+/// and the `reqwest` client.
+#[derive(Debug, Default)]
 #[must_use]
 pub struct ClientBuilder {
-    journal: Option<Arc<dyn Journal>>,
-    journal_path: Option<PathBuf>,
-    retention: Option<Duration>,
-    retry: Option<RetryPolicy>,
-    budget: Option<RetryBudget>,
-    attempt_timeout: Option<Duration>,
-    response_limit: Option<usize>,
+    middleware: MiddlewareBuilder,
     http: Option<reqwest::Client>,
 }
 
-impl std::fmt::Debug for ClientBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientBuilder")
-            .field("journal_path", &self.journal_path)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How long answered intents are kept by default: the server's default TTL,
-/// 24 hours, counted from the answer. Pending intents are kept until answered.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-/// The largest answer body the client reads by default: 16 MiB.
-pub const DEFAULT_RESPONSE_LIMIT: usize = 16 * 1024 * 1024;
-
 impl ClientBuilder {
-    /// Keeps intents in a [`FileJournal`] at `path` (created if missing).
+    /// See [`MiddlewareBuilder::journal_path`].
     pub fn journal_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.journal_path = Some(path.into());
+        self.middleware = self.middleware.journal_path(path);
         self
     }
 
-    /// Keeps intents in `journal` (a [`MemoryJournal`](crate::MemoryJournal) in tests).
+    /// See [`MiddlewareBuilder::journal`].
     pub fn journal(mut self, journal: impl Journal) -> Self {
-        self.journal = Some(Arc::new(journal));
+        self.middleware = self.middleware.journal(journal);
         self
     }
 
-    /// How long a file journal keeps intents after their final answer
-    /// (default [`DEFAULT_RETENTION`]); pending ones are kept until answered.
+    /// See [`MiddlewareBuilder::retention`].
     pub fn retention(mut self, retention: Duration) -> Self {
-        self.retention = Some(retention);
+        self.middleware = self.middleware.retention(retention);
         self
     }
 
-    /// The retry policy of every request (default [`RetryPolicy::default`]).
+    /// See [`MiddlewareBuilder::retry`]; [`RequestBuilder::retry`] replaces
+    /// it for one request.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
+        self.middleware = self.middleware.retry(policy);
         self
     }
 
-    /// The retry budget shared by every request of the client (default
-    /// [`RetryBudget::default`]).
+    /// See [`MiddlewareBuilder::retry_budget`].
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
+        self.middleware = self.middleware.retry_budget(budget);
         self
     }
 
-    /// The bound on each attempt, reading the answer's body included
-    /// (default 10 s).
+    /// See [`MiddlewareBuilder::attempt_timeout`].
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
+        self.middleware = self.middleware.attempt_timeout(timeout);
         self
     }
 
-    /// The largest final answer body read for a request with a key, in
-    /// bytes (default [`DEFAULT_RESPONSE_LIMIT`]); a larger one is
-    /// [`ClientError::ResponseTooLarge`]. A request without a key gets its
-    /// answer unread, whatever its size.
+    /// See [`MiddlewareBuilder::response_limit`].
     pub fn response_limit(mut self, bytes: usize) -> Self {
-        self.response_limit = Some(bytes);
+        self.middleware = self.middleware.response_limit(bytes);
         self
     }
 
-    /// The `reqwest` client to send with (default: a new one).
+    /// The `reqwest` client to send with (default: [`default_http_client`]).
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
         self
@@ -140,57 +110,45 @@ impl ClientBuilder {
 
     /// Builds the client; opens the file journal now.
     pub fn build(self) -> Result<IdempotentClient, ClientError> {
-        let journal = match (self.journal, self.journal_path) {
-            (Some(journal), None) => journal,
-            (None, Some(path)) => Arc::new(FileJournal::open(
-                path,
-                self.retention.unwrap_or(DEFAULT_RETENTION),
-            )?),
-            (Some(_), Some(_)) => {
-                return Err(ClientError::Config {
-                    reason: "set either `journal` or `journal_path`, not both".to_owned(),
-                    source: None,
-                });
-            }
-            (None, None) => {
-                return Err(ClientError::Config {
-                    reason: "no journal: set `journal_path(...)` (durable) or \
-                             `journal(MemoryJournal::new())`"
-                        .to_owned(),
-                    source: None,
-                });
-            }
-        };
+        let middleware = self.middleware.build()?;
         let http = match self.http {
             Some(http) => http,
-            None => {
-                // reqwest is built with rustls but no provider of its own:
-                // use ring (pure Rust and assembly, no C toolchain like
-                // aws-lc needs) unless the program installed one already.
-                // rustls 0.23.48 deprecates ring's provider for its lack of
-                // post-quantum key exchange; a program that wants that
-                // installs aws-lc-rs's provider first, and it is kept.
-                #[allow(deprecated)]
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                reqwest::Client::builder()
-                    .build()
-                    .map_err(|e| ClientError::Config {
-                        reason: "the HTTP client could not be built".to_owned(),
-                        source: Some(e),
-                    })?
-            }
+            None => default_http_client()?,
         };
         Ok(IdempotentClient {
-            inner: Arc::new(Inner {
-                http,
-                journal,
-                retry: self.retry.unwrap_or_default(),
-                budget: self.budget.unwrap_or_default(),
-                attempt_timeout: self.attempt_timeout.unwrap_or(Duration::from_secs(10)),
-                response_limit: self.response_limit.unwrap_or(DEFAULT_RESPONSE_LIMIT),
-            }),
+            http: reqwest_middleware::ClientBuilder::new(http)
+                .with(middleware.clone())
+                .build(),
+            middleware,
         })
     }
+}
+
+/// A `reqwest` client with reqwest's defaults and TLS ready: the one an
+/// [`IdempotentClient`] sends with unless given another, and one to build a
+/// middleware stack on.
+///
+/// The `reqwest` this crate uses has rustls without a crypto provider of its
+/// own; this installs ring's (pure Rust and assembly, no C toolchain like
+/// aws-lc needs) as the process default, unless the program installed one
+/// already, which is kept.
+///
+/// ```
+/// let http = idempotent_client::default_http_client()?;
+/// # Ok::<(), idempotent_client::ClientError>(())
+/// ```
+pub fn default_http_client() -> Result<reqwest::Client, ClientError> {
+    // rustls 0.23.48 deprecates ring's provider for its lack of
+    // post-quantum key exchange; a program that wants that installs
+    // aws-lc-rs's provider first, and it is kept.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .build()
+        .map_err(|e| ClientError::Config {
+            reason: "the HTTP client could not be built".to_owned(),
+            source: Some(e),
+        })
 }
 
 impl IdempotentClient {
@@ -227,7 +185,7 @@ impl IdempotentClient {
     /// Intents recorded but never answered for good (the process stopped,
     /// or the retries ran out), oldest first.
     pub async fn pending(&self) -> Result<Vec<Intent>, ClientError> {
-        Ok(self.inner.journal.pending().await?)
+        self.middleware.pending().await
     }
 
     /// Sends a pending intent again, with its original key, method, URL,

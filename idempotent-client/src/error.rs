@@ -1,10 +1,14 @@
-//! What can go wrong in [`RequestBuilder::send`](crate::RequestBuilder::send).
+//! What can go wrong in [`RequestBuilder::send`](crate::RequestBuilder::send)
+//! and in the [`IdempotencyMiddleware`](crate::IdempotencyMiddleware).
 
 use reqwest::{Response, StatusCode};
 
 use crate::journal::JournalError;
 
 /// What can go wrong in [`RequestBuilder::send`](crate::RequestBuilder::send).
+/// The [`IdempotencyMiddleware`](crate::IdempotencyMiddleware) returns these
+/// as `reqwest_middleware::Error::Middleware` (but a transport error, which
+/// stays `reqwest_middleware::Error::Reqwest`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -76,6 +80,14 @@ pub enum ClientError {
         /// The error it came from (serde_json's, reqwest's).
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// A middleware stacked below this library's failed (with an error of
+    /// its own, not the transport's).
+    #[error("a middleware failed: {source}")]
+    Middleware {
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The client is misconfigured.
     #[error("client configuration: {reason}")]

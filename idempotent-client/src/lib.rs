@@ -6,6 +6,10 @@
 //!   [`intent`](RequestBuilder::intent); its key is made and written to the
 //!   [`Journal`] before the first attempt, and every retry, and every re-run
 //!   of the program with the same intent name, sends that key.
+//! - [`IdempotencyMiddleware`]: the same as a `reqwest_middleware::Middleware`,
+//!   to stack with your own (tracing, auth); name a request's intent with an
+//!   [`IntentName`] in its extensions. [`IdempotentClient`] is this
+//!   middleware on a `reqwest` client ([`default_http_client`]).
 //! - [`FileJournal`] (redb, crash-safe, group commits) or [`MemoryJournal`].
 //!   [`IdempotentClient::pending`] and [`IdempotentClient::resume`] finish
 //!   what a crash interrupted.
@@ -24,10 +28,18 @@ mod attempt;
 mod budget;
 mod client;
 mod error;
+mod extension;
+mod intent;
 mod journal;
+mod middleware;
 mod request;
 mod retry;
 mod send;
+
+/// The `reqwest-middleware` the [`IdempotencyMiddleware`] plugs into (0.5):
+/// build your stack with it, rather than a dependency of your own whose
+/// version could differ.
+pub use reqwest_middleware;
 
 /// The `reqwest` this client is built on (0.13): use it for the
 /// [`http_client`](ClientBuilder::http_client) you pass in and the
@@ -37,9 +49,13 @@ pub use reqwest;
 
 pub use answer::{is_retryable_status, retry_after};
 pub use budget::{RetryBudget, RetryBudgetBuilder};
-pub use client::{ClientBuilder, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotentClient};
+pub use client::{ClientBuilder, IdempotentClient, default_http_client};
 pub use error::ClientError;
+pub use extension::{Delivery, IntentName};
 pub use journal::{FileJournal, Intent, Journal, JournalError, MemoryJournal};
-pub use request::{IDEMPOTENCY_KEY, RequestBuilder};
+pub use middleware::{
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_RESPONSE_LIMIT, DEFAULT_RETENTION, IdempotencyMiddleware,
+    MiddlewareBuilder,
+};
+pub use request::{IDEMPOTENCY_KEY, RequestBuilder, Sent};
 pub use retry::{Retries, RetryPolicy, RetryPolicyBuilder};
-pub use send::Sent;

@@ -1,30 +1,32 @@
-//! One request being configured, and what it assembles before its first
-//! attempt: its checks, and its intent recorded in the journal with its key.
+//! One request of an [`IdempotentClient`] being configured, sent through
+//! its middleware, and what it comes to.
 
-use reqwest::Method;
+use http::Extensions;
+use reqwest::{Method, Response};
 use serde::Serialize;
 
-use crate::attempt;
 use crate::client::IdempotentClient;
 use crate::error::ClientError;
-use crate::journal::{Intent, now_ms};
+use crate::extension::{Delivery, IntentName};
 use crate::retry::RetryPolicy;
-use crate::send::{self, Sent};
 
 /// The header carrying the key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Headers never written to the journal: the standard credentials and the
-/// common API-key headers.
-const CREDENTIALS: [&str; 7] = [
-    "authorization",
-    "cookie",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-access-token",
-];
+/// A final answer, with the key it was sent with and how many attempts it took.
+#[derive(Debug)]
+pub struct Sent {
+    /// The server's answer (the last attempt's). With a key, a final
+    /// answer's body has been read whole already (see
+    /// [`RequestBuilder::send`]), so reading it cannot fail half-way; the
+    /// answer returned when the retries run out on a retryable status is
+    /// not read.
+    pub response: Response,
+    /// The idempotency key every attempt carried, if any.
+    pub key: Option<String>,
+    /// Attempts made, the first included.
+    pub attempts: u32,
+}
 
 /// One request being configured; [`send`](Self::send) runs it.
 #[must_use = "a request does nothing until it is sent"]
@@ -153,90 +155,53 @@ impl RequestBuilder {
         // A request that cannot be built (a bad URL, header or key) is
         // refused before its intent is journaled: journaled, it would stay
         // pending, and fail the same way on every resume.
-        attempt::build(&self, Some(self.key.as_deref().unwrap_or("k")), None)
-            .build()
-            .map_err(|error| ClientError::InvalidRequest {
-                reason: "the request cannot be built (its URL, a header or the key)".to_owned(),
-                source: Some(Box::new(error)),
-            })?;
-        let key = match &self.intent {
-            Some(name) => Some(self.record(name).await?),
-            None => self.key.clone(),
-        };
-        send::with_retries(&self, key).await
-    }
-
-    /// Records the intent `name` for this request, unless the journal has
-    /// it already, and returns its key: the journaled one, which must
-    /// belong to this request.
-    async fn record(&self, name: &str) -> Result<String, ClientError> {
-        let recorded = self
+        let mut built = self
             .client
-            .inner
-            .journal
-            .begin(Intent {
-                name: name.to_owned(),
-                key: self
-                    .key
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-                method: self.method.to_string(),
-                url: without_userinfo(&self.url),
-                headers: self
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| !CREDENTIALS.contains(&n.to_ascii_lowercase().as_str()))
-                    .cloned()
-                    .collect(),
-                body: self.body.clone(),
-                created_at_ms: now_ms(),
-                done: false,
-                answered_at_ms: 0,
-            })
-            .await?;
-        if !self.is_request_of(&recorded) {
-            return Err(ClientError::IntentReused {
-                intent: recorded.name,
-                key: recorded.key,
-            });
+            .http
+            .as_ref()
+            .request(self.method, &self.url)
+            .body(self.body);
+        for (name, value) in &self.headers {
+            built = built.header(name, value);
         }
-        Ok(recorded.key)
-    }
-
-    /// Whether `intent` was journaled for this request: the same method,
-    /// path and query, and body, what a server fingerprints (the layer of
-    /// `idempotent-core` does). The scheme, host and port may change (a
-    /// server moved, `localhost` for `127.0.0.1`), and so may headers (a
-    /// trace id, a fresh credential).
-    fn is_request_of(&self, intent: &Intent) -> bool {
-        intent.method == self.method.as_str()
-            && path_and_query(&intent.url) == path_and_query(&self.url)
-            && intent.body == self.body
-    }
-}
-
-/// The path and query of `url`, or `url` itself if it does not parse.
-fn path_and_query(url: &str) -> std::borrow::Cow<'_, str> {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) => match parsed.query() {
-            Some(query) => format!("{}?{query}", parsed.path()).into(),
-            None => parsed.path().to_owned().into(),
-        },
-        Err(_) => url.into(),
-    }
-}
-
-/// The URL to journal: a password or user name in it (`https://user:secret@host/`)
-/// is a credential, and is left out like the credential headers.
-fn without_userinfo(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
-            // Both succeed on a URL that has a host, which one with userinfo has.
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.into()
+        if let Some(key) = &self.key {
+            built = built.header(IDEMPOTENCY_KEY, key);
         }
-        _ => url.to_owned(),
+        let request = built.build().map_err(|error| ClientError::InvalidRequest {
+            reason: "the request cannot be built (its URL, a header or the key)".to_owned(),
+            source: Some(Box::new(error)),
+        })?;
+        let mut extensions = Extensions::new();
+        if let Some(name) = self.intent {
+            extensions.insert(IntentName::new(name));
+        }
+        if let Some(policy) = self.retry {
+            extensions.insert(policy);
+        }
+        let result = self
+            .client
+            .http
+            .execute_with_extensions(request, &mut extensions)
+            .await;
+        let Delivery { key, attempts } = extensions.remove().unwrap_or(Delivery {
+            key: None,
+            attempts: 0,
+        });
+        match result {
+            Ok(response) => Ok(Sent {
+                response,
+                key,
+                attempts,
+            }),
+            Err(reqwest_middleware::Error::Reqwest(source)) => {
+                Err(ClientError::Http { attempts, source })
+            }
+            Err(reqwest_middleware::Error::Middleware(error)) => Err(error
+                .downcast::<ClientError>()
+                .unwrap_or_else(|other| ClientError::Middleware {
+                    source: other.into(),
+                })),
+        }
     }
 }
 
