@@ -92,10 +92,8 @@ pub async fn run_with(scenario: Scenario, during: impl std::future::Future<Outpu
     let (proxy, _) = fault_proxy::start(server, faults)
         .await
         .expect("the proxy starts");
-    // ring, as the client installs it (deprecated in rustls 0.23.48 for lacking
-    // post-quantum key exchange; see `IdempotentClient::builder`).
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // aws-lc-rs, as `idempotent_client::default_http_client` installs it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // One request per connection, so the proxy's faults apply per attempt.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

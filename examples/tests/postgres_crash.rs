@@ -61,10 +61,8 @@ async fn a_server_killed_at_random_moments_ends_with_one_ledger_row_per_payment(
         })
     };
 
-    // ring, as the client installs it (deprecated in rustls 0.23.48 for lacking
-    // post-quantum key exchange; see `IdempotentClient::builder`).
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // aws-lc-rs, as `idempotent_client::default_http_client` installs it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = Arc::new(
         IdempotentClient::builder()
             .journal(MemoryJournal::new())

@@ -61,10 +61,8 @@ fn main() {
         let url = server().await;
         let dir = std::env::temp_dir().join(format!("idempotent-journal-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
-        // ring, as the client installs it (deprecated in rustls 0.23.48 for lacking
-        // post-quantum key exchange; see `IdempotentClient::builder`).
-        #[allow(deprecated)]
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // aws-lc-rs, as `idempotent_client::default_http_client` installs it.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let http = reqwest::Client::new();
         let journaled = IdempotentClient::builder()
             .journal_path(dir.join("bench.journal"))

@@ -129,8 +129,8 @@ impl ClientBuilder {
 /// middleware stack on.
 ///
 /// The `reqwest` this crate uses has rustls without a crypto provider of its
-/// own; this installs ring's (pure Rust and assembly, no C toolchain like
-/// aws-lc needs) as the process default, unless the program installed one
+/// own; this installs aws-lc-rs's (rustls's default, with post-quantum key
+/// exchange) as the process default, unless the program installed one
 /// already, which is kept.
 ///
 /// ```
@@ -138,11 +138,8 @@ impl ClientBuilder {
 /// # Ok::<(), idempotent_client::ClientError>(())
 /// ```
 pub fn default_http_client() -> Result<reqwest::Client, ClientError> {
-    // rustls 0.23.48 deprecates ring's provider for its lack of
-    // post-quantum key exchange; a program that wants that installs
-    // aws-lc-rs's provider first, and it is kept.
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Fails only if a provider is installed already: that one is kept.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::builder()
         .build()
         .map_err(|e| ClientError::Config {

@@ -8,12 +8,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 /// reqwest is built with rustls and no crypto provider of its own in this
-/// workspace (see idempotent-client): install ring first.
+/// workspace (see idempotent-client): install aws-lc-rs's first.
 pub fn http_client() -> reqwest::Client {
-    // ring, as the client installs it (deprecated in rustls 0.23.48 for lacking
-    // post-quantum key exchange; see `IdempotentClient::builder`).
-    #[allow(deprecated)]
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // aws-lc-rs, as `idempotent_client::default_http_client` installs it.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     reqwest::Client::new()
 }
 
