@@ -37,6 +37,27 @@ pub enum ClientError {
         /// The server's answer.
         response: Box<Response>,
     },
+    /// The server's final answer is a `4xx` other than its key-reused
+    /// answer: the request itself is refused (a bad value, a missing
+    /// resource, a failed check), and sending it again would get the same.
+    /// (A `4xx` that says try again, `409` or `429`, when the retries ran
+    /// out, is an answer in [`Sent`](crate::Sent), and its intent stays
+    /// pending; its replay by the server is final, and `Rejected`.)
+    /// Its intent is answered. Only [`IdempotentClient`](crate::IdempotentClient)
+    /// returns it; the middleware passes the answer on, as `reqwest` does.
+    #[error("the server refused the request: {status}")]
+    Rejected {
+        /// The answer's status.
+        status: StatusCode,
+        /// The answer's headers.
+        headers: Box<reqwest::header::HeaderMap>,
+        /// The answer's body, read whole.
+        body: bytes::Bytes,
+        /// The idempotency key the request carried, if any.
+        key: Option<String>,
+        /// Attempts made, the first included.
+        attempts: u32,
+    },
     /// The intent was first used with a different request (another
     /// method, path and query, or body), which its key belongs to; nothing
     /// was sent. Sending it would get the server's 422 ([`KeyReused`](Self::KeyReused))

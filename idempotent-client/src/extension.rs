@@ -36,6 +36,7 @@ impl IntentName {
 /// in the request's extensions too, where a caller of
 /// `execute_with_extensions` finds it after an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Delivery {
     /// The idempotency key every attempt carried, if any.
     pub key: Option<String>,

@@ -5,6 +5,7 @@ use http::Extensions;
 use reqwest::{Method, Response};
 use serde::Serialize;
 
+use crate::answer::{is_replay, is_retryable_status};
 use crate::client::IdempotentClient;
 use crate::error::ClientError;
 use crate::extension::{Delivery, IntentName};
@@ -15,8 +16,11 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// A final answer, with the key it was sent with and how many attempts it took.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Sent {
-    /// The server's answer (the last attempt's). With a key, a final
+    /// The server's answer (the last attempt's). A `4xx` that refuses the
+    /// request is [`ClientError::Rejected`] instead; one that says try
+    /// again (`409`, `429`) is here when the retries ran out. With a key, a final
     /// answer's body has been read whole already (see
     /// [`RequestBuilder::send`]), so reading it cannot fail half-way; the
     /// answer returned when the retries run out on a retryable status is
@@ -188,6 +192,7 @@ impl RequestBuilder {
             attempts: 0,
         });
         match result {
+            Ok(response) if is_refusal(&response) => Err(rejected(response, key, attempts).await),
             Ok(response) => Ok(Sent {
                 response,
                 key,
@@ -202,6 +207,31 @@ impl RequestBuilder {
                     source: other.into(),
                 })),
         }
+    }
+}
+
+/// Whether `response` is a `4xx` that refuses the request for good: not
+/// one that says try again (`409`, `429`, ... when the retries ran out),
+/// unless it is the replay of the server's stored answer, which is final.
+fn is_refusal(response: &Response) -> bool {
+    let status = response.status();
+    status.is_client_error() && (!is_retryable_status(status) || is_replay(response.headers()))
+}
+
+/// A final `4xx` answer as [`ClientError::Rejected`], its body read (with a
+/// key, it was read whole already).
+async fn rejected(mut response: Response, key: Option<String>, attempts: u32) -> ClientError {
+    let status = response.status();
+    let headers = Box::new(std::mem::take(response.headers_mut()));
+    match response.bytes().await {
+        Ok(body) => ClientError::Rejected {
+            status,
+            headers,
+            body,
+            key,
+            attempts,
+        },
+        Err(source) => ClientError::Http { attempts, source },
     }
 }
 

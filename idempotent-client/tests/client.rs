@@ -586,11 +586,22 @@ async fn a_replayed_answer_is_final_even_with_a_retryable_status() {
         .body("order-9")
         .intent("order-9")
         .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.response.status(), 429);
-    assert_eq!(sent.response.headers()["idempotent-replayed"], "true");
-    assert_eq!(sent.attempts, 2, "the first answer, then its replay");
+        .await;
+    match sent {
+        Err(ClientError::Rejected {
+            status,
+            headers,
+            body,
+            attempts,
+            ..
+        }) => {
+            assert_eq!(status, 429);
+            assert_eq!(headers["idempotent-replayed"], "true");
+            assert_eq!(body, "slow down");
+            assert_eq!(attempts, 2, "the first answer, then its replay");
+        }
+        other => panic!("expected the replayed 429, got {other:?}"),
+    }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -716,7 +727,7 @@ async fn the_overall_deadline_cuts_an_attempt_that_outlives_it() {
 
 /// A `422` that is not the server's key-reused answer (a value the
 /// application refuses, here axum's own `Json` rejection, behind the real
-/// layer) is a final answer returned as it is, not `KeyReused`; a problem
+/// layer) is `Rejected` with the answer's status and body, not `KeyReused`; a problem
 /// of the IETF draft's kind from another server is `KeyReused`.
 #[tokio::test]
 async fn only_the_key_reused_problem_is_key_reused_not_any_422() {
@@ -754,10 +765,25 @@ async fn only_the_key_reused_problem_is_key_reused_not_any_422() {
         .json(&serde_json::json!({ "amount": -1 }))
         .key("bad-value")
         .send()
-        .await
-        .expect("a final answer, not an error");
-    assert_eq!(refused.response.status(), 422);
-    assert_eq!(refused.attempts, 1, "final: not retried");
+        .await;
+    match refused {
+        Err(ClientError::Rejected {
+            status,
+            body,
+            key,
+            attempts,
+            ..
+        }) => {
+            assert_eq!(status, 422);
+            assert!(
+                String::from_utf8_lossy(&body).contains("amount"),
+                "axum's own message: {body:?}"
+            );
+            assert_eq!(key.as_deref(), Some("bad-value"));
+            assert_eq!(attempts, 1, "final: not retried");
+        }
+        other => panic!("expected the application's 422, got {other:?}"),
+    }
 
     let elsewhere = client
         .post(format!("{base}/elsewhere"))
