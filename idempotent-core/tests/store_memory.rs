@@ -25,6 +25,13 @@ async fn conformance_all_cases_on_one_shared_single_shard_store() {
     .await;
 }
 
+/// The journaled steps' cases, on one store with a single shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_steps() {
+    idempotent_core::conformance::run_steps(Arc::new(MemoryStore::builder().shards(1).build()))
+        .await;
+}
+
 fn key(i: usize) -> StorageKey {
     StorageKey::new("t", "", "op", &format!("k{i}").parse().unwrap())
 }

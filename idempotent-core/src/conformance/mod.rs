@@ -27,7 +27,8 @@
 //!
 //! The cases, by concern: `claims` (what a claim answers), `keys` (the four
 //! parts of a storage key), `fencing` (only the live lease writes),
-//! `lifetimes` (renewal and retention), `waiting` and `concurrency`; this
+//! `lifetimes` (renewal and retention), `waiting` and `concurrency`, and
+//! `steps` (journaled steps, run by [`run_steps`]); this
 //! file holds the list of cases, [`run_all`] and the helpers they share.
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ mod concurrency;
 mod fencing;
 mod keys;
 mod lifetimes;
+mod steps;
 mod waiting;
 
 pub use claims::*;
@@ -48,6 +50,7 @@ pub use concurrency::*;
 pub use fencing::*;
 pub use keys::*;
 pub use lifetimes::*;
+pub use steps::*;
 pub use waiting::*;
 
 /// The short lease of the cases about expiry and in-progress answers. Cases

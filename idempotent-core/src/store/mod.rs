@@ -22,8 +22,10 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod steps;
 mod transaction;
 
+pub use steps::{StepLog, StepWrite};
 pub use transaction::{TransactionClaim, TransactionalStore};
 
 // The record decoders, for the fuzz entry points (`crate::__fuzz`).
@@ -114,6 +116,49 @@ pub trait Store: Send + Sync + 'static {
         let _ = key;
         tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
         Ok(())
+    }
+
+    /// The steps recorded for the call `key` ([`record_step`](Store::record_step)),
+    /// or `None` if it has none (none were recorded, they were
+    /// [cleared](Store::clear_steps), or they expired).
+    ///
+    /// The default answers [`StoreError::Unsupported`]: a store that does
+    /// not journal steps. Every store of this crate does.
+    async fn steps(&self, key: &StorageKey) -> Result<Option<StepLog>, StoreError> {
+        let _ = key;
+        Err(StoreError::Unsupported {
+            what: "journaled steps",
+        })
+    }
+
+    /// Records `step` for the call `key`, in one atomic step, if
+    /// `step.token` holds the call's live lease with `step.fingerprint`
+    /// ([`StoreError::LeaseLost`] otherwise, and nothing changes). The
+    /// same write extends the lease to `step.lease` from now (as
+    /// [`renew`](Store::renew) does), and keeps the call's steps for
+    /// `step.ttl` from now, whatever happens to the call's record: a
+    /// release leaves them for the retry. A name recorded again replaces
+    /// its value; the log's fingerprint becomes `step.fingerprint`.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    async fn record_step(&self, key: &StorageKey, step: StepWrite<'_>) -> Result<(), StoreError> {
+        let _ = (key, step);
+        Err(StoreError::Unsupported {
+            what: "journaled steps",
+        })
+    }
+
+    /// Deletes the steps of the call `key` (once the call completed, its
+    /// record replays the whole call, and its steps are no longer needed).
+    /// Not fenced: a completed record is no lease's. Deleting steps that do
+    /// not exist succeeds.
+    ///
+    /// The default answers [`StoreError::Unsupported`].
+    async fn clear_steps(&self, key: &StorageKey) -> Result<(), StoreError> {
+        let _ = key;
+        Err(StoreError::Unsupported {
+            what: "journaled steps",
+        })
     }
 
     /// Releases a lease from synchronous code (a `Drop` impl, when a body
@@ -224,6 +269,13 @@ pub enum StoreError {
         /// Which part of the key, and why.
         detail: String,
     },
+    /// The store does not do `what` (a store of your own without journaled
+    /// steps, say).
+    #[error("the idempotency store does not support {what}")]
+    Unsupported {
+        /// What it does not do.
+        what: &'static str,
+    },
     /// The store is full of records that may not be evicted.
     #[error(
         "the idempotency store is full ({limit} records) and no completed record can be evicted"
@@ -301,6 +353,18 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         (**self).wait(key, timeout).await
+    }
+
+    async fn steps(&self, key: &StorageKey) -> Result<Option<StepLog>, StoreError> {
+        (**self).steps(key).await
+    }
+
+    async fn record_step(&self, key: &StorageKey, step: StepWrite<'_>) -> Result<(), StoreError> {
+        (**self).record_step(key, step).await
+    }
+
+    async fn clear_steps(&self, key: &StorageKey) -> Result<(), StoreError> {
+        (**self).clear_steps(key).await
     }
 
     fn release_detached(self: Arc<Self>, key: StorageKey, token: LeaseToken, lease_left: Duration) {

@@ -10,12 +10,13 @@ use hashbrown::hash_table::Entry;
 use tokio::time::Instant;
 
 mod shard;
+mod steps;
 
 #[cfg(test)]
 use shard::{COMPACT_FACTOR, COMPACT_SLACK};
 use shard::{Deadlines, Room, Shard, Slot, SlotState};
 
-use super::{Store, StoreError};
+use super::{StepLog, StepWrite, Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken, Millis};
@@ -470,6 +471,19 @@ impl Store for MemoryStore {
             // The lease running out is a change too (the key may be taken over).
             let _ = tokio::time::timeout(timeout.min(lease_left), notified).await;
         }
+        Ok(())
+    }
+
+    async fn steps(&self, key: &StorageKey) -> Result<Option<StepLog>, StoreError> {
+        Ok(self.read_steps(key))
+    }
+
+    async fn record_step(&self, key: &StorageKey, step: StepWrite<'_>) -> Result<(), StoreError> {
+        self.write_step(key, step)
+    }
+
+    async fn clear_steps(&self, key: &StorageKey) -> Result<(), StoreError> {
+        self.drop_steps(key);
         Ok(())
     }
 

@@ -19,6 +19,8 @@ pub(super) struct Shard {
     pub(super) next_id: u64,
     /// How many leases this shard has handed out.
     pub(super) leases: u64,
+    /// The journaled steps of this shard's calls.
+    pub(super) steps: super::steps::ShardSteps,
 }
 
 /// The deadlines of one shard, as two min-heaps: leases of records in
