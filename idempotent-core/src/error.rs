@@ -91,6 +91,18 @@ pub enum Error {
         /// The operation.
         operation: String,
     },
+    /// A journaled step was misused: a name used twice in one call, an
+    /// empty name, or a [`Steps`](crate::Steps) handle used outside its
+    /// call. A bug in the caller; the step did not run.
+    #[error("step `{name}` of `{operation}`: {detail}")]
+    InvalidStep {
+        /// The operation (empty when the handle is not bound to a call).
+        operation: String,
+        /// The step's name.
+        name: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// No runtime was given and none was installed at start-up.
     #[error(
         "no idempotency runtime is configured: call `Idempotency::builder(store).build().install()` at start-up, or pass `runtime = ...` to #[idempotent]"

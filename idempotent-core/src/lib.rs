@@ -107,7 +107,7 @@ pub mod __fuzz;
 #[doc(inline)]
 pub use idempotent_macros::idempotent;
 
-pub use engine::{Begun, Call, Done, KeyTransaction, Operation, TxBody};
+pub use engine::{Begun, Call, Done, KeyTransaction, Operation, Steps, TxBody};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, PayloadError};
 pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};

@@ -9,6 +9,7 @@ use syn::{FnArg, ItemFn, PatType, ReturnType};
 use crate::attr::{Args, Millis};
 use crate::output::owned_output;
 use crate::payload::{Payload, payload, payload_call, reference_to};
+use crate::steps::steps_argument;
 
 /// The entry point: on any error, the user's item is emitted unchanged next
 /// to the `compile_error!`, so the rest of the crate still type-checks and
@@ -45,12 +46,15 @@ fn not_a_function(item: TokenStream, error: syn::Error) -> syn::Error {
     }
 }
 
-/// The item with its `#[tx]` markers removed, so that a misuse reports the
-/// macro's error alone, not also "cannot find attribute `tx`".
+/// The item with its `#[tx]` and `#[steps]` markers removed, so that a
+/// misuse reports the macro's error alone, not also "cannot find attribute
+/// `tx`".
 fn without_tx_markers(mut func: ItemFn) -> ItemFn {
     for input in &mut func.sig.inputs {
         if let FnArg::Typed(typed) = input {
-            typed.attrs.retain(|attr| !attr.path().is_ident("tx"));
+            typed
+                .attrs
+                .retain(|attr| !attr.path().is_ident("tx") && !attr.path().is_ident("steps"));
         }
     }
     func
@@ -95,6 +99,10 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         Payload::Arguments(Vec::new())
     });
     let connection = connection_argument(&args, func).unwrap_or_else(|error| {
+        push(error);
+        None
+    });
+    let steps = steps_argument(&args, func).unwrap_or_else(|error| {
         push(error);
         None
     });
@@ -184,12 +192,37 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
         let #call_var = #with_payload;
     };
     let (Some(store), Some((position, connection))) = (&args.transaction, connection) else {
+        // Lease mode; a `#[steps]` argument leaves the signature, and the
+        // body gets the call's steps in its place.
+        let Some((position, steps)) = steps else {
+            return Ok(quote! {
+                #(#attrs)*
+                #vis #sig {
+                    #(#inner_attrs)*
+                    #operation
+                    #call
+                    #run_call
+                }
+            });
+        };
+        let mut sig = sig.clone();
+        sig.inputs = sig
+            .inputs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, input)| (i != position).then_some(input))
+            .collect();
+        let (pattern, ty) = (&steps.pat, &steps.ty);
+        let steps_var = local("__idempotent_steps");
         return Ok(quote! {
             #(#attrs)*
             #vis #sig {
                 #(#inner_attrs)*
                 #operation
+                let #steps_var = #private::Steps::new();
                 #call
+                let #call_var = #call_var.steps(&#steps_var);
+                let #pattern: #ty = #private::StepsArgument::from_steps(&#steps_var);
                 #run_call
             }
         });

@@ -7,6 +7,7 @@ mod attr;
 mod expand;
 mod output;
 mod payload;
+mod steps;
 
 /// Runs an `async fn` once per idempotency key. See `idempotent_core` for the options.
 #[proc_macro_attribute]

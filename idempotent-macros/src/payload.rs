@@ -9,6 +9,7 @@ use syn::{FnArg, ItemFn, Pat};
 use crate::attr::Args;
 use crate::expand::is_connection;
 use crate::output::without_groups;
+use crate::steps::is_steps;
 
 /// The argument an option names, when it is just an argument (`rt`, `&rt`,
 /// `*rt`).
@@ -116,7 +117,7 @@ pub(crate) fn payload<'a>(args: &'a Args, func: &'a ItemFn) -> syn::Result<Paylo
         let FnArg::Typed(typed) = input else {
             continue;
         };
-        if is_connection(input) {
+        if is_connection(input) || is_steps(input) {
             continue;
         }
         match &*typed.pat {

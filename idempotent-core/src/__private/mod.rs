@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::engine::ResultCodec;
-pub use crate::engine::{Call, Operation};
+pub use crate::engine::{Call, Operation, Steps};
 pub use crate::fingerprint::Fingerprint;
 pub use std::time::Duration;
 
@@ -318,6 +318,29 @@ where
     call.run_mapped(ResultCodec::<true>, body, |result| {
         R::from_result(result.map(|executed| executed.value))
     })
+}
+
+/// What a `#[steps]` argument may be: the call's [`Steps`], owned (a
+/// cheap clone) or borrowed.
+#[diagnostic::on_unimplemented(
+    message = "a `#[steps]` argument is `Steps` or `&Steps`, not `{Self}`",
+    label = "the call's journaled steps go here"
+)]
+pub trait StepsArgument<'a> {
+    /// The argument, from the call's steps.
+    fn from_steps(steps: &'a Steps) -> Self;
+}
+
+impl<'a> StepsArgument<'a> for Steps {
+    fn from_steps(steps: &'a Steps) -> Self {
+        steps.clone()
+    }
+}
+
+impl<'a> StepsArgument<'a> for &'a Steps {
+    fn from_steps(steps: &'a Steps) -> Self {
+        steps
+    }
 }
 
 mod transaction;

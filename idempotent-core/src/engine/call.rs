@@ -9,8 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::{Codec, ResultCodec};
-use super::execute;
 use super::operation::Operation;
+use super::steps::Steps;
+use super::{Claimed, execute_call};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, StorageKey};
@@ -66,6 +67,8 @@ pub struct Call<'a> {
     key: Result<IdempotencyKey, Error>,
     /// The fingerprint, or why the payload could not be serialized.
     fingerprint: Result<Fingerprint, Box<str>>,
+    /// The journaled steps of the body, if any.
+    steps: Option<Steps>,
 }
 
 impl fmt::Debug for Call<'_> {
@@ -97,6 +100,7 @@ impl<'a> Call<'a> {
                 operation: operation.name.to_owned(),
             }),
             fingerprint: Ok(Fingerprint::from_u128(0)),
+            steps: None,
         }
     }
 
@@ -152,6 +156,14 @@ impl<'a> Call<'a> {
         self
     }
 
+    /// Journals the body's steps with `steps` (see [`Steps`]): a retry of
+    /// the call replays the steps an earlier run finished. Not with the
+    /// same-transaction mode ([`begin`](Call::begin)): see [`Steps`].
+    pub fn steps(mut self, steps: &Steps) -> Self {
+        self.steps = Some(steps.clone());
+        self
+    }
+
     /// Runs `body` once per key and stores its `Ok` value; an `Err` releases
     /// the key, so a retry runs the body again.
     pub fn run<T, E, F>(self, body: F) -> impl Future<Output = Result<Done<T>, E>>
@@ -193,6 +205,7 @@ impl<'a> Call<'a> {
         C: Codec<Result<T, E>>,
     {
         let operation = self.operation;
+        let steps = self.steps.clone();
         let prepared = self.prepare();
         async move {
             let Prepared {
@@ -204,21 +217,25 @@ impl<'a> Call<'a> {
                 Ok(prepared) => prepared,
                 Err(error) => return finish(Err(error.into())),
             };
-            let executed = execute(
-                &runtime,
+            let call = Claimed {
+                runtime: &runtime,
                 operation,
-                &key,
+                key: &key,
                 storage_key,
                 fingerprint,
-                &codec,
-                body,
-            )
-            .await;
+                steps: steps.as_ref(),
+            };
+            let executed = execute_call(call, &codec, body).await;
             finish(executed.map_err(E::from).and_then(|executed| {
                 let replayed = executed.replayed;
                 executed.value.map(|value| Done { value, replayed })
             }))
         }
+    }
+
+    /// Whether the call journals steps.
+    pub(crate) fn has_steps(&self) -> bool {
+        self.steps.is_some()
     }
 
     /// The call's operation.

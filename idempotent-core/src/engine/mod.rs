@@ -15,6 +15,7 @@ mod codec;
 mod deferred;
 mod operation;
 mod owned;
+mod steps;
 mod transaction;
 
 use std::future::Future;
@@ -24,10 +25,11 @@ use std::time::Duration;
 use tracing::Instrument as _;
 
 pub use call::{Call, Done};
-use codec::codec_error;
 pub(crate) use codec::{Codec, ResultCodec, replay};
 pub use operation::Operation;
 use owned::{LeaseGuard, run_owned};
+use steps::Binding;
+pub use steps::Steps;
 pub use transaction::{Begun, KeyTransaction, TxBody};
 
 use crate::error::Error;
@@ -54,19 +56,42 @@ where
     F: Future<Output = V> + 'a,
     V: 'a,
 {
-    let span = span(operation, key);
-    // No async block around it: a layer would be copied whole on each move.
-    execute_inner(
+    let call = Claimed {
         runtime,
         operation,
         key,
         storage_key,
         fingerprint,
-        codec,
-        body,
-        span.clone(),
-    )
-    .instrument(span)
+        steps: None,
+    };
+    execute_call(call, codec, body)
+}
+
+/// What [`execute`] runs: the call, and the steps of its body, if it
+/// journals any ([`Steps`]).
+pub(crate) struct Claimed<'a> {
+    pub(crate) runtime: &'a Idempotency,
+    pub(crate) operation: &'a Operation,
+    pub(crate) key: &'a IdempotencyKey,
+    pub(crate) storage_key: StorageKey,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) steps: Option<&'a Steps>,
+}
+
+/// [`execute`], for a call that may journal steps.
+pub(crate) fn execute_call<'a, V, C, F>(
+    call: Claimed<'a>,
+    codec: &'a C,
+    body: F,
+) -> impl Future<Output = Result<Done<V>, Error>> + 'a
+where
+    C: Codec<V>,
+    F: Future<Output = V> + 'a,
+    V: 'a,
+{
+    let span = span(call.operation, call.key);
+    // No async block around it: a layer would be copied whole on each move.
+    execute_inner(call, codec, body, span.clone()).instrument(span)
 }
 
 /// The `idempotent` span of one call; its `outcome` is recorded at the end
@@ -102,16 +127,8 @@ fn outcome<V>(result: &Result<Done<V>, Error>) -> &'static str {
 /// The shortest pause between two claims of a waiting call.
 const MIN_RECHECK: Duration = Duration::from_millis(1);
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "`execute`'s arguments and its span, for its one call"
-)]
 async fn execute_inner<V, C, F>(
-    runtime: &Idempotency,
-    operation: &Operation,
-    key: &IdempotencyKey,
-    storage_key: StorageKey,
-    fingerprint: Fingerprint,
+    call: Claimed<'_>,
     codec: &C,
     body: F,
     span: tracing::Span,
@@ -120,6 +137,14 @@ where
     C: Codec<V>,
     F: Future<Output = V>,
 {
+    let Claimed {
+        runtime,
+        operation,
+        key,
+        storage_key,
+        fingerprint,
+        steps,
+    } = call;
     // The trait object itself: called on the `Arc`, every call would go
     // through `impl Store for Arc<S>` as well, one more boxed future each.
     let store: &dyn Store = runtime.store().as_ref();
@@ -161,11 +186,27 @@ where
                     lease,
                     armed: true,
                 };
+                if let Some(steps) = steps {
+                    let bound = steps.bind(Binding {
+                        store: Arc::clone(runtime.store()),
+                        key: guard.key.clone(),
+                        token: guard.token,
+                        fingerprint,
+                        lease,
+                        ttl: operation.ttl_on(runtime),
+                        operation: operation.name,
+                    });
+                    if let Err(error) = bound {
+                        // Dropped armed: the key is released.
+                        drop(guard);
+                        break Err(error);
+                    }
+                }
                 // Boxed: the running state (body, renewal timer, encoding)
                 // is large, and keeping it out of line keeps every caller's
                 // future small, so the replay path moves far fewer bytes.
                 break Box::pin(run_owned(
-                    runtime, operation, key, codec, guard, lease, body,
+                    runtime, operation, key, codec, guard, steps, body,
                 ))
                 .await;
             }
@@ -238,13 +279,18 @@ async fn wait_for(store: &dyn Store, key: &StorageKey, timeout: Duration) {
 /// invalid key (the caller's to fix, not worth a retry); anything else
 /// means the store is unavailable.
 pub(crate) fn store_error(operation: &Operation, error: StoreError) -> Error {
+    store_error_named(operation.name, error)
+}
+
+/// [`store_error`], for the operation named `operation`.
+pub(crate) fn store_error_named(operation: &str, error: StoreError) -> Error {
     match error {
         StoreError::KeyRejected { detail } => Error::InvalidKey(KeyError::NotStorable(detail)),
-        StoreError::Corrupt { key, detail } => codec_error(
-            "decode",
-            operation,
-            format_args!("the record under `{key}` is corrupt: {detail}"),
-        ),
+        StoreError::Corrupt { key, detail } => Error::Codec {
+            action: "decode",
+            operation: operation.to_owned(),
+            detail: format!("the record under `{key}` is corrupt: {detail}"),
+        },
         other => Error::StoreUnavailable(other),
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::codec::{Codec, unstored};
 use super::deferred::{Deferred, retry_delay};
 use super::operation::Operation;
+use super::steps::Steps;
 use super::{Done, timed};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
@@ -29,13 +30,14 @@ pub(super) async fn run_owned<V, C, F>(
     key: &IdempotencyKey,
     codec: &C,
     mut guard: LeaseGuard,
-    lease: Duration,
+    steps: Option<&Steps>,
     body: F,
 ) -> Result<Done<V>, Error>
 where
     C: Codec<V>,
     F: Future<Output = V>,
 {
+    let lease = guard.lease;
     operation.metrics().executed.increment(1);
     let store = runtime.store().as_ref();
     let token = guard.token;
@@ -93,7 +95,13 @@ where
     .await;
     guard.disarm();
     match completed {
-        Ok(()) => fresh(value),
+        Ok(()) => {
+            // Completed: the record replays the whole call from now on.
+            if let Some(steps) = steps {
+                steps.clear().await;
+            }
+            fresh(value)
+        }
         Err(StoreError::LeaseLost) => Err(Error::LeaseLost {
             key: key.to_string(),
         }),

@@ -204,6 +204,20 @@ impl<'a> Call<'a> {
         S: TransactionalStore,
     {
         let operation = self.operation();
+        if self.has_steps() {
+            // The call's record is uncommitted inside the transaction: no
+            // step could be fenced by it from outside, and a step recorded
+            // inside it would roll back with it while its effect stays.
+            return Err(Error::InvalidStep {
+                operation: operation.name.to_owned(),
+                name: String::new(),
+                detail: "steps are not journaled in the same-transaction mode: a step's effect \
+                         outside the database cannot roll back with the transaction; run the \
+                         call in lease mode (`run`), or make each effect a write in the \
+                         transaction"
+                    .to_owned(),
+            });
+        }
         let Prepared {
             runtime,
             key,
