@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use idempotent_core::postgres::{MAX_KEY_BYTES, PostgresStore};
 use idempotent_core::record::{ClaimOutcome, StorageKey};
-use idempotent_core::{Error, Fingerprint, Idempotency, KeyError, Operation, Store};
+use idempotent_core::{
+    Error, Fingerprint, Idempotency, KeyError, Operation, StepWrite, Store, StoreError,
+};
 use postgres_schema::{Schema, with_ledger};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,6 +19,267 @@ async fn conformance_on_postgres() {
     let schema = Schema::create("conformance").await;
     let store = schema.store().await;
     idempotent_core::conformance::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_conformance_on_postgres() {
+    let schema = Schema::create("steps_conformance").await;
+    let store = schema.store().await;
+    idempotent_core::conformance::run_steps(Arc::new(store)).await;
+}
+
+/// A claim of `key` (a fresh one) for a lease of a minute; its token.
+async fn acquire(store: &PostgresStore, key: &StorageKey) -> idempotent_core::record::LeaseToken {
+    match store.claim(key, FP, Duration::from_secs(60)).await.unwrap() {
+        ClaimOutcome::Acquired(lease) => lease.token,
+        other => panic!("{key}: {other:?}"),
+    }
+}
+
+const FP: Fingerprint = Fingerprint::from_u128(7);
+
+fn step<'a>(
+    token: idempotent_core::record::LeaseToken,
+    name: &'a str,
+    ttl: Duration,
+) -> StepWrite<'a> {
+    StepWrite {
+        token,
+        fingerprint: FP,
+        name,
+        value: b"v",
+        lease: Duration::from_secs(60),
+        ttl,
+    }
+}
+
+fn storage_key(id: &str) -> StorageKey {
+    StorageKey::new("idem", "", "op", &id.parse().unwrap())
+}
+
+/// Step rows past their TTL are deleted by the purge, in bounded batches,
+/// through their own index; live ones, and the records, stay. The
+/// background task drains them too, even when the records table has
+/// nothing to purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_removes_expired_step_rows() {
+    let schema = Schema::create("purge_steps").await;
+    let store = schema.store().await;
+    let (short, long) = (Duration::from_millis(50), Duration::from_secs(3600));
+    let brief = storage_key("brief");
+    let token = acquire(&store, &brief).await;
+    for name in ["a", "b", "c", "d", "e"] {
+        store
+            .record_step(&brief, step(token, name, short))
+            .await
+            .unwrap();
+    }
+    let kept = storage_key("kept");
+    let token = acquire(&store, &kept).await;
+    store
+        .record_step(&kept, step(token, "a", long))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(store.steps(&brief).await.unwrap(), None, "expired");
+    assert_eq!(
+        schema.count("idempotency_records_steps").await,
+        6,
+        "expired rows stay until purged"
+    );
+    // Both records are in progress, live: only step rows go.
+    assert_eq!(store.purge_expired(3).await.unwrap(), 3, "a bounded batch");
+    assert_eq!(store.purge_expired(100).await.unwrap(), 2);
+    assert_eq!(store.purge_expired(100).await.unwrap(), 0);
+    assert_eq!(schema.count("idempotency_records_steps").await, 1);
+    assert_eq!(schema.count("idempotency_records").await, 2);
+    assert!(store.steps(&kept).await.unwrap().is_some(), "the live log");
+
+    // The background task: 9 expired step rows, no expired record, batches
+    // of 4, one tick: only the drain-while-full loop empties them.
+    let token = acquire(&store, &storage_key("drained")).await;
+    let names: Vec<String> = (0..9).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        store
+            .record_step(&storage_key("drained"), step(token, name, short))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let task = store.spawn_purge(Duration::from_secs(3600), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while schema.count("idempotency_records_steps").await > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purge did not drain the expired step rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(task);
+    assert!(store.steps(&kept).await.unwrap().is_some(), "the live log");
+}
+
+/// The steps purge's plan, as [`the_purge_never_scans_the_table`] checks
+/// the records': the `expires_at` index finds the batch, a TID scan
+/// deletes it.
+#[tokio::test]
+async fn the_steps_purge_never_scans_the_table() {
+    let schema = Schema::create("purge_steps_plan").await;
+    let _store = schema.store().await;
+    let mut connection = schema.connection().await;
+    let live = (20_000, "live", "now() + interval '1 day'");
+    let expired = (100, "expired", "now() - interval '1 day'");
+    for (rows, prefix, expires_at) in [live, expired] {
+        let fill = format!(
+            "INSERT INTO idempotency_records_steps (namespace, scope, operation, key, name, value, fingerprint, expires_at) \
+             SELECT 'idem', '', 'op', '{prefix}' || g, 'step', '\\x01', '\\x00', {expires_at} FROM generate_series(1, {rows}) g"
+        );
+        sqlx::query(&fill).execute(&mut connection).await.unwrap();
+    }
+    sqlx::query("ANALYZE idempotency_records_steps")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE purge(bigint) AS {}",
+        PostgresStore::PURGE_STEPS
+    ))
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE purge(100)")
+            .fetch_all(&mut connection)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{mode}: a table scan:\n{plan}");
+        assert!(
+            plan.contains("idempotency_records_steps_expires_at"),
+            "{mode}: no index:\n{plan}"
+        );
+        assert!(plan.contains("Tid Scan"), "{mode}:\n{plan}");
+    }
+    let purged = sqlx::query("EXECUTE purge(100)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        purged.rows_affected(),
+        100,
+        "the expired rows, and only them"
+    );
+    assert_eq!(schema.count("idempotency_records_steps").await, 20_000);
+}
+
+/// Steps of one call written at once (a body that runs steps
+/// concurrently) take turns on the call's row, and all land, each name
+/// written again replacing its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_steps_of_one_call_all_land() {
+    let schema = Schema::create("steps_concurrent").await;
+    let store = schema.store().await;
+    let key = storage_key("k");
+    let token = acquire(&store, &key).await;
+    let writes = (0..40).map(|i| {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            let name = format!("s{}", i % 20);
+            store
+                .record_step(&key, step(token, &name, Duration::from_secs(60)))
+                .await
+        })
+    });
+    for write in writes {
+        write.await.unwrap().unwrap();
+    }
+    let log = store.steps(&key).await.unwrap().unwrap();
+    assert_eq!(log.values.len(), 20);
+    assert_eq!(log.fingerprint, FP);
+}
+
+/// A schema migrated before steps existed (only the records table) gets
+/// the steps table from `migrate()`, its records untouched; the SQL of
+/// `MIGRATION` runs twice without error.
+#[tokio::test]
+async fn migrating_a_schema_from_before_steps_adds_the_steps_table() {
+    let schema = Schema::create("migrate_steps").await;
+    let store = schema.store().await;
+    let key = storage_key("k");
+    let token = acquire(&store, &key).await;
+    store
+        .complete(&key, token, FP, b"done", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut connection = schema.connection().await;
+    sqlx::raw_sql("DROP TABLE idempotency_records_steps")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    for _ in 0..2 {
+        sqlx::raw_sql(PostgresStore::MIGRATION)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    assert_eq!(schema.count("idempotency_records_steps").await, 0);
+    assert_eq!(
+        store
+            .claim(&key, FP, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed(b"done"[..].into()),
+        "the record stays"
+    );
+    let fresh = storage_key("fresh");
+    let token = acquire(&store, &fresh).await;
+    store
+        .record_step(&fresh, step(token, "a", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(store.steps(&fresh).await.unwrap().is_some());
+}
+
+/// A step name PostgreSQL cannot hold is refused before any statement, as
+/// a key is; rows of one call that disagree on the fingerprint (written by
+/// something else: the store's own writes keep them in step) are corrupt.
+#[tokio::test]
+async fn unstorable_step_names_are_refused_and_disagreeing_rows_are_corrupt() {
+    let schema = Schema::create("steps_refused").await;
+    let store = schema.store().await;
+    let key = storage_key("k");
+    let token = acquire(&store, &key).await;
+    let long = "n".repeat(513);
+    for name in ["a\0b", long.as_str()] {
+        let refused = store
+            .record_step(&key, step(token, name, Duration::from_secs(60)))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::KeyRejected { .. })),
+            "{refused:?}"
+        );
+    }
+    let longest = "n".repeat(512);
+    for name in ["a", "b", longest.as_str()] {
+        store
+            .record_step(&key, step(token, name, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.steps(&key).await.unwrap().unwrap().values.len(), 3);
+    sqlx::query("UPDATE idempotency_records_steps SET fingerprint = '\\x01' WHERE name = 'b'")
+        .execute(&mut schema.connection().await)
+        .await
+        .unwrap();
+    let read = store.steps(&key).await;
+    assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{read:?}");
+    store.clear_steps(&key).await.unwrap();
+    assert_eq!(store.steps(&key).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,20 @@
 //! The PostgreSQL store: one row per record, a unique key on
 //! (namespace, scope, operation, key), the database's clock for leases.
 //!
+//! Two tables, both created by [`PostgresStore::MIGRATION`] in the schema
+//! the connections' `search_path` names:
+//!
+//! - `idempotency_records`: one row per record (namespace, scope,
+//!   operation, key; the payload's fingerprint; the lease token while in
+//!   progress, or the response once completed; the `deadline`, the end of
+//!   the lease or of the retention), indexed on `deadline` for the purge.
+//! - `idempotency_records_steps`: one row per journaled step of a call
+//!   (the record's four parts and the step's name; its value, the call's
+//!   fingerprint, and `expires_at`), indexed on `expires_at` for the purge.
+//!   A table of its own because the steps must outlive the call's row: a
+//!   release deletes the row, and the retry must find the steps
+//!   (`steps.rs`).
+//!
 //! This file is the store used like Redis (claim, then complete or release,
 //! with leases). The same-transaction mode, where the record commits together
 //! with the caller's own writes, is `transaction.rs`: the store's
@@ -22,6 +36,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor as _, Row as _};
 
 mod layout;
+mod steps;
 mod transaction;
 
 #[cfg(feature = "fuzz")]
@@ -30,7 +45,7 @@ use layout::{PgQuery, check_storable, claim_statement, corrupt, decode, keyed, m
 
 pub use sqlx;
 
-use super::{Store, StoreError};
+use super::{StepLog, StepWrite, Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken};
@@ -58,17 +73,25 @@ pub const MAX_KEY_BYTES: usize = 2_048;
 ///   agrees.
 /// - Complete, release and renew are single statements that check the
 ///   lease token and that the lease is live.
-/// - Expired rows are deleted in bounded batches by
-///   [`purge_expired`](Self::purge_expired), through the index on
-///   `deadline` (no table scan).
-/// - Every [`Store`] call (claim, complete, release, renew) and every purge
-///   is bounded by the timeout (default 1 s); a database that cannot be
-///   reached is [`StoreError::Unavailable`]. The same-transaction mode
+/// - Journaled steps ([`Store::record_step`]) are rows of a second table,
+///   keyed by the record's key and the step's name, which outlive the
+///   record's row (a release deletes it; the retry reads the steps). A
+///   step is recorded in one statement that also extends the call's lease,
+///   only under the live lease, and refreshes the expiry of the call's
+///   other steps, so the log expires as a whole.
+/// - Expired rows, of records and of steps, are deleted in bounded batches
+///   by [`purge_expired`](Self::purge_expired), through the indexes on
+///   `deadline` and `expires_at` (no table scan).
+/// - Every [`Store`] call (claim, complete, release, renew, and those of
+///   steps) and every purge is bounded by the timeout (default 1 s); a
+///   database that cannot be reached is [`StoreError::Unavailable`]. The
+///   same-transaction mode
 ///   ([`TransactionalStore::begin`](crate::TransactionalStore::begin)) is
 ///   bounded differently: see there.
 /// - A key it cannot hold (a NUL character in any part, or more than
 ///   [`MAX_KEY_BYTES`] in all) is refused before any statement:
-///   [`StoreError::KeyRejected`], an invalid key for the caller.
+///   [`StoreError::KeyRejected`], an invalid key for the caller. So is a
+///   step name with a NUL character or of more than 512 bytes.
 ///
 /// ```no_run
 /// use idempotent_core::Idempotency;
@@ -121,8 +144,25 @@ impl PostgresStore {
     SELECT ctid FROM idempotency_records WHERE deadline <= now()
     ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED))";
 
-    /// The table, created by [`migrate`](Self::migrate). For your own migration
+    /// [`PURGE`](Self::PURGE) for the steps table: one batch of `$1` step
+    /// rows at most whose `expires_at` has passed, found through its index
+    /// and deleted by row address, locked as chosen (`FOR UPDATE SKIP
+    /// LOCKED`): a step a call is writing is skipped, or re-checked and kept
+    /// if its write committed first. [`purge_expired`](Self::purge_expired)
+    /// runs both; a job of your own should run both too.
+    pub const PURGE_STEPS: &str = "DELETE FROM idempotency_records_steps WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_records_steps WHERE expires_at <= now()
+    ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED))";
+
+    /// The tables, created by [`migrate`](Self::migrate). For your own migration
     /// tool, run this SQL (idempotent) once per schema.
+    ///
+    /// `idempotency_records` holds one row per record. The steps of a call
+    /// ([`Store::record_step`]) are rows of `idempotency_records_steps`, a
+    /// table of their own because they must outlive the call's row: a
+    /// release deletes the row, and the retry must still find the steps.
+    /// Hence no foreign key to the record, and an expiry of their own
+    /// (`expires_at`, purged by [`PURGE_STEPS`](Self::PURGE_STEPS)).
     pub const MIGRATION: &str = "
 CREATE TABLE IF NOT EXISTS idempotency_records (
     namespace   TEXT        NOT NULL,
@@ -136,6 +176,19 @@ CREATE TABLE IF NOT EXISTS idempotency_records (
     PRIMARY KEY (namespace, scope, operation, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (deadline);
+CREATE TABLE IF NOT EXISTS idempotency_records_steps (
+    namespace   TEXT        NOT NULL,
+    scope       TEXT        NOT NULL,
+    operation   TEXT        NOT NULL,
+    key         TEXT        NOT NULL,
+    name        TEXT        NOT NULL,
+    value       BYTEA       NOT NULL,
+    fingerprint BYTEA       NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (namespace, scope, operation, key, name)
+);
+CREATE INDEX IF NOT EXISTS idempotency_records_steps_expires_at
+    ON idempotency_records_steps (expires_at);
 ";
 
     /// A store on `url` with the default timeout. Connections are made
@@ -165,7 +218,7 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
         }
     }
 
-    /// Creates the table and its index if they are missing ([`MIGRATION`](Self::MIGRATION)),
+    /// Creates the tables and their indexes if they are missing ([`MIGRATION`](Self::MIGRATION)),
     /// under an advisory lock so concurrent starts do not race.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.bounded(async {
@@ -177,22 +230,39 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
         .await
     }
 
-    /// Deletes up to `batch` rows whose deadline has passed; returns how
-    /// many. Call it periodically (it uses the `deadline` index).
+    /// Deletes up to `batch` records whose deadline has passed, and up to
+    /// `batch` step rows whose expiry has passed; returns how many rows in
+    /// all. Call it periodically (it uses the `deadline` and `expires_at`
+    /// indexes).
     pub async fn purge_expired(&self, batch: i64) -> Result<u64, StoreError> {
+        let (records, steps) = self.purge_batches(batch).await?;
+        Ok(records + steps)
+    }
+
+    /// One batch of [`PURGE`](Self::PURGE) then one of
+    /// [`PURGE_STEPS`](Self::PURGE_STEPS), bounded together by the timeout:
+    /// how many records, and how many step rows, were deleted.
+    async fn purge_batches(&self, batch: i64) -> Result<(u64, u64), StoreError> {
         self.bounded(async {
-            sqlx::query(Self::PURGE)
+            let records = sqlx::query(Self::PURGE)
                 .bind(batch)
                 .execute(&self.pool)
-                .await
-                .map(|done| done.rows_affected())
+                .await?
+                .rows_affected();
+            let steps = sqlx::query(Self::PURGE_STEPS)
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            Ok((records, steps))
         })
         .await
     }
 
-    /// Starts a background task that purges expired rows every `every` (at
-    /// least 1 ms), in batches of `batch` (at least 1; a full batch is
-    /// followed at once by the next, so a backlog drains without waiting).
+    /// Starts a background task that purges expired rows (records and
+    /// steps) every `every` (at least 1 ms), in batches of `batch` (at least
+    /// 1; a full batch of either is followed at once by the next, so a
+    /// backlog drains without waiting).
     /// Errors are logged and retried at the next tick. The task stops when
     /// the returned handle is dropped.
     ///
@@ -206,10 +276,14 @@ CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (
             loop {
                 ticks.tick().await;
                 loop {
-                    match store.purge_expired(batch).await {
-                        Ok(purged) if purged >= batch.unsigned_abs() => {}
-                        Ok(purged) => {
-                            tracing::debug!(purged, "purged expired idempotency records");
+                    match store.purge_batches(batch).await {
+                        Ok((records, steps)) if records.max(steps) >= batch.unsigned_abs() => {}
+                        Ok((records, steps)) => {
+                            tracing::debug!(
+                                purged = records,
+                                steps,
+                                "purged expired idempotency records"
+                            );
                             break;
                         }
                         Err(error) => {
@@ -390,5 +464,17 @@ impl Store for PostgresStore {
             .bind(millis(lease)),
         )
         .await
+    }
+
+    async fn steps(&self, key: &StorageKey) -> Result<Option<StepLog>, StoreError> {
+        self.read_steps(key).await
+    }
+
+    async fn record_step(&self, key: &StorageKey, step: StepWrite<'_>) -> Result<(), StoreError> {
+        self.write_step(key, step).await
+    }
+
+    async fn clear_steps(&self, key: &StorageKey) -> Result<(), StoreError> {
+        self.drop_steps(key).await
     }
 }
