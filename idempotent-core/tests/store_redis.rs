@@ -1,6 +1,6 @@
-//! `RedisStore`: the conformance suite on a standalone server and on a
-//! 3-master cluster, each started for the test; records and completion
-//! notices on every master of the cluster.
+//! `RedisStore`: the conformance suite (and its journaled steps) on a
+//! standalone server and on a 3-master cluster, each started for the test;
+//! records and completion notices on every master of the cluster.
 #![cfg(feature = "redis")]
 
 mod support;
@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use idempotent_core::record::{ClaimOutcome, StorageKey};
 use idempotent_core::redis::RedisStore;
 use idempotent_core::{
-    Error, Fingerprint, Idempotency, IdempotencyKey, Operation, Store, StoreError,
+    Error, Fingerprint, Idempotency, IdempotencyKey, Operation, StepWrite, Store, StoreError,
 };
 use support::redis_server::{RedisCluster, RedisServer};
 
@@ -35,13 +35,74 @@ async fn conformance_on_standalone_redis() {
         .build()
         .await
         .unwrap();
-    idempotent_core::conformance::run_all(Arc::new(store)).await;
+    let store = Arc::new(store);
+    idempotent_core::conformance::run_all(Arc::clone(&store)).await;
+    idempotent_core::conformance::run_steps(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3);
-    idempotent_core::conformance::run_all(Arc::new(on_cluster(&cluster).await)).await;
+    let store = Arc::new(on_cluster(&cluster).await);
+    idempotent_core::conformance::run_all(Arc::clone(&store)).await;
+    idempotent_core::conformance::run_steps(store).await;
+    // A prefix whose first braces are empty makes the cluster hash whole
+    // keys: no tag puts a call's steps in its record's slot, and recording
+    // one says so instead of sending a script the cluster would refuse.
+    let store = RedisStore::builder()
+        .url(cluster.url())
+        .key_prefix("a{}b:")
+        .build()
+        .await
+        .unwrap();
+    let key = StorageKey::new("ns", "", "op", &IdempotencyKey::parse("k").unwrap());
+    let fingerprint = Fingerprint::from_u128(1);
+    let lease = Duration::from_secs(30);
+    let ClaimOutcome::Acquired(acquired) = store.claim(&key, fingerprint, lease).await.unwrap()
+    else {
+        panic!("the first claim acquires");
+    };
+    let step = StepWrite {
+        token: acquired.token,
+        fingerprint,
+        name: "a",
+        value: b"x",
+        lease,
+        ttl: lease,
+    };
+    assert!(
+        matches!(
+            store.record_step(&key, step).await,
+            Err(StoreError::Unsupported { .. })
+        ),
+        "steps across slots"
+    );
+}
+
+/// A call's steps are a hash whose field `f` is the fingerprint and whose
+/// other fields are `s` and a step's name; anything else under its key is
+/// corrupt, never a panic and never an empty log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_this_store_did_not_write_are_corrupt() {
+    let (server, store, key) = one_key("steps").await;
+    let steps_key = store.steps_key(&key);
+    assert!(
+        steps_key.starts_with('{') && steps_key.ends_with("}s2:ns|0:|2:op|steps"),
+        "{steps_key}"
+    );
+    let corrupt = |reply: Option<String>| async {
+        assert!(reply.is_some_and(|r| !r.starts_with('-')), "written");
+        let answer = store.steps(&key).await;
+        assert!(
+            matches!(answer, Err(StoreError::Corrupt { .. })),
+            "{answer:?}"
+        );
+        server.command(&["DEL", &steps_key]);
+    };
+    corrupt(server.command(&["HSET", &steps_key, "scharge", "ch_1"])).await;
+    corrupt(server.command(&["HSET", &steps_key, "f", "short"])).await;
+    corrupt(server.command(&["SET", &steps_key, "a string"])).await;
+    assert_eq!(store.steps(&key).await.unwrap(), None);
 }
 
 /// A server of its own, a store on it, and the storage key of `key`.

@@ -71,7 +71,10 @@ impl RedisStoreBuilder {
     /// (`{shop}:`) puts every record on one cluster slot; nothing after the
     /// prefix can (see the module docs). Keep its braces balanced: an open
     /// `{` alone (`app{`) also makes a tag, of the characters up to the `{}`
-    /// that follows, and pins every record to one slot.
+    /// that follows, and pins every record to one slot. A prefix whose first
+    /// braces are empty (`a{}b:`) makes a cluster hash each key whole: it
+    /// cannot put a call's journaled steps in its record's slot, and
+    /// recording a step is then [`StoreError::Unsupported`] on a cluster.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self

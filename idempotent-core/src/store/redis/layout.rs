@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::slots;
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{self, LeaseToken, Millis, Record, RecordState};
@@ -25,6 +26,90 @@ impl redis::ToRedisArgs for RedisKey<'_> {
         let _ = arg.write_all(self.0.as_bytes());
         let _ = arg.write_all(NO_TAG.as_bytes());
         let _ = arg.write_all(self.1.as_bytes());
+    }
+}
+
+/// A call's steps: a hash under `<key_prefix>{<tag>}s<storage key>`, where
+/// `<tag>` is a short number whose slot is the slot of the call's record
+/// (see the module docs of [`redis`](super)), so that one script can check
+/// the record and write the steps on a cluster too.
+///
+/// When the prefix holds a `{` itself, the prefix's braces decide both
+/// keys' slots, and the steps key is `<key_prefix>{}s<storage key>`:
+///
+/// - `{shop}:` (a tag of its own): every key with the prefix hashes by
+///   `shop`.
+/// - `app{` (no `}` after its `{`): both keys hash by the characters from
+///   that `{` to the `}` of `{}`, the same in both.
+/// - `a{}b:` (an empty pair first): a cluster hashes both keys whole, so
+///   they are in different slots ([`StepsKey::in_record_slot`] is false),
+///   and the store refuses to record steps on a cluster.
+///
+/// A steps key is never a record key: after the prefix, a record key has
+/// `{}` and then its storage key, which starts with a digit (its
+/// namespace's length), where a steps key has `{` and a digit, or `{}s`.
+pub(super) fn steps_key(prefix: &str, key: &str) -> StepsKey {
+    use std::fmt::Write as _;
+    let mut steps = String::with_capacity(prefix.len() + key.len() + 9);
+    steps.push_str(prefix);
+    let in_record_slot = match prefix_braces(prefix.as_bytes()) {
+        PrefixBraces::None => {
+            let parts: [&[u8]; 3] = [prefix.as_bytes(), NO_TAG.as_bytes(), key.as_bytes()];
+            let tag = slots::tag_for(slots::slot_of_whole(&parts));
+            // Writing into a `String` cannot fail.
+            let _ = write!(steps, "{{{tag}}}");
+            true
+        }
+        PrefixBraces::Tag | PrefixBraces::Open => {
+            steps.push_str(NO_TAG);
+            true
+        }
+        PrefixBraces::Empty => {
+            steps.push_str(NO_TAG);
+            false
+        }
+    };
+    steps.push_str(STEPS_MARK);
+    steps.push_str(key);
+    StepsKey {
+        key: steps,
+        in_record_slot,
+    }
+}
+
+/// After the hash tag of a steps key, before the storage key.
+const STEPS_MARK: &str = "s";
+
+/// The Redis key of a call's steps ([`steps_key`]).
+pub(super) struct StepsKey {
+    pub(super) key: String,
+    /// Whether a cluster puts it in the slot of the call's record (it does
+    /// unless the key prefix starts a hash tag with an empty `{}`).
+    pub(super) in_record_slot: bool,
+}
+
+/// What the braces of a key prefix do to the hash tag of the keys after it
+/// (a cluster hashes the characters between a key's first `{` and the
+/// first `}` after it, if there are any, and the whole key otherwise).
+enum PrefixBraces {
+    /// No `{`: the first `{` comes after the prefix.
+    None,
+    /// A `{` closed within the prefix, with characters between: that tag.
+    Tag,
+    /// A `{` with no `}` after it within the prefix.
+    Open,
+    /// A `{` closed right away within the prefix: whole keys are hashed.
+    Empty,
+}
+
+fn prefix_braces(prefix: &[u8]) -> PrefixBraces {
+    let Some(open) = prefix.iter().position(|&b| b == b'{') else {
+        return PrefixBraces::None;
+    };
+    match prefix[open + 1..].iter().position(|&b| b == b'}') {
+        None => PrefixBraces::Open,
+        Some(0) => PrefixBraces::Empty,
+        Some(_) => PrefixBraces::Tag,
     }
 }
 
@@ -121,5 +206,57 @@ mod tests {
         let mut completed = ours.to_vec();
         completed[0] = b'C';
         assert!(!is_own_claim(&completed, &ours));
+    }
+
+    /// The steps key of a call is in the slot of its record, whatever
+    /// braces the storage key holds, and whatever balanced braces (or an
+    /// open `{`) the prefix holds.
+    #[test]
+    fn a_calls_steps_are_in_the_slot_of_its_record() {
+        use redis::cluster_routing::Slot;
+        let storage_keys = [
+            "2:ns|0:|2:op|k",
+            "2:ns|0:|2:op|{x}1",
+            "2:ns|0:|2:op|{x}2",
+            "2:ns|3:{a}|2:op|}{",
+            "4:{ns}|0:|4:{}op|{}",
+        ];
+        for prefix in ["", "test:", "shop:", "{shop}:", "app{", "a{b:", "x}y:"] {
+            for key in storage_keys {
+                let record = format!("{prefix}{NO_TAG}{key}");
+                let steps = steps_key(prefix, key);
+                assert!(steps.in_record_slot, "{prefix:?} {key:?}");
+                assert_eq!(
+                    Slot::for_key(&steps.key),
+                    Slot::for_key(&record),
+                    "{record:?} and {:?}",
+                    steps.key
+                );
+                assert_ne!(steps.key, record);
+                assert!(steps.key.starts_with(prefix) && steps.key.ends_with(key));
+            }
+        }
+        // The tag: a short number, right after the prefix.
+        let steps = steps_key("test:", "2:ns|0:|2:op|k").key;
+        let tag = steps
+            .strip_prefix("test:{")
+            .and_then(|rest| rest.strip_suffix("}s2:ns|0:|2:op|k"))
+            .expect("<prefix>{<tag>}s<storage key>");
+        assert!(
+            tag.len() <= 6 && tag.bytes().all(|b| b.is_ascii_digit()),
+            "{tag}"
+        );
+        // With braces in the prefix, the prefix decides.
+        assert_eq!(steps_key("app{", "2:k").key, "app{{}s2:k");
+        assert_eq!(steps_key("{shop}:", "2:k").key, "{shop}:{}s2:k");
+    }
+
+    /// A prefix that starts with an empty `{}` makes a cluster hash keys
+    /// whole: no tag can put the steps in the record's slot.
+    #[test]
+    fn an_empty_pair_of_braces_in_the_prefix_is_reported() {
+        assert!(!steps_key("a{}b:", "2:ns|0:|2:op|k").in_record_slot);
+        assert!(!steps_key("{}", "2:ns|0:|2:op|k").in_record_slot);
+        assert!(steps_key("a{b}{}:", "2:ns|0:|2:op|k").in_record_slot);
     }
 }

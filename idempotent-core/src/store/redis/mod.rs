@@ -3,11 +3,12 @@
 //! # Layout
 //!
 //! One Redis string per record, under `<key_prefix>{}<storage key>`, so
-//! every operation touches one key (one hash slot) and works unchanged on a
-//! cluster. The empty hash tag `{}` makes a cluster hash the whole key: a
-//! client that sends `{x}1`, `{x}2`, ... as its keys cannot pin every
-//! record to one slot and one master (a tag in the prefix still pins, if
-//! that is what you want). Expiry is Redis's own (`PX`): a lease that runs out, or a
+//! every operation touches one key (one hash slot; recording a step also
+//! touches the call's steps, in the same slot: see [Steps](#steps)) and
+//! works unchanged on a cluster. The empty hash tag `{}` makes a cluster
+//! hash the whole key: a client that sends `{x}1`, `{x}2`, ... as its keys
+//! cannot pin every record to one slot and one master (a tag in the prefix
+//! still pins, if that is what you want). Expiry is Redis's own (`PX`): a lease that runs out, or a
 //! completed record past its TTL, is simply gone; there is no sweeper.
 //!
 //! ```text
@@ -34,12 +35,49 @@
 //! waiters. Unmarked records publish nothing, so the common path pays no
 //! pub/sub traffic.
 //!
+//! # Steps
+//!
+//! A call's journaled steps ([`Store::record_step`]) are one Redis hash
+//! per call, apart from its record so that they outlive a release:
+//!
+//! ```text
+//! <key_prefix>{<tag>}s<storage key>        PX = ttl (of the last step recorded)
+//!   'f'          -> fingerprint (16 bytes) of the call that recorded them
+//!   's' <name>   -> the step's value bytes, one field per step
+//! ```
+//!
+//! Every step's field is `s` and its name, so no name (not even an empty
+//! one) can take the fingerprint's field `f`. A hash without `f`, with a
+//! fingerprint that is not 16 bytes, or with any other field is corrupt.
+//!
+//! `<tag>` is the smallest decimal number whose cluster slot is the slot of
+//! the call's record (CRC16 of the whole record key, as its empty tag asks;
+//! a table of one tag per slot is built once per process), so that the
+//! script recording a step can check the record's lease, extend it and
+//! write the step in one atomic round trip on a cluster too. The same key
+//! is used on a standalone server. It can never be a record's key: after
+//! the prefix, a record key has the empty tag `{}`. When the prefix holds a
+//! `{` itself, its braces decide both keys' slots, and the steps key is
+//! `<key_prefix>{}s<storage key>` (never a record's key either: a storage
+//! key starts with a digit). A prefix whose first braces are empty
+//! (`a{}b:`) makes a cluster hash both keys whole, into different slots:
+//! there, recording a step is [`StoreError::Unsupported`].
+//!
+//! - record_step is a Lua script on both keys (`record_step.lua`): if the
+//!   record is this lease's in-progress value (with or without a waiter's
+//!   `'w'`, which stays), `HSET` of the fingerprint and the step, `PEXPIRE`
+//!   of the hash to the TTL and of the record to the lease; otherwise it
+//!   answers 0, [`StoreError::LeaseLost`], and writes nothing.
+//! - steps is `HGETALL` of the hash (none: no steps); clear_steps is `DEL`.
+//!
 //! # Files
 //!
-//! `builder` (the settings), `layout` (a record's key and bytes), `scripts`
-//! (the Lua, and `complete.lua`), `connection` (what a call sends and how
-//! long it may take, over `standalone` or `cluster`), and `notifier`
-//! (completion notices for waiters); this file holds the store itself.
+//! `builder` (the settings), `layout` (a record's key and bytes, and the
+//! key of a call's steps), `slots` (cluster slots, and a tag per slot),
+//! `scripts` (the Lua, and `complete.lua` and `record_step.lua`),
+//! `connection` (what a call sends and how long it may take, over
+//! `standalone` or `cluster`), `notifier` (completion notices for waiters)
+//! and `steps` (journaled steps); this file holds the store itself.
 
 mod builder;
 mod cluster;
@@ -47,7 +85,9 @@ mod connection;
 mod layout;
 mod notifier;
 mod scripts;
+mod slots;
 mod standalone;
+mod steps;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +105,7 @@ use layout::{
 use notifier::Waiters;
 use scripts::{Lua, Scripts};
 
-use super::{Store, StoreError};
+use super::{StepLog, StepWrite, Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{self, ClaimDecision, ClaimOutcome, Lease, LeaseToken};
@@ -151,7 +191,7 @@ impl RedisStore {
         Self::builder().url(url).build().await
     }
 
-    /// The Redis key of a storage key: `<key_prefix>{}<storage key>`.
+    /// The Redis key of a storage key's record: `<key_prefix>{}<storage key>`.
     pub fn redis_key(&self, key: &StorageKey) -> String {
         let prefix = &self.inner.key_prefix;
         let mut redis_key = String::with_capacity(prefix.len() + NO_TAG.len() + key.as_str().len());
@@ -168,8 +208,9 @@ impl RedisStore {
         LeaseToken::from_u128(self.inner.token_base | u128::from(n))
     }
 
-    /// `EVALSHA` (or, with `by_hash` false, `EVAL`) of `lua` on one key, in
-    /// one buffer: a `ScriptInvocation` would copy each argument into a
+    /// `EVALSHA` (or, with `by_hash` false, `EVAL`) of `lua` on the record
+    /// of `key` (`KEYS[1]`, by which a cluster routes it) and `more_keys`,
+    /// in one buffer: a `ScriptInvocation` would copy each argument into a
     /// vector of its own, then all of them again into its command, on every
     /// completion.
     fn script_command(
@@ -177,17 +218,25 @@ impl RedisStore {
         lua: &Lua,
         by_hash: bool,
         key: &StorageKey,
+        more_keys: &[&str],
         args: &[&[u8]],
     ) -> redis::Cmd {
         let key = key.as_str();
-        let bytes = args.iter().map(|a| a.len()).sum::<usize>() + key.len();
-        let mut command = redis::Cmd::with_capacity(4 + args.len(), bytes + 64);
+        let bytes = args.iter().map(|a| a.len()).sum::<usize>()
+            + more_keys.iter().map(|k| k.len()).sum::<usize>()
+            + key.len();
+        let mut command = redis::Cmd::with_capacity(4 + more_keys.len() + args.len(), bytes + 64);
         if by_hash {
             command.arg("EVALSHA").arg(lua.script.get_hash());
         } else {
             command.arg("EVAL").arg(lua.source);
         }
-        command.arg(1).arg(RedisKey(&self.inner.key_prefix, key));
+        command
+            .arg(1 + more_keys.len())
+            .arg(RedisKey(&self.inner.key_prefix, key));
+        for more in more_keys {
+            command.arg(*more);
+        }
         for arg in args {
             command.arg(*arg);
         }
@@ -207,7 +256,18 @@ impl RedisStore {
         key: &StorageKey,
         args: &[&[u8]],
     ) -> Result<Value, StoreError> {
-        let command = |by_hash| self.script_command(lua, by_hash, key, args);
+        self.invoke_keys(lua, key, &[], args).await
+    }
+
+    /// [`invoke`](Self::invoke), with keys after the record's (in its slot).
+    async fn invoke_keys(
+        &self,
+        lua: &Lua,
+        key: &StorageKey,
+        more_keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let command = |by_hash| self.script_command(lua, by_hash, key, more_keys, args);
         self.send(&Request::Script(&command)).await
     }
 
@@ -290,7 +350,7 @@ impl RedisStore {
         let mut all = Vec::with_capacity(args.len() + 1);
         all.push(&token[..]);
         all.extend_from_slice(args);
-        self.fenced_answer(lua, key, &all).await
+        self.fenced_answer(lua, key, &[], &all).await
     }
 
     /// Runs a fenced script, which answers 1 if it held the lease, 0 if not.
@@ -298,10 +358,11 @@ impl RedisStore {
         &self,
         lua: &Lua,
         key: &StorageKey,
+        more_keys: &[&str],
         args: &[&[u8]],
     ) -> Result<(), StoreError> {
         match self
-            .invoke(lua, key, args)
+            .invoke_keys(lua, key, more_keys, args)
             .await
             .map_err(|e| with_key(e, key))?
         {
@@ -386,7 +447,7 @@ impl Store for RedisStore {
             ttl.as_bytes(),
             self.inner.channel.as_bytes(),
         ];
-        self.fenced_answer(&self.inner.scripts.complete, key, &args)
+        self.fenced_answer(&self.inner.scripts.complete, key, &[], &args)
             .await
     }
 
@@ -428,5 +489,17 @@ impl Store for RedisStore {
             Ok(_) => Ok(()),
             Err(error) => Err(with_key(error, key)),
         }
+    }
+
+    async fn steps(&self, key: &StorageKey) -> Result<Option<StepLog>, StoreError> {
+        self.read_steps(key).await
+    }
+
+    async fn record_step(&self, key: &StorageKey, step: StepWrite<'_>) -> Result<(), StoreError> {
+        self.write_step(key, step).await
+    }
+
+    async fn clear_steps(&self, key: &StorageKey) -> Result<(), StoreError> {
+        self.drop_steps(key).await
     }
 }

@@ -1,5 +1,6 @@
 //! The Lua scripts of the Redis store: the fenced transitions (complete,
-//! release, renew), the waiter's mark, and the in-progress look.
+//! release, renew, record a step), the waiter's mark, and the in-progress
+//! look.
 
 use redis::Script;
 
@@ -70,11 +71,26 @@ pub(super) const RENEW: &str = fenced!(
 redis.call('PEXPIRE', KEYS[1], ARGV[2])"
 );
 
+/// Records a step of a call (`record_step.lua`), if the call's record is
+/// the in-progress value `ARGV[1]` ('P', fingerprint, token; with or
+/// without a waiter's `'w'`, which it keeps), and answers 1; otherwise
+/// answers 0 and writes nothing. `KEYS[1]` is the call's record, `KEYS[2]`
+/// its steps (a hash in the same slot: see `layout::steps_key`). It sets
+/// the hash's field `f` to the fingerprint `ARGV[3]` and the step's field
+/// `ARGV[4]` (`'s'` and its name) to its value `ARGV[5]`, keeps the hash
+/// `ARGV[6]` ms and extends the record's lease to `ARGV[2]` ms, as `RENEW`
+/// does.
+///
+/// Sent twice (see `COMPLETE`), it writes the same again while the lease
+/// lives.
+pub(super) const RECORD_STEP: &str = include_str!("record_step.lua");
+
 /// The store's scripts.
 pub(super) struct Scripts {
     pub(super) complete: Lua,
     pub(super) release: Lua,
     pub(super) renew: Lua,
+    pub(super) record_step: Lua,
     pub(super) mark_waiting: Lua,
     pub(super) look: Lua,
 }
@@ -100,6 +116,7 @@ impl Scripts {
             complete: Lua::new(COMPLETE),
             release: Lua::new(RELEASE),
             renew: Lua::new(RENEW),
+            record_step: Lua::new(RECORD_STEP),
             mark_waiting: Lua::new(MARK_WAITING),
             look: Lua::new(LOOK),
         }
