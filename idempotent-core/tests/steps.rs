@@ -10,7 +10,9 @@ use idempotent_core::memory::MemoryStore;
 use idempotent_core::record::StorageKey;
 use idempotent_core::{Error, Idempotency, Operation, Steps, Store};
 
-static CHECKOUT: Operation = Operation::new("checkout");
+/// Waits for a duplicate in progress: a dropped call's release reaches a
+/// shared store a moment after the drop.
+static CHECKOUT: Operation = Operation::new("checkout").wait(Duration::from_secs(5));
 static SHORT: Operation = Operation::new("short-lease").lease(Duration::from_millis(300));
 
 /// Side effects, counted.
@@ -484,4 +486,56 @@ mod with_the_macro {
         assert_eq!(reserve(&runtime, "o-3", &effects).await.unwrap(), 0);
         assert_eq!(effects.counts(), (1, 1, 1));
     }
+}
+
+#[cfg(feature = "redis")]
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+/// The same cases on Redis: a standalone server and a 3-master cluster.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_on_redis_standalone_and_cluster() {
+    use idempotent_core::redis::RedisStore;
+    let server = redis_server::RedisServer::start();
+    all_cases(Arc::new(RedisStore::connect(&server.url()).await.unwrap())).await;
+    let cluster = redis_server::RedisCluster::start(3);
+    let store = RedisStore::builder()
+        .url(cluster.url())
+        .build()
+        .await
+        .unwrap();
+    all_cases(Arc::new(store)).await;
+}
+
+#[cfg(feature = "postgres")]
+#[path = "support/postgres_schema.rs"]
+mod postgres_schema;
+
+/// The same cases on PostgreSQL (lease mode), in a schema of their own; and
+/// the same-transaction mode refuses steps, before anything runs.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_on_postgres_and_not_in_the_same_transaction() {
+    let schema = postgres_schema::Schema::create("engine_steps").await;
+    let store = schema.store().await;
+    all_cases(Arc::new(store.clone())).await;
+
+    let runtime = Idempotency::new(store.clone());
+    let steps = Steps::new();
+    let ran = AtomicUsize::new(0);
+    let refused = runtime
+        .call(&CHECKOUT)
+        .key("in-a-transaction")
+        .steps(&steps)
+        .run_in_transaction(&store, |_tx| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok::<_, Error>(1_u64) })
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidStep { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
 }

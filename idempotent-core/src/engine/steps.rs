@@ -113,6 +113,9 @@ pub(crate) struct Binding {
     pub(crate) operation: &'static str,
 }
 
+/// The longest step name, in bytes: every store holds it.
+const MAX_NAME_BYTES: usize = 255;
+
 /// A recorded `Ok` value, then its JSON.
 const OK_TAG: u8 = b'O';
 /// A recorded `Err` value ([`Steps::run_caching_errors`]), then its JSON.
@@ -252,8 +255,12 @@ impl Steps {
 
     /// Takes `name` for this run of the body: a name used twice is an error.
     fn claim_name(&self, binding: &Binding, name: &str) -> Result<(), Error> {
-        if name.is_empty() {
-            return Err(invalid(binding.operation, name, "a step needs a name"));
+        if name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains('\0') {
+            return Err(invalid(
+                binding.operation,
+                name,
+                "a step's name is 1 to 255 bytes, without a NUL character",
+            ));
         }
         let mut names = self
             .shared
