@@ -1,7 +1,7 @@
 //! The execution engine: runs a body at most once per key, whatever the store.
 //!
 //! [`Call`] is the public entry point (the `#[idempotent]` attribute expands
-//! to it); [`execute`] is the loop behind it, generic over how a value is
+//! to it); [`execute_call`] is the loop behind it, generic over how a value is
 //! encoded for the store, so the HTTP layer reuses it unchanged.
 //!
 //! The files: `operation` (an operation's settings), `call` (a call, and
@@ -40,35 +40,8 @@ use crate::runtime::Idempotency;
 use crate::store::{Store, StoreError};
 use crate::telemetry::StoreCall;
 
-/// Runs `body` at most once for `storage_key`: claims, then runs and
-/// completes, replays, waits, or refuses, as the claim answers.
-pub(crate) fn execute<'a, V, C, F>(
-    runtime: &'a Idempotency,
-    operation: &'a Operation,
-    key: &'a IdempotencyKey,
-    storage_key: StorageKey,
-    fingerprint: Fingerprint,
-    codec: &'a C,
-    body: F,
-) -> impl Future<Output = Result<Done<V>, Error>> + 'a
-where
-    C: Codec<V>,
-    F: Future<Output = V> + 'a,
-    V: 'a,
-{
-    let call = Claimed {
-        runtime,
-        operation,
-        key,
-        storage_key,
-        fingerprint,
-        steps: None,
-    };
-    execute_call(call, codec, body)
-}
-
-/// What [`execute`] runs: the call, and the steps of its body, if it
-/// journals any ([`Steps`]).
+/// A checked call, for [`execute_call`]: what it runs, and the steps of its
+/// body, if it journals any ([`Steps`]).
 pub(crate) struct Claimed<'a> {
     pub(crate) runtime: &'a Idempotency,
     pub(crate) operation: &'a Operation,
@@ -78,7 +51,8 @@ pub(crate) struct Claimed<'a> {
     pub(crate) steps: Option<&'a Steps>,
 }
 
-/// [`execute`], for a call that may journal steps.
+/// Runs `body` at most once for the call's storage key: claims, then runs
+/// and completes, replays, waits, or refuses, as the claim answers.
 pub(crate) fn execute_call<'a, V, C, F>(
     call: Claimed<'a>,
     codec: &'a C,

@@ -20,7 +20,7 @@ use super::problem;
 use super::request::{client_uri, fingerprint, key, whole_body};
 use super::tracker::RunToEnd;
 use crate::IdempotencyKey;
-use crate::engine::{Done, execute};
+use crate::engine::{Claimed, Done, execute_call};
 use crate::record::StorageKey;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -222,16 +222,15 @@ where
             config: &config,
             protocol,
         };
-        execute(
-            &config.runtime,
-            &config.operation,
-            &key,
+        let call = Claimed {
+            runtime: &config.runtime,
+            operation: &config.operation,
+            key: &key,
             storage_key,
             fingerprint,
-            &codec,
-            run,
-        )
-        .await
+            steps: None,
+        };
+        execute_call(call, &codec, run).await
     })
     .await;
     Ok(match executed {
