@@ -39,6 +39,15 @@ fn help_and_version_print_on_stdout_and_exit_zero() {
             "grpc-server",
             &["[default: 127.0.0.1:50051]", "[default: memory]"][..],
         ),
+        (
+            "checkout",
+            &[
+                "[default: memory]",
+                "[default: 200]",
+                "[default: 0.2]",
+                "--no-steps",
+            ][..],
+        ),
     ] {
         let help = run(name, &["--help"]);
         assert_eq!(help.status.code(), Some(0), "{name} --help");
@@ -74,6 +83,12 @@ fn a_bad_argument_is_refused_with_exit_2_and_says_why() {
             "pay",
             &["--url", "http://127.0.0.1:1", "--concurrency", "0"][..],
             "--concurrency",
+        ),
+        ("checkout", &["--crash-rate", "1.5"][..], "a chance from 0"),
+        (
+            "checkout",
+            &["--store", "mysql://x"][..],
+            "expected `memory`",
         ),
     ] {
         let refused = run(name, args);
