@@ -37,6 +37,9 @@ pub enum Crash {
     /// The order's task cancels itself (the memory store's records die
     /// with the process, so the worker runs in the example's process).
     Task(Arc<Mutex<Option<tokio::task::AbortHandle>>>),
+    /// The worker says `holding at <point>` on its standard output and
+    /// waits there for good: the program kills it from outside (SIGKILL).
+    Hold(usize),
 }
 
 impl Crash {
@@ -49,6 +52,15 @@ impl Crash {
                     handle.abort();
                 }
                 // Dropped at this await: the task is cancelled.
+                std::future::pending::<()>().await;
+            }
+            Self::Hold(point) => {
+                {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "holding at {point}");
+                    let _ = out.flush();
+                }
                 std::future::pending::<()>().await;
             }
         }
@@ -138,9 +150,15 @@ pub async fn order(
                 false => reserve.await?,
             };
             point(4).await;
+            // A value that changes per run, journaled: the same reference
+            // on every run of the order (without steps, a new one per run).
+            let reference = match steps_on {
+                true => steps.uuid("reference").await?,
+                false => uuid::Uuid::new_v4(),
+            };
             let email = async {
                 point(5).await;
-                email(services, i, &key("email")?).await
+                email(services, i, &key("email")?, reference).await
             };
             match steps_on {
                 true => steps.run("email", email).await?,
@@ -191,13 +209,20 @@ async fn reserve(services: &Services, i: u64, key: &str) -> Result<i64, OrderErr
         .map_err(failed)
 }
 
-/// Emails order `i`'s confirmation, with `key` as its idempotency key (the
-/// sink, like a mail provider that takes keys, sends a key's message once).
-async fn email(services: &Services, i: u64, key: &str) -> Result<(), OrderError> {
+/// Emails order `i`'s confirmation with its `reference`, and `key` as its
+/// idempotency key (the sink, like a mail provider that takes keys, sends
+/// a key's message once).
+async fn email(
+    services: &Services,
+    i: u64,
+    key: &str,
+    reference: uuid::Uuid,
+) -> Result<(), OrderError> {
     services
         .http
         .post(format!("{}/mail/{i}", services.mail))
         .header("idempotency-key", key)
+        .header("x-order-reference", reference.to_string())
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -210,27 +235,41 @@ fn failed(error: impl std::fmt::Display) -> OrderError {
     OrderError::Effect(error.to_string())
 }
 
-/// What the mail sink has: the messages sent per order, and the keys seen.
+/// What the mail sink has: the messages sent per order, the keys seen, and
+/// the order references every request carried (sent or not).
 #[derive(Default)]
 pub struct Mailbox {
     sent: HashMap<u64, u64>,
     keys: HashSet<String>,
+    references: HashMap<u64, HashSet<String>>,
 }
 
 type Shared = Arc<Mutex<Mailbox>>;
 
 /// The mail sink: `POST /mail/{order}` sends a message for the order,
 /// once per `Idempotency-Key` (a message without one is always sent);
-/// `GET /mail` answers the messages sent per order.
+/// `GET /mail` answers the messages sent per order, and `GET /references`
+/// how many distinct order references each order's requests carried.
 pub fn mail_sink() -> Router {
     Router::new()
         .route("/mail/{order}", post(receive))
         .route("/mail", get(list))
+        .route("/references", get(references))
         .with_state(Shared::default())
 }
 
 async fn receive(State(mailbox): State<Shared>, Path(order): Path<u64>, headers: HeaderMap) {
     let mut mailbox = mailbox.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(reference) = headers
+        .get("x-order-reference")
+        .and_then(|value| value.to_str().ok())
+    {
+        mailbox
+            .references
+            .entry(order)
+            .or_default()
+            .insert(reference.to_owned());
+    }
     let key = headers
         .get("idempotency-key")
         .and_then(|key| key.to_str().ok());
@@ -245,4 +284,10 @@ async fn receive(State(mailbox): State<Shared>, Path(order): Path<u64>, headers:
 async fn list(State(mailbox): State<Shared>) -> axum::Json<HashMap<u64, u64>> {
     let mailbox = mailbox.lock().unwrap_or_else(PoisonError::into_inner);
     axum::Json(mailbox.sent.clone())
+}
+
+async fn references(State(mailbox): State<Shared>) -> axum::Json<HashMap<u64, usize>> {
+    let mailbox = mailbox.lock().unwrap_or_else(PoisonError::into_inner);
+    let counts = mailbox.references.iter();
+    axum::Json(counts.map(|(order, refs)| (*order, refs.len())).collect())
 }

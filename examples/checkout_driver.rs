@@ -58,6 +58,11 @@ struct Args {
     /// How many orders a worker runs at once.
     #[arg(long, value_name = "C", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Kill the first worker from outside (SIGKILL) once its first order
+    /// reaches crash point P (0 before the charge ... 6 after the email),
+    /// then run on. Not with `memory`.
+    #[arg(long = "sigkill-at", value_name = "P", value_parser = clap::value_parser!(u8).range(0..7))]
+    sigkill_at: Option<u8>,
     /// Internal: run as the worker process.
     #[command(flatten)]
     worker: WorkerArgs,
@@ -80,6 +85,9 @@ struct WorkerArgs {
     /// Which run of the worker this is (the crashes differ per run).
     #[arg(long, hide = true, default_value_t = 0)]
     run: u64,
+    /// The first order waits at this crash point, to be killed.
+    #[arg(long = "hold-at", hide = true)]
+    hold_at: Option<usize>,
 }
 
 fn store_url(text: &str) -> Result<String, String> {
@@ -138,7 +146,13 @@ async fn drive(args: &Args) -> Result<ExitCode, Failure> {
         table: table.clone(),
         namespace: format!("checkout-{}-{}", std::process::id(), args.seed),
         run: 0,
+        hold_at: None,
     };
+    if args.sigkill_at.is_some() && args.store == "memory" {
+        return Err(
+            "--sigkill-at needs a worker process: a shared store (redis:// or postgres://)".into(),
+        );
+    }
     let restarts = match args.store.as_str() {
         "memory" => in_process(args, &worker).await,
         _ => processes(args, &worker).await,
@@ -169,6 +183,10 @@ async fn drive(args: &Args) -> Result<ExitCode, Failure> {
         tally.emails,
         tally.duplicates
     );
+    println!(
+        "orders whose reference changed between runs: {}",
+        tally.changed_references
+    );
     let complete = tally.orders_charged == args.orders
         && tally.orders_reserved == args.orders
         && tally.orders_emailed == args.orders;
@@ -176,8 +194,8 @@ async fn drive(args: &Args) -> Result<ExitCode, Failure> {
         eprintln!("checkout: not every order got its charge, reservation and email");
         return Ok(ExitCode::FAILURE);
     }
-    if !args.no_steps && tally.duplicates > 0 {
-        eprintln!("BUG: with journaled steps, an effect ran twice");
+    if !args.no_steps && (tally.duplicates > 0 || tally.changed_references > 0) {
+        eprintln!("BUG: with journaled steps, an effect ran twice or a journaled value changed");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -292,6 +310,11 @@ async fn processes(args: &Args, worker: &WorkerArgs) -> Result<u64, Failure> {
         if args.no_steps {
             command.arg("--no-steps");
         }
+        if let (0, Some(point)) = (run, args.sigkill_at) {
+            command.args(["--hold-at", &point.to_string()]);
+            killed_when_holding(command).await?;
+            continue;
+        }
         let status = command.status().await?;
         if status.success() {
             return Ok(run);
@@ -305,6 +328,21 @@ async fn processes(args: &Args, worker: &WorkerArgs) -> Result<u64, Failure> {
         }
     }
     Err(format!("the worker crashed {bound} times in a row").into())
+}
+
+/// Starts the worker, and kills it with SIGKILL once it says it holds.
+async fn killed_when_holding(mut command: tokio::process::Command) -> Result<(), Failure> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().ok_or("the worker's output")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.starts_with("holding at") {
+            child.kill().await?;
+            return Ok(());
+        }
+    }
+    Err(format!("the worker ended without holding ({})", child.wait().await?).into())
 }
 
 /// The worker process: every order, C at a time, on the shared store; a
@@ -328,10 +366,13 @@ async fn worker(args: &Args) -> Result<ExitCode, Failure> {
     let mut orders = Vec::new();
     for i in 0..args.orders {
         let (services, permits, steps_on) = (services.clone(), permits.clone(), !args.no_steps);
-        let crash_at = crash_point(args, w.run, i);
+        let (crash_at, crash) = match w.hold_at {
+            Some(point) if i == 0 => (Some(point), Crash::Hold(point)),
+            _ => (crash_point(args, w.run, i), Crash::Process),
+        };
         orders.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            order(&services, i, steps_on, crash_at, &Crash::Process).await
+            order(&services, i, steps_on, crash_at, &crash).await
         }));
     }
     for (i, order) in orders.into_iter().enumerate() {
@@ -352,6 +393,8 @@ struct Tally {
     orders_charged: u64,
     orders_reserved: u64,
     orders_emailed: u64,
+    /// Orders whose email requests carried more than one reference.
+    changed_references: u64,
 }
 
 /// Counts the effects: the payments-server's ledger, the reservations
@@ -389,6 +432,12 @@ async fn count(
         .await?
         .json()
         .await?;
+    let references: HashMap<u64, usize> = http
+        .get(format!("{mail}/references"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let (charges, reservations) = (ledger.len() as u64, reservations as u64);
     let orders_reserved = orders_reserved as u64;
     let email_count: u64 = emails.values().sum();
@@ -404,5 +453,6 @@ async fn count(
         orders_charged,
         orders_reserved,
         orders_emailed,
+        changed_references: references.values().filter(|&&n| n > 1).count() as u64,
     })
 }
