@@ -75,7 +75,13 @@ async fn one(store: &Arc<dyn Store>, runtime: &Idempotency, work: Work, n: u64) 
                 panic!("a fresh key is acquired")
             };
             store
-                .complete(&storage, lease.token, fp, b"O\"done\"", Duration::from_secs(600))
+                .complete(
+                    &storage,
+                    lease.token,
+                    fp,
+                    b"O\"done\"",
+                    Duration::from_secs(600),
+                )
                 .await
                 .expect("complete");
         }
@@ -133,7 +139,12 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|");
     runtime.block_on(async {
-        table("memory", Arc::new(MemoryStore::builder().unbounded().build()), 100_000).await;
+        table(
+            "memory",
+            Arc::new(MemoryStore::builder().unbounded().build()),
+            100_000,
+        )
+        .await;
         let redis = RedisStore::connect(&server.url()).await.expect("redis");
         table("Redis", Arc::new(redis), 10_000).await;
     });

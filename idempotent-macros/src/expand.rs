@@ -205,15 +205,14 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
                 }
             });
         };
-        let mut sig = sig.clone();
-        sig.inputs = sig
-            .inputs
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, input)| (i != position).then_some(input))
-            .collect();
+        let sig = without_input(sig, position);
         let (pattern, ty) = (&steps.pat, &steps.ty);
         let steps_var = local("__idempotent_steps");
+        // Spanned at the argument's type: a type that is not `Steps` is
+        // reported there.
+        let bind = quote_spanned!(ty.span()=>
+            let #pattern: #ty = <#ty as #private::StepsArgument<'_>>::from_steps(&#steps_var);
+        );
         return Ok(quote! {
             #(#attrs)*
             #vis #sig {
@@ -222,20 +221,14 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
                 let #steps_var = #private::Steps::new();
                 #call
                 let #call_var = #call_var.steps(&#steps_var);
-                let #pattern: #ty = #private::StepsArgument::from_steps(&#steps_var);
+                #bind
                 #run_call
             }
         });
     };
     // Same-transaction mode: the connection argument leaves the signature;
     // the body gets the transaction the store opened in its place.
-    let mut sig = sig.clone();
-    sig.inputs = sig
-        .inputs
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, input)| (i != position).then_some(input))
-        .collect();
+    let mut sig = without_input(sig, position);
     let pattern = &connection.pat;
     let ty = connection_type(&connection.ty, &mut sig, block);
     Ok(quote! {
@@ -259,6 +252,19 @@ fn generate(args: Args, func: &ItemFn) -> syn::Result<TokenStream> {
             }
         }
     })
+}
+
+/// `sig` without its argument at `position` (a `#[tx]` or `#[steps]`
+/// argument: the macro provides it, callers do not pass it).
+fn without_input(sig: &syn::Signature, position: usize) -> syn::Signature {
+    let mut sig = sig.clone();
+    sig.inputs = sig
+        .inputs
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, input)| (i != position).then_some(input))
+        .collect();
+    sig
 }
 
 /// The type the body's `#[tx]` binding gets. The binding borrows the

@@ -114,7 +114,11 @@ pub async fn run_all<S: Store + ?Sized>(store: Arc<S>) {
             )*]
         };
     }
-    let cases = for_each_case! { spawn_all {} };
+    report(for_each_case! { spawn_all {} }).await;
+}
+
+/// Waits for every case, and panics naming those that failed.
+async fn report(cases: Vec<(&'static str, tokio::task::JoinHandle<()>)>) {
     let mut failed = Vec::new();
     for (name, case) in cases {
         if let Err(error) = case.await {

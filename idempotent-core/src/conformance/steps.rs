@@ -192,7 +192,7 @@ pub async fn steps_are_cleared_and_expire<S: Store + ?Sized>(store: &Arc<S>, cas
 /// leave steps out ([`StoreError::Unsupported`]); every store of this
 /// crate journals them.
 pub async fn run_steps<S: Store + ?Sized>(store: Arc<S>) {
-    let cases: Vec<(&str, tokio::task::JoinHandle<()>)> = vec![
+    let cases = vec![
         spawn(&store, "steps_are_recorded_under_the_live_lease", |s, c| {
             Box::pin(async move { steps_are_recorded_under_the_live_lease(&s, c).await })
         }),
@@ -211,14 +211,7 @@ pub async fn run_steps<S: Store + ?Sized>(store: Arc<S>) {
             Box::pin(async move { steps_are_cleared_and_expire(&s, c).await })
         }),
     ];
-    let mut failed = Vec::new();
-    for (name, case) in cases {
-        if let Err(error) = case.await {
-            eprintln!("conformance case `{name}` failed: {error}");
-            failed.push(name);
-        }
-    }
-    assert!(failed.is_empty(), "failed conformance cases: {failed:?}");
+    report(cases).await;
 }
 
 type Case<S> =
