@@ -19,7 +19,7 @@ use idempotent_core::{Error, Idempotency, Operation, Steps};
 /// restarted worker waits for it.
 pub static CHECKOUT: Operation = Operation::new("checkout")
     .ttl(Duration::from_secs(3600))
-    .lease(Duration::from_millis(600))
+    .lease(Duration::from_secs(1))
     .wait(Duration::from_secs(30));
 
 /// Where an order's run may crash: before the charge, after the charge's
@@ -95,6 +95,46 @@ pub enum OrderError {
     /// A side effect failed (the payments-server, the database, the sink).
     #[error("{0}")]
     Effect(String),
+}
+
+impl OrderError {
+    /// Whether running the order again may succeed: a lease lost on a
+    /// stalled machine, a duplicate still in progress, the store or a
+    /// service briefly unavailable.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Effect(_)
+                | Self::Idempotency(
+                    Error::LeaseLost { .. } | Error::InProgress { .. } | Error::StoreUnavailable(_)
+                )
+        )
+    }
+}
+
+/// Runs order `i` until it is done: a transient failure runs it again (up
+/// to 5 runs in all, a short pause between them), crashing at `crash_at`,
+/// if set, in the first run only.
+pub async fn order_until_done(
+    services: &Services,
+    i: u64,
+    steps_on: bool,
+    crash_at: Option<usize>,
+    crash: &Crash,
+) -> Result<String, OrderError> {
+    let mut crash_at = crash_at;
+    let mut runs = 0;
+    loop {
+        runs += 1;
+        match order(services, i, steps_on, crash_at, crash).await {
+            Err(error) if error.is_transient() && runs < 5 => {
+                tracing::warn!(order = i, %error, "running the order again");
+                crash_at = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Runs order `i` once: with journaled steps or without, crashing at

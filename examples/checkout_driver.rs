@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use examples::checkout::{CRASH_POINTS, Crash, Services, amount, mail_sink, order};
+use examples::checkout::{CRASH_POINTS, Crash, Services, amount, mail_sink, order_until_done};
 use examples::payments::{Config, LedgerEntry, app};
 use idempotent_client::{IdempotentClient, MemoryJournal, default_http_client};
 use idempotent_core::Idempotency;
@@ -262,13 +262,17 @@ async fn in_process(args: &Args, worker: &WorkerArgs) -> Result<u64, Failure> {
                 let handle = Arc::new(Mutex::new(None));
                 let crash = Crash::Task(handle.clone());
                 let services = services.clone();
-                let task =
-                    tokio::spawn(
-                        async move { order(&services, i, steps_on, crash_at, &crash).await },
-                    );
+                // The task starts once it holds its own abort handle, so a
+                // crash point reached at once still cancels it.
+                let (ready, start) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(async move {
+                    let _ = start.await;
+                    order_until_done(&services, i, steps_on, crash_at, &crash).await
+                });
                 *handle
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
+                let _ = ready.send(());
                 match task.await {
                     Ok(Ok(_)) => return Ok(restarts),
                     Ok(Err(error)) => return Err(format!("order {i}: {error}")),
@@ -372,7 +376,7 @@ async fn worker(args: &Args) -> Result<ExitCode, Failure> {
         };
         orders.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await;
-            order(&services, i, steps_on, crash_at, &crash).await
+            order_until_done(&services, i, steps_on, crash_at, &crash).await
         }));
     }
     for (i, order) in orders.into_iter().enumerate() {

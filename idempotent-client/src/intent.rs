@@ -58,12 +58,13 @@ fn headers(request: &Request) -> Result<Vec<(String, String)>, ClientError> {
         if value.is_sensitive() || CREDENTIALS.contains(&name) || name == IDEMPOTENCY_KEY {
             continue;
         }
-        let value = value
-            .to_str()
-            .map_err(|error| ClientError::InvalidRequest {
+        // UTF-8 (a name with an accent) is kept: it is sent again as the
+        // same bytes. Other bytes cannot be journaled as text.
+        let value =
+            std::str::from_utf8(value.as_bytes()).map_err(|error| ClientError::InvalidRequest {
                 reason: format!(
-                    "the `{name}` header is not visible ASCII, and a journaled request is resent \
-                 byte for byte"
+                    "the `{name}` header is not UTF-8, and a journaled request is resent byte \
+                     for byte"
                 ),
                 source: Some(Box::new(error)),
             })?;

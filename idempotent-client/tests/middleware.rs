@@ -141,6 +141,8 @@ async fn stacked_with_other_middleware_retries_carry_one_journaled_key_and_charg
     let response = client
         .post(&url)
         .json(&serde_json::json!({ "amount": 4200 }))
+        // UTF-8 in a header is journaled as it is.
+        .header("x-customer", "Zoë")
         .with_extension(IntentName::new("order-1"))
         .send()
         .await
@@ -185,7 +187,10 @@ async fn stacked_with_other_middleware_retries_carry_one_journaled_key_and_charg
     assert!(intent.done);
     assert_eq!(
         intent.headers,
-        vec![("content-type".to_owned(), "application/json".to_owned())]
+        vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("x-customer".to_owned(), "Zoë".to_owned()),
+        ]
     );
 }
 

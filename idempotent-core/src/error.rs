@@ -92,8 +92,9 @@ pub enum Error {
         operation: String,
     },
     /// A journaled step was misused: a name used twice in one call, an
-    /// empty name, or a [`Steps`](crate::Steps) handle used outside its
-    /// call. A bug in the caller; the step did not run.
+    /// empty name, a [`Steps`](crate::Steps) handle used outside its call,
+    /// or steps on a store that does not journal them. A bug in the
+    /// caller; the step did not run.
     #[error("step `{name}` of `{operation}`: {detail}")]
     InvalidStep {
         /// The operation (empty when the handle is not bound to a call).

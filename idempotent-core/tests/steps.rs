@@ -404,6 +404,37 @@ pub async fn a_handle_serves_one_running_call(store: Arc<dyn Store>) {
         .unwrap();
 }
 
+/// A step whose `Err` was not recorded may run again under its name in
+/// the same run (a loop that retries it).
+pub async fn a_failed_step_may_be_tried_again_in_the_same_run(store: Arc<dyn Store>) {
+    let runtime = Idempotency::new(store);
+    let tries = AtomicUsize::new(0);
+    let order = format!("order-{}", fastrand::u64(..));
+    let steps = Steps::new();
+    let done = runtime
+        .call(&CHECKOUT)
+        .key(&order)
+        .steps(&steps)
+        .run(async {
+            loop {
+                let charged = steps
+                    .run("charge", async {
+                        match tries.fetch_add(1, Ordering::SeqCst) {
+                            0 => Err(Error::NotConfigured),
+                            n => Ok(n),
+                        }
+                    })
+                    .await;
+                if let Ok(n) = charged {
+                    return Ok::<_, Error>(n);
+                }
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.value, 1);
+}
+
 /// Every case above, on `store`.
 pub async fn all_cases(store: Arc<dyn Store>) {
     a_retry_after_an_error_runs_only_the_unfinished_steps(store.clone()).await;
@@ -413,7 +444,8 @@ pub async fn all_cases(store: Arc<dyn Store>) {
     a_step_may_record_its_error(store.clone()).await;
     values_and_derived_keys_are_the_same_on_every_run(store.clone()).await;
     steps_of_another_payload_are_key_reused(store.clone()).await;
-    a_handle_serves_one_running_call(store).await;
+    a_handle_serves_one_running_call(store.clone()).await;
+    a_failed_step_may_be_tried_again_in_the_same_run(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,6 +518,91 @@ mod with_the_macro {
         assert_eq!(reserve(&runtime, "o-3", &effects).await.unwrap(), 0);
         assert_eq!(effects.counts(), (1, 1, 1));
     }
+}
+
+/// A store of one's own without journaled steps: the trait's defaults.
+struct WithoutSteps(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for WithoutSteps {
+    async fn claim(
+        &self,
+        key: &StorageKey,
+        fingerprint: idempotent_core::Fingerprint,
+        lease: Duration,
+    ) -> Result<idempotent_core::record::ClaimOutcome, idempotent_core::StoreError> {
+        self.0.claim(key, fingerprint, lease).await
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: idempotent_core::record::LeaseToken,
+        fingerprint: idempotent_core::Fingerprint,
+        response: &[u8],
+        ttl: Duration,
+    ) -> Result<(), idempotent_core::StoreError> {
+        self.0
+            .complete(key, token, fingerprint, response, ttl)
+            .await
+    }
+
+    async fn release(
+        &self,
+        key: &StorageKey,
+        token: idempotent_core::record::LeaseToken,
+    ) -> Result<(), idempotent_core::StoreError> {
+        self.0.release(key, token).await
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: idempotent_core::record::LeaseToken,
+        lease: Duration,
+    ) -> Result<(), idempotent_core::StoreError> {
+        self.0.renew(key, token, lease).await
+    }
+}
+
+/// On a store without steps, a step is `InvalidStep` (not an outage), and
+/// a call caching its errors does not store that error: the library's own
+/// errors are never stored, so the retry runs the body again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_the_store_cannot_journal_is_never_stored_as_the_answer() {
+    /// An application error that stores the library's errors as text.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    enum ShopError {
+        Engine(String),
+    }
+    impl From<Error> for ShopError {
+        fn from(error: Error) -> Self {
+            Self::Engine(error.to_string())
+        }
+    }
+    let runtime = Idempotency::new(WithoutSteps(MemoryStore::new()));
+    let runs = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let steps = Steps::new();
+        let result = runtime
+            .call(&CHECKOUT)
+            .key("no-steps-here")
+            .steps(&steps)
+            .run_caching_errors(async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                steps.run("charge", async { Ok::<_, ShopError>(1) }).await
+            })
+            .await;
+        assert!(
+            matches!(&result, Err(ShopError::Engine(detail)) if detail.contains("does not support")),
+            "{result:?}"
+        );
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "not stored: the body ran again"
+    );
 }
 
 #[cfg(feature = "redis")]

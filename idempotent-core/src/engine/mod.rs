@@ -260,6 +260,12 @@ pub(crate) fn store_error(operation: &Operation, error: StoreError) -> Error {
 pub(crate) fn store_error_named(operation: &str, error: StoreError) -> Error {
     match error {
         StoreError::KeyRejected { detail } => Error::InvalidKey(KeyError::NotStorable(detail)),
+        // Only the steps' methods answer it: a store without them.
+        StoreError::Unsupported { what } => Error::InvalidStep {
+            operation: operation.to_owned(),
+            name: String::new(),
+            detail: format!("the store does not support {what}"),
+        },
         StoreError::Corrupt { key, detail } => Error::Codec {
             action: "decode",
             operation: operation.to_owned(),

@@ -58,7 +58,17 @@ where
             replayed: false,
         })
     };
-    let (bytes, ttl) = match codec.encode(&value, operation, runtime) {
+    // A step that failed in the library (its value could not be recorded,
+    // the store was down) leaves the call unfinished: released, not stored,
+    // whatever the body made of the error.
+    let stored = match steps.is_some_and(Steps::failed) {
+        true => {
+            tracing::warn!("a step could not be journaled; the call's key is released for a retry");
+            Ok(None)
+        }
+        false => codec.encode(&value, operation, runtime),
+    };
+    let (bytes, ttl) = match stored {
         Ok(Some(stored)) => stored,
         Ok(None) => {
             // Disarmed only once the release has answered: a caller that

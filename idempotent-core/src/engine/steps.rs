@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -100,6 +101,9 @@ struct Shared {
     recorded: tokio::sync::OnceCell<HashMap<String, Vec<u8>>>,
     /// The names used in this run of the body.
     names: Mutex<HashSet<String>>,
+    /// Whether a step returned one of the library's own errors: the call's
+    /// result is then not stored (see [`Steps::failed`]).
+    failed: AtomicBool,
 }
 
 /// What a step needs of the call that holds its key.
@@ -233,24 +237,60 @@ impl Steps {
         F: Future<Output = Result<T, E>>,
     {
         let binding = self.binding()?;
-        self.claim_name(binding, name)?;
-        if let Some(bytes) = self.recorded(binding).await?.get(name) {
-            return decode(binding, name, bytes, errors.as_ref())?;
+        self.claim_name(binding, name).map_err(|e| self.fail(e))?;
+        let recorded = match self.recorded(binding).await {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                self.release_name(name);
+                return Err(self.fail(error).into());
+            }
+        };
+        if let Some(bytes) = recorded.get(name) {
+            return decode(binding, name, bytes, errors.as_ref()).map_err(|e| self.fail(e))?;
         }
         let value = body.await;
         let encoded = match (&value, &errors) {
             (Ok(ok), _) => Some(encode(binding, name, OK_TAG, |out| {
                 serde_json::to_writer(out, ok)
-            })?),
+            })),
             (Err(error), Some(errors)) => Some(encode(binding, name, ERR_TAG, |out| {
                 (errors.encode)(error).map(|json| out.extend_from_slice(&json))
-            })?),
+            })),
             (Err(_), None) => None,
         };
-        if let Some(bytes) = encoded {
-            record(binding, name, &bytes).await?;
+        match encoded {
+            Some(bytes) => {
+                let bytes = bytes.map_err(|e| self.fail(e))?;
+                record(binding, name, &bytes)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+            }
+            // Not recorded: the step may run again, in this run too.
+            None => self.release_name(name),
         }
         value
+    }
+
+    /// Notes that a step returned the library's own `error`: the call's
+    /// result is not stored, so that a retry of the call runs again (a
+    /// caching call would otherwise store an outage as its answer).
+    fn fail(&self, error: Error) -> Error {
+        self.shared.failed.store(true, Ordering::Relaxed);
+        error
+    }
+
+    /// Whether a step returned one of the library's own errors in this run.
+    pub(crate) fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    fn release_name(&self, name: &str) {
+        let mut names = self
+            .shared
+            .names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        names.remove(name);
     }
 
     /// Takes `name` for this run of the body: a name used twice is an error.
