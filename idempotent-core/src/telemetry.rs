@@ -33,6 +33,11 @@ pub const PENDING: &str = "idempotent_pending_results";
 /// there was none to retry on). A retry of such a key runs the body again
 /// once its lease is over. Alert on it.
 pub const LOST: &str = "idempotent_lost_results_total";
+/// Counter: journaled steps that ran and were recorded (label `operation`).
+pub const STEPS_RECORDED: &str = "idempotent_steps_recorded_total";
+/// Counter: journaled steps replayed from an earlier run of their call,
+/// without running (label `operation`).
+pub const STEPS_REPLAYED: &str = "idempotent_steps_replayed_total";
 
 /// The store calls timed by [`STORE_LATENCY`] (the values of its `call` label).
 #[derive(Debug, Clone, Copy)]

@@ -155,3 +155,39 @@ fn a_waiting_duplicate_counts_once_however_often_it_rechecks_and_a_refused_claim
         "the refused claim"
     );
 }
+
+static CHECKOUT: Operation = Operation::new("telemetry::checkout");
+
+/// Journaled steps: each step recorded once, and replayed on the retry.
+#[test]
+fn steps_recorded_and_replayed_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let idempotency = Idempotency::new(MemoryStore::new());
+            for attempt in 0..2 {
+                let steps = idempotent_core::Steps::new();
+                let _ = idempotency
+                    .call(&CHECKOUT)
+                    .key("order-1")
+                    .steps(&steps)
+                    .run(async {
+                        steps.run("charge", async { Ok::<_, Error>(1) }).await?;
+                        if attempt == 0 {
+                            return Err(Error::NotConfigured);
+                        }
+                        steps.run("email", async { Ok::<_, Error>(2) }).await
+                    })
+                    .await;
+            }
+        });
+    });
+    let counters = counters(&snapshotter);
+    assert_eq!(counters.get(telemetry::STEPS_RECORDED), Some(&2));
+    assert_eq!(counters.get(telemetry::STEPS_REPLAYED), Some(&1));
+}

@@ -11,12 +11,14 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::LeaseToken;
 use crate::store::{MAX_RETRY_DELAY, StepWrite, Store, StoreError, backoff};
+use crate::telemetry::{STEPS_RECORDED, STEPS_REPLAYED};
 
 /// The journaled steps of one idempotent call: give it to the call with
 /// [`Call::steps`](crate::Call::steps) (or mark an argument `#[steps]` under
@@ -225,11 +227,30 @@ impl Steps {
         })
     }
 
+    /// [`run_step`](Self::run_step) in a `step` span, named for the step.
     async fn run_coded<T, E, F>(
         &self,
         name: &str,
         body: F,
         errors: Option<ErrorCodec<E>>,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: Future<Output = Result<T, E>>,
+    {
+        let span = tracing::info_span!("step", step = name, replayed = tracing::field::Empty);
+        self.run_step(name, body, errors, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    async fn run_step<T, E, F>(
+        &self,
+        name: &str,
+        body: F,
+        errors: Option<ErrorCodec<E>>,
+        span: tracing::Span,
     ) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
@@ -246,8 +267,11 @@ impl Steps {
             }
         };
         if let Some(bytes) = recorded.get(name) {
+            span.record("replayed", true);
+            metrics::counter!(STEPS_REPLAYED, "operation" => binding.operation).increment(1);
             return decode(binding, name, bytes, errors.as_ref()).map_err(|e| self.fail(e))?;
         }
+        span.record("replayed", false);
         let value = body.await;
         let encoded = match (&value, &errors) {
             (Ok(ok), _) => Some(encode(binding, name, OK_TAG, |out| {
@@ -264,6 +288,7 @@ impl Steps {
                 record(binding, name, &bytes)
                     .await
                     .map_err(|e| self.fail(e))?;
+                metrics::counter!(STEPS_RECORDED, "operation" => binding.operation).increment(1);
             }
             // Not recorded: the step may run again, in this run too.
             None => self.release_name(name),
