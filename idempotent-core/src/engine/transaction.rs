@@ -176,7 +176,8 @@ impl<'a> Call<'a> {
     /// holds (for PostgreSQL, the transaction's `lock_timeout` and a pooled
     /// connection per waiting duplicate).
     ///
-    /// ```no_run
+    #[cfg_attr(feature = "postgres", doc = "```no_run")]
+    #[cfg_attr(not(feature = "postgres"), doc = "```ignore")]
     /// use idempotent_core::postgres::{PostgresStore, sqlx};
     /// use idempotent_core::{Begun, Error, Idempotency, Operation, StoreError};
     ///
@@ -278,7 +279,8 @@ impl<'a> Call<'a> {
     /// connection; whatever else it uses it must own (`move`). For a body
     /// that borrows from its caller, use [`begin`](Self::begin) directly.
     ///
-    /// ```no_run
+    #[cfg_attr(feature = "postgres", doc = "```no_run")]
+    #[cfg_attr(not(feature = "postgres"), doc = "```ignore")]
     /// use idempotent_core::postgres::{PostgresStore, sqlx};
     /// use idempotent_core::{Error, Idempotency, Operation, StoreError};
     ///
