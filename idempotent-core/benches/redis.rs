@@ -18,6 +18,9 @@
 //! Before the groups run, it prints `MEMORY USAGE` of one record holding a
 //! 200-byte response.
 //!
+//! `engine+cache` is the engine behind a `LocalCache`: its replays are of
+//! keys it completed itself, so they are served from memory.
+//!
 //! Run: `cargo bench -p idempotent-core --features redis --bench redis`.
 //! It starts its own `redis-server` on a free port.
 
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use idempotent_core::record::{ClaimOutcome, StorageKey};
 use idempotent_core::redis::RedisStore;
-use idempotent_core::{Error, Fingerprint, Idempotency, Operation, Store};
+use idempotent_core::{Error, Fingerprint, Idempotency, LocalCache, Operation, Store};
 use redis::aio::ConnectionManager;
 use redis_server::RedisServer;
 
@@ -44,6 +47,8 @@ struct Setup {
     _server: RedisServer,
     runtime: tokio::runtime::Runtime,
     idem: Idempotency,
+    /// The same store behind a `LocalCache` of 64 MiB.
+    cached: Idempotency,
     raw: ConnectionManager,
     complete_sha: String,
     next: Arc<AtomicU64>,
@@ -61,12 +66,13 @@ fn setup() -> Setup {
         .enable_all()
         .build()
         .expect("runtime");
-    let (idem, raw, complete_sha) = runtime.block_on(async {
+    let (idem, cached, raw, complete_sha) = runtime.block_on(async {
         let store = RedisStore::connect(&server.url()).await.expect("store");
         let raw = ConnectionManager::new(redis::Client::open(server.url()).expect("client"))
             .await
             .expect("raw connection");
         let idem = Idempotency::new(store.clone());
+        let cached = Idempotency::new(LocalCache::new(store.clone(), 64 << 20));
         print_memory_usage(&server, &store).await;
         let complete_sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -76,6 +82,8 @@ fn setup() -> Setup {
             .expect("SCRIPT LOAD");
         for i in 0..REPLAY_KEYS {
             engine_call(&idem, &format!("replay-{i}")).await;
+            // Completed through the cache, so it holds them.
+            engine_call(&cached, &format!("cached-replay-{i}")).await;
             let _: () = redis::cmd("SET")
                 .arg(format!("raw-replay-{i}"))
                 .arg(RESPONSE)
@@ -85,12 +93,13 @@ fn setup() -> Setup {
             floor_claim(&mut raw.clone(), &floor_key("replay", i)).await;
             floor_complete(&mut raw.clone(), &complete_sha, &floor_key("replay", i)).await;
         }
-        (idem, raw, complete_sha)
+        (idem, cached, raw, complete_sha)
     });
     Setup {
         _server: server,
         runtime,
         idem,
+        cached,
         raw,
         complete_sha,
         next: Arc::new(AtomicU64::new(0)),
@@ -249,6 +258,26 @@ fn bench(c: &mut Criterion) {
                     })
                 });
             });
+            group.bench_with_input(
+                BenchmarkId::new("engine+cache", tasks),
+                &tasks,
+                |b, &tasks| {
+                    b.iter_custom(|ops| {
+                        let cached = setup.cached.clone();
+                        run_concurrent(&setup, tasks, ops, move |n| {
+                            let cached = cached.clone();
+                            async move {
+                                let key = if path == "fresh" {
+                                    format!("cached-fresh-{n}")
+                                } else {
+                                    format!("cached-replay-{}", n % REPLAY_KEYS)
+                                };
+                                engine_call(&cached, &key).await;
+                            }
+                        })
+                    });
+                },
+            );
             group.bench_with_input(BenchmarkId::new("raw", tasks), &tasks, |b, &tasks| {
                 b.iter_custom(|ops| {
                     let raw = setup.raw.clone();

@@ -120,7 +120,9 @@ pub use store::memory;
 pub use store::postgres;
 #[cfg(feature = "redis")]
 pub use store::redis;
-pub use store::{StepLog, StepWrite, Store, StoreError, TransactionClaim, TransactionalStore};
+pub use store::{
+    LocalCache, StepLog, StepWrite, Store, StoreError, TransactionClaim, TransactionalStore,
+};
 
 // The README's examples, and the guides' in docs/, use every store, the
 // HTTP layer and the client: each file's snippets are doctested here.

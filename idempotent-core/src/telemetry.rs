@@ -33,6 +33,10 @@ pub const PENDING: &str = "idempotent_pending_results";
 /// there was none to retry on). A retry of such a key runs the body again
 /// once its lease is over. Alert on it.
 pub const LOST: &str = "idempotent_lost_results_total";
+/// Counter: claims a [`LocalCache`](crate::LocalCache) answered or passed
+/// on (label `cache`: `hit`, `miss`), and its entries dropped to stay
+/// within its bound (`evicted`).
+pub const LOCAL_CACHE: &str = "idempotent_local_cache_total";
 /// Counter: journaled steps that ran and were recorded (label `operation`).
 pub const STEPS_RECORDED: &str = "idempotent_steps_recorded_total";
 /// Counter: journaled steps replayed from an earlier run of their call,

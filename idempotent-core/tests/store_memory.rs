@@ -405,3 +405,12 @@ async fn responses_of_every_size_replay_exactly_including_after_a_takeover() {
         assert_eq!(&stored[..], &response[..], "taken over, length {len}");
     }
 }
+
+/// A `LocalCache` in front of a store keeps every promise of the store:
+/// the whole suite, steps included, through the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_through_a_local_cache() {
+    let cached = idempotent_core::LocalCache::new(MemoryStore::new(), 1 << 20);
+    idempotent_core::conformance::run_all(Arc::new(cached.clone())).await;
+    idempotent_core::conformance::run_steps(Arc::new(cached)).await;
+}

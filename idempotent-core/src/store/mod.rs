@@ -13,6 +13,7 @@ use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{ClaimOutcome, LeaseToken};
 
+mod cache;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
@@ -25,6 +26,7 @@ pub mod redis;
 mod steps;
 mod transaction;
 
+pub use cache::LocalCache;
 pub use steps::{StepLog, StepWrite};
 pub use transaction::{TransactionClaim, TransactionalStore};
 
