@@ -140,39 +140,12 @@ async fn the_steps_purge_never_scans_the_table() {
         .execute(&mut connection)
         .await
         .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE purge(bigint) AS {}",
-        PostgresStore::PURGE_STEPS
-    ))
-    .execute(&mut connection)
-    .await
-    .unwrap();
-    for mode in ["force_custom_plan", "force_generic_plan"] {
-        sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE purge(100)")
-            .fetch_all(&mut connection)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(!plan.contains("Seq Scan"), "{mode}: a table scan:\n{plan}");
-        assert!(
-            plan.contains("idempotency_records_steps_expires_at"),
-            "{mode}: no index:\n{plan}"
-        );
-        assert!(plan.contains("Tid Scan"), "{mode}:\n{plan}");
-    }
-    let purged = sqlx::query("EXECUTE purge(100)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(
-        purged.rows_affected(),
-        100,
-        "the expired rows, and only them"
-    );
+    purges_through_its_index(
+        &mut connection,
+        PostgresStore::PURGE_STEPS,
+        "idempotency_records_steps_expires_at",
+    )
+    .await;
     assert_eq!(schema.count("idempotency_records_steps").await, 20_000);
 }
 
@@ -343,39 +316,12 @@ async fn the_purge_never_scans_the_table() {
         .execute(&mut connection)
         .await
         .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE purge(bigint) AS {}",
-        idempotent_core::postgres::PostgresStore::PURGE
-    ))
-    .execute(&mut connection)
-    .await
-    .unwrap();
-    for mode in ["force_custom_plan", "force_generic_plan"] {
-        sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
-            .execute(&mut connection)
-            .await
-            .unwrap();
-        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE purge(100)")
-            .fetch_all(&mut connection)
-            .await
-            .unwrap();
-        let plan = plan.join("\n");
-        assert!(!plan.contains("Seq Scan"), "{mode}: a table scan:\n{plan}");
-        assert!(
-            plan.contains("idempotency_records_deadline"),
-            "{mode}: no index:\n{plan}"
-        );
-        assert!(plan.contains("Tid Scan"), "{mode}:\n{plan}");
-    }
-    let purged = sqlx::query("EXECUTE purge(100)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(
-        purged.rows_affected(),
-        100,
-        "the expired rows, and only them"
-    );
+    purges_through_its_index(
+        &mut connection,
+        idempotent_core::postgres::PostgresStore::PURGE,
+        "idempotency_records_deadline",
+    )
+    .await;
     assert_eq!(schema.count("idempotency_records").await, 20_000);
 }
 
@@ -916,4 +862,41 @@ async fn through_the_http_layer_a_key_postgresql_cannot_hold_is_a_400() {
     assert_eq!(response.status(), StatusCode::CREATED, "a short path runs");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(schema.count("idempotency_records").await, 1);
+}
+
+/// Prepares the purge `statement` on `connection`, checks that its custom
+/// and generic plans both go through `index` and the rows' addresses (no
+/// table scan), and runs it with a batch of 100: all 100 are expired rows.
+async fn purges_through_its_index(
+    connection: &mut idempotent_core::postgres::sqlx::PgConnection,
+    statement: &str,
+    index: &str,
+) {
+    sqlx::raw_sql(&format!("PREPARE purge(bigint) AS {statement}"))
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        sqlx::raw_sql(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE purge(100)")
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{mode}: a table scan:\n{plan}");
+        assert!(plan.contains(index), "{mode}: no index:\n{plan}");
+        assert!(plan.contains("Tid Scan"), "{mode}:\n{plan}");
+    }
+    let purged = sqlx::query("EXECUTE purge(100)")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        purged.rows_affected(),
+        100,
+        "the expired rows, and only them"
+    );
 }

@@ -12,28 +12,20 @@ static CHARGE: Operation = Operation::new("telemetry::charge");
 
 #[test]
 fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let idempotency = Idempotency::new(MemoryStore::new());
-            let call = |payload: u64| {
-                idempotency
-                    .call(&CHARGE)
-                    .key("k")
-                    .payload(&payload)
-                    .run(async { Ok::<_, Error>(1u64) })
-            };
-            assert!(!call(1).await.unwrap().replayed);
-            assert!(call(1).await.unwrap().replayed);
-            assert!(call(1).await.unwrap().replayed);
-            assert!(matches!(call(2).await, Err(Error::KeyReused { .. })));
-            tokio::time::sleep(Duration::ZERO).await;
-        });
+    let snapshotter = recorded(|| async {
+        let idempotency = Idempotency::new(MemoryStore::new());
+        let call = |payload: u64| {
+            idempotency
+                .call(&CHARGE)
+                .key("k")
+                .payload(&payload)
+                .run(async { Ok::<_, Error>(1u64) })
+        };
+        assert!(!call(1).await.unwrap().replayed);
+        assert!(call(1).await.unwrap().replayed);
+        assert!(call(1).await.unwrap().replayed);
+        assert!(matches!(call(2).await, Err(Error::KeyReused { .. })));
+        tokio::time::sleep(Duration::ZERO).await;
     });
     let mut counters = std::collections::HashMap::new();
     let mut latencies = std::collections::HashMap::new();
@@ -80,6 +72,23 @@ fn calls_are_counted_and_store_calls_timed_with_the_operation_label() {
         Some(&1),
         "one call ran and stored"
     );
+}
+
+/// Runs `body` on a current-thread runtime with a recorder of its own;
+/// what it recorded.
+fn recorded<F: std::future::Future<Output = ()>>(
+    body: impl FnOnce() -> F,
+) -> metrics_util::debugging::Snapshotter {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(body());
+    });
+    snapshotter
 }
 
 /// Each counter's value by name, summed over labels other than `operation`.
@@ -161,31 +170,23 @@ static CHECKOUT: Operation = Operation::new("telemetry::checkout");
 /// Journaled steps: each step recorded once, and replayed on the retry.
 #[test]
 fn steps_recorded_and_replayed_are_counted() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let idempotency = Idempotency::new(MemoryStore::new());
-            for attempt in 0..2 {
-                let steps = idempotent_core::Steps::new();
-                let _ = idempotency
-                    .call(&CHECKOUT)
-                    .key("order-1")
-                    .steps(&steps)
-                    .run(async {
-                        steps.run("charge", async { Ok::<_, Error>(1) }).await?;
-                        if attempt == 0 {
-                            return Err(Error::NotConfigured);
-                        }
-                        steps.run("email", async { Ok::<_, Error>(2) }).await
-                    })
-                    .await;
-            }
-        });
+    let snapshotter = recorded(|| async {
+        let idempotency = Idempotency::new(MemoryStore::new());
+        for attempt in 0..2 {
+            let steps = idempotent_core::Steps::new();
+            let _ = idempotency
+                .call(&CHECKOUT)
+                .key("order-1")
+                .steps(&steps)
+                .run(async {
+                    steps.run("charge", async { Ok::<_, Error>(1) }).await?;
+                    if attempt == 0 {
+                        return Err(Error::NotConfigured);
+                    }
+                    steps.run("email", async { Ok::<_, Error>(2) }).await
+                })
+                .await;
+        }
     });
     let counters = counters(&snapshotter);
     assert_eq!(counters.get(telemetry::STEPS_RECORDED), Some(&2));
