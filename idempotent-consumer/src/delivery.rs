@@ -17,7 +17,7 @@ use crate::message::Message;
 /// Exactly one of [`ack`](Delivery::ack), [`retry`](Delivery::retry) and
 /// [`dead_letter`](Delivery::dead_letter) is called, once, after the
 /// handler's result is recorded (or the message is refused).
-pub trait Delivery: Send + Sized {
+pub trait Delivery: Send + Sync + Sized {
     /// The message.
     fn message(&self) -> &Message;
 
