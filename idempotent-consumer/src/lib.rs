@@ -36,6 +36,7 @@ mod outcome;
 pub mod telemetry;
 pub mod testing;
 
+pub use consume::Consumed;
 pub use consumer::{
     Consumer, ConsumerBuilder, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY,
     DEFAULT_WAIT,

@@ -190,3 +190,71 @@ async fn with_the_store_down_nothing_runs_or_is_acknowledged_until_it_is_back() 
     assert!(delivery.acked());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn duplicates_dead_letters_and_handler_latency_are_counted_per_stream() {
+    use idempotent_consumer::telemetry;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let consumer = consumer(Idempotency::new(MemoryStore::new()));
+                let runs = AtomicUsize::new(0);
+                for delivery in [
+                    order("o-1", "10", 1),
+                    order("o-1", "10", 2),
+                    order("o-1", "11", 1),
+                ] {
+                    handle(&consumer, &delivery, &runs, false).await;
+                }
+                let returns =
+                    Recorded::new(Message::new("returns", "10").with_id("r-1").with_attempt(3));
+                handle(&consumer, &returns, &runs, true).await;
+            });
+    });
+    let mut seen = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let label = |name: &str| {
+            key.labels()
+                .find(|l| l.key() == name)
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default()
+        };
+        let value = match value {
+            DebugValue::Counter(n) => n,
+            DebugValue::Histogram(samples) => samples.len() as u64,
+            DebugValue::Gauge(_) => continue,
+        };
+        let detail = if key.name() == telemetry::DEAD_LETTERED {
+            label("reason")
+        } else {
+            label("outcome")
+        };
+        if key.name().starts_with("idempotent_message") {
+            assert_eq!(label("consumer"), "ship");
+            seen.push((key.name().to_owned(), label("stream"), detail, value));
+        }
+    }
+    seen.sort();
+    let expected = [
+        (telemetry::HANDLER_LATENCY, "orders", "", 1),
+        (telemetry::HANDLER_LATENCY, "returns", "", 1),
+        (telemetry::MESSAGES, "orders", "dead_lettered", 1),
+        (telemetry::MESSAGES, "orders", "ran", 1),
+        (telemetry::MESSAGES, "orders", "replayed", 1),
+        (telemetry::MESSAGES, "returns", "dead_lettered", 1),
+        (telemetry::DEAD_LETTERED, "orders", "key-reused", 1),
+        (telemetry::DEAD_LETTERED, "returns", "failed", 1),
+    ]
+    .map(|(name, stream, detail, n)| (name.to_owned(), stream.to_owned(), detail.to_owned(), n));
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(seen, expected);
+}
