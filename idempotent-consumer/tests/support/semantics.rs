@@ -121,7 +121,14 @@ impl Drop for Member {
 }
 
 /// Starts member `name` of `broker`'s group with `consumer`.
-pub async fn member<B, F>(broker: &B, consumer: &Consumer, name: &str, runs: &Runs, work: Duration, fails: F) -> Member
+pub async fn member<B, F>(
+    broker: &B,
+    consumer: &Consumer,
+    name: &str,
+    runs: &Runs,
+    work: Duration,
+    fails: F,
+) -> Member
 where
     B: Broker,
     F: Fn(&Message, usize) -> bool + Send + Sync + 'static,
@@ -137,7 +144,11 @@ where
                 let run = runs.ran(message.id.as_deref().unwrap_or_default()) + 1;
                 let ok = !fails(&message, run);
                 runs.count(&message, ok);
-                if ok { Ok(()) } else { Err(format!("run {run} of {:?} failed", message.id)) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err(format!("run {run} of {:?} failed", message.id))
+                }
             })
             .await;
     }))
@@ -184,7 +195,10 @@ impl<D: Delivery> Delivery for Unacknowledged<D> {
         self.0.retry(delay)
     }
 
-    fn dead_letter(self, letter: &DeadLetter) -> impl Future<Output = Result<(), BrokerError>> + Send {
+    fn dead_letter(
+        self,
+        letter: &DeadLetter,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
         let Self(inner) = self;
         let letter = letter.clone();
         async move { inner.dead_letter(&letter).await }
@@ -199,7 +213,11 @@ pub async fn redelivery_after_a_crash_replays<B: Broker>(broker: &B) {
     let consumer = consumer(memory());
     broker.publish(Some("order-3"), b"order 3").await;
     let mut crashing = broker.deliveries("a").await;
-    let delivery = crashing.next().await.expect("a delivery").expect("received");
+    let delivery = crashing
+        .next()
+        .await
+        .expect("a delivery")
+        .expect("received");
     let counted = runs.clone();
     let outcome = consumer
         .handle(Unacknowledged(delivery), |message| async move {
@@ -221,13 +239,18 @@ pub async fn redelivery_after_a_crash_replays<B: Broker>(broker: &B) {
 pub async fn failures_redeliver_then_dead_letter<B: Broker>(broker: &B) {
     let runs = Runs::default();
     let consumer = consumer(memory());
-    let _member = member(broker, &consumer, "a", &runs, Duration::ZERO, |message, run| {
-        match message.id.as_deref() {
+    let _member = member(
+        broker,
+        &consumer,
+        "a",
+        &runs,
+        Duration::ZERO,
+        |message, run| match message.id.as_deref() {
             Some("flaky") => run == 1,
             Some("broken") => true,
             _ => false,
-        }
-    })
+        },
+    )
     .await;
     broker.publish(Some("flaky"), b"flaky").await;
     broker.publish(Some("broken"), b"broken").await;
@@ -308,7 +331,11 @@ pub async fn store_down_holds_messages<B: Broker>(broker: &B) {
     server.kill();
     broker.publish(Some("order-5"), b"order 5").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(runs.ran("order-5"), 0, "nothing runs while the store is down");
+    assert_eq!(
+        runs.ran("order-5"),
+        0,
+        "nothing runs while the store is down"
+    );
     assert_eq!(broker.unsettled().await, 1, "nothing is acknowledged");
     server.restart();
     drained(broker).await;
@@ -343,7 +370,9 @@ pub async fn same_transaction_commits_effect_and_record<B: Broker>(broker: &B, s
                                 .execute(&mut *tx)
                                 .await
                                 .map_err(|e| e.to_string())?;
-                            if id == "rolled-back" && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            if id == "rolled-back"
+                                && !failed_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
                                 return Err("failed after the INSERT".to_owned());
                             }
                             Ok::<_, String>(())
@@ -359,11 +388,15 @@ pub async fn same_transaction_commits_effect_and_record<B: Broker>(broker: &B, s
     broker.publish(Some("rolled-back"), b"tx 2").await;
     drained(broker).await;
     worker.abort();
-    let rows: Vec<(String, i64)> =
-        sqlx::query_as("SELECT order_id, count(*) FROM effects GROUP BY order_id ORDER BY order_id")
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(rows, [("rolled-back".to_owned(), 1), ("tx-1".to_owned(), 1)]);
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT order_id, count(*) FROM effects GROUP BY order_id ORDER BY order_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        [("rolled-back".to_owned(), 1), ("tx-1".to_owned(), 1)]
+    );
     assert!(failed_once.load(std::sync::atomic::Ordering::SeqCst));
 }
