@@ -72,7 +72,7 @@
 //!
 //! Each member reads with its own connection, since `XREADGROUP ... BLOCK`
 //! holds it; acknowledgements, claims and dead letters share another. A
-//! standalone Redis only (a `redis://` or `rediss://` URL); the member names
+//! standalone Redis only (a `redis://` URL); the member names
 //! it leaves in the group (`XINFO CONSUMERS`) can be removed with
 //! `XGROUP DELCONSUMER` once they have nothing pending.
 
@@ -222,13 +222,7 @@ impl SubscriberBuilder {
     /// (a new group starts at the stream's first entry), and joins the
     /// group as a member of a unique name.
     pub async fn connect(self) -> Result<Subscriber, BrokerError> {
-        let client = Client::open(self.url.as_str()).map_err(|e| BrokerError::new("connect", e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2);
-        let commands = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(|e| BrokerError::new("connect", e))?;
+        let (client, commands) = connect(&self.url).await?;
         let dead_letter = self
             .dead_letter_stream
             .unwrap_or_else(|| format!("{}:dead", self.stream));
@@ -628,6 +622,8 @@ async fn keep(shared: Arc<Shared>, held: Arc<Held>, mut dead: tokio::sync::onesh
 ///   script.
 ///
 /// Dropped unsettled, the entry is claimed after the claim idle time.
+/// [`in_progress`](Delivery::in_progress) does nothing: the member keeps
+/// its unsettled entries from other members already.
 pub struct RedisDelivery {
     message: Message,
     entry: String,
@@ -747,6 +743,18 @@ fn message(source: Arc<str>, fields: Vec<Value>, attempt: u32) -> Message {
     message
 }
 
+/// The client for `url`, and the shared connection for commands.
+async fn connect(url: &str) -> Result<(Client, ConnectionManager), BrokerError> {
+    let client = Client::open(url).map_err(|e| BrokerError::new("connect", e))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_number_of_retries(2);
+    let commands = ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(|e| BrokerError::new("connect", e))?;
+    Ok((client, commands))
+}
+
 fn array(value: Value) -> Vec<Value> {
     match value {
         Value::Array(values) | Value::Set(values) => values,
@@ -816,13 +824,7 @@ impl PublisherBuilder {
 
     /// Connects.
     pub async fn connect(self) -> Result<Publisher, BrokerError> {
-        let client = Client::open(self.url.as_str()).map_err(|e| BrokerError::new("connect", e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2);
-        let commands = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| BrokerError::new("connect", e))?;
+        let (_, commands) = connect(&self.url).await?;
         Ok(Publisher {
             inner: Arc::new(PublisherInner {
                 stream: self.stream,

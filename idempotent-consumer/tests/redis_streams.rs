@@ -141,40 +141,25 @@ impl Broker for Streams {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn republished_runs_once() {
-    semantics::republished_runs_once(&Streams::start().await).await;
+/// One test per shared scenario, each on a server of its own.
+macro_rules! scenarios {
+    ($($scenario:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            semantics::$scenario(&Streams::start().await).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redelivery_after_a_crash_replays() {
-    semantics::redelivery_after_a_crash_replays(&Streams::start().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_redeliver_then_dead_letter() {
-    semantics::failures_redeliver_then_dead_letter(&Streams::start().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_is_dead_lettered() {
-    semantics::poison_is_dead_lettered(&Streams::start().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_key_is_dead_lettered() {
-    semantics::no_key_is_dead_lettered(&Streams::start().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twins_at_two_members_run_once() {
-    semantics::twins_at_two_members_run_once(&Streams::start().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_down_holds_messages() {
-    semantics::store_down_holds_messages(&Streams::start().await).await;
-}
+scenarios!(
+    republished_runs_once,
+    redelivery_after_a_crash_replays,
+    failures_redeliver_then_dead_letter,
+    poison_is_dead_lettered,
+    no_key_is_dead_lettered,
+    twins_at_two_members_run_once,
+    store_down_holds_messages,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_transaction_commits_effect_and_record() {
@@ -261,6 +246,25 @@ async fn a_long_retry_delay_is_kept() {
     );
     assert_eq!(again.message().attempt, 2);
     again.ack().await.unwrap();
+}
+
+/// A live member keeps the entries it works on, however long past the
+/// claim's idle time: only a crash lets another member claim them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_member_keeps_its_entries() {
+    let streams = Streams::start().await;
+    streams.publish(Some("order-1"), b"order 1").await;
+    let mut working = streams.subscriber().await.deliveries();
+    let mut other = streams.subscriber().await.deliveries();
+    let delivery = working.next().await.unwrap().unwrap();
+    let claimed = tokio::time::timeout(CLAIM_IDLE * 5, other.next()).await;
+    assert!(claimed.is_err(), "claimed while its member works on it");
+    drop((delivery, working));
+    let claimed = other.next().await.unwrap().unwrap();
+    assert_eq!(
+        (claimed.message().id.as_deref(), claimed.message().attempt),
+        (Some("order-1"), 2)
+    );
 }
 
 /// Entries that are not well formed reach the consumer without a panic:
