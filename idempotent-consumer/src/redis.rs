@@ -49,15 +49,17 @@
 //! entry, or a republished one with the same `message_id` and payload, is
 //! acknowledged without running the handler again, because the
 //! [`Consumer`](crate::Consumer) recorded its result before acknowledging
-//! (`XACK`) it. The delivery is not once; the effect is.
+//! (`XACK`) it, for as long as the result is kept (the consumer's TTL).
+//! The delivery is not once; the effect is.
 //!
 //! - **Claim idle time** ([`SubscriberBuilder::claim_idle`], 30 s by
 //!   default): how long an entry stays pending with a member that crashed
 //!   before another member claims it. A live member keeps its entries from
 //!   being claimed while their handlers run, however long (it resets their
 //!   idle time every third of it), so the setting is the redelivery time of
-//!   a crash, not a bound on handlers. It also bounds a retry's delay: see
-//!   [`RedisDelivery`].
+//!   a crash, not a bound on handlers. A retry's delay shorter than it is
+//!   the entry's idle time; a longer one is kept by the member (see
+//!   [`RedisDelivery`]).
 //! - **Dead-letter stream** ([`SubscriberBuilder::dead_letter_stream`],
 //!   `<stream>:dead` by default): where an entry goes when it failed too
 //!   often, is a poison message, or has no key: a copy of its fields plus
@@ -71,10 +73,12 @@
 //!   keeps the stream free of them.
 //!
 //! Each member reads with its own connection, since `XREADGROUP ... BLOCK`
-//! holds it; acknowledgements, claims and dead letters share another. A
-//! standalone Redis only (a `redis://` URL); the member names
-//! it leaves in the group (`XINFO CONSUMERS`) can be removed with
-//! `XGROUP DELCONSUMER` once they have nothing pending.
+//! holds it; acknowledgements, retries and dead letters share another. A
+//! standalone Redis only (a `redis://` URL). Acknowledged entries stay in
+//! the stream until it is trimmed (`XTRIM`, by length or by id, under the
+//! oldest entry still pending); the member names left in the group
+//! (`XINFO CONSUMERS`) can be removed with `XGROUP DELCONSUMER` once they
+//! have nothing pending.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -146,13 +150,17 @@ claim[#claim + 1] = 'JUSTID'
 return #redis.call(unpack(claim))
 ";
 
-/// Copies an entry to the dead-letter stream with the reason, and
-/// acknowledges it. KEYS: the stream, the dead-letter stream; ARGV: the
-/// group, the entry id, the reason's and the detail's fields and values,
-/// then the fields to copy if the entry is gone from the stream.
+/// Acknowledges an entry and copies it to the dead-letter stream with the
+/// reason; nothing if another member settled it already. KEYS: the stream,
+/// the dead-letter stream; ARGV: the group, the entry id, the reason's and
+/// the detail's fields and values, then the fields to copy if the entry is
+/// gone (the stream deleted, say).
 const DEAD_LETTER: &str = r"
-local fields = {}
 local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return 0
+end
+local fields = {}
 if entry[1] then
   fields = entry[1][2]
 else
@@ -160,7 +168,7 @@ else
 end
 for i = 3, 6 do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(fields))
-return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return 1
 ";
 
 /// Adds an entry unless its id was published within the window.

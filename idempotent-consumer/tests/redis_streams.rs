@@ -305,6 +305,40 @@ async fn entries_not_well_formed_are_dead_lettered() {
     assert_eq!(raw[1][1], (b"\xc3(".to_vec(), b"\xff".to_vec()));
 }
 
+/// A dead letter is written once: not for an entry another member settled
+/// already, and from the delivery's own message when the stream is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_written_once() {
+    let streams = Streams::start().await;
+    let letter = idempotent_consumer::DeadLetter::NoKey;
+    streams
+        .add(&[(b"payload", b"one"), (b"tenant", b"acme")])
+        .await;
+    streams.add(&[(b"payload", b"two")]).await;
+    let mut deliveries = streams.subscriber().await.deliveries();
+    let one = deliveries.next().await.unwrap().unwrap();
+    let two = deliveries.next().await.unwrap().unwrap();
+    let _: usize = streams
+        .redis
+        .clone()
+        .xack(&streams.stream, &streams.group, &[one.entry_id()])
+        .await
+        .unwrap();
+    one.dead_letter(&letter).await.unwrap();
+    assert!(streams.dead_letters().await.is_empty(), "settled elsewhere");
+    let _: usize = streams.redis.clone().del(&streams.stream).await.unwrap();
+    two.dead_letter(&letter).await.unwrap();
+    let letters = streams.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        (
+            &letters[0].payload[..],
+            letters[0].header(semantics::REASON)
+        ),
+        (&b"two"[..], Some("no-key"))
+    );
+}
+
 /// The stream deleted under its members: they declare it and the group
 /// again, and consume what is published next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
