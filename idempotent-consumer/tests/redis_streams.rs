@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -165,6 +167,56 @@ scenarios!(
 async fn same_transaction_commits_effect_and_record() {
     semantics::same_transaction_commits_effect_and_record(&Streams::start().await, "redis_streams")
         .await;
+}
+
+/// Many messages, a third of them published twice, shared by three
+/// members, one of which crashes halfway: every message runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_at_members_that_crash_run_once() {
+    let streams = Streams::start().await;
+    let runs = semantics::Runs::default();
+    let consumer = semantics::consumer(idempotent_core::Idempotency::new(
+        idempotent_core::memory::MemoryStore::new(),
+    ));
+    let work = Duration::from_millis(30);
+    let redelivered = Arc::new(AtomicBool::new(false));
+    let never = {
+        let redelivered = Arc::clone(&redelivered);
+        move |message: &Message, _| {
+            redelivered.fetch_or(message.attempt > 1, Ordering::SeqCst);
+            false
+        }
+    };
+    let publish = |orders: std::ops::Range<usize>| {
+        let streams = &streams;
+        async move {
+            for i in orders {
+                let id = format!("order-{i}");
+                streams.publish(Some(&id), id.as_bytes()).await;
+                if i % 3 == 0 {
+                    streams.publish(Some(&id), id.as_bytes()).await;
+                }
+            }
+        }
+    };
+    let a = semantics::member(&streams, &consumer, "a", &runs, work, never.clone()).await;
+    let _b = semantics::member(&streams, &consumer, "b", &runs, work, never.clone()).await;
+    publish(0..75).await;
+    tokio::time::sleep(work / 2).await;
+    // A crash with handlers running: their entries go to the others.
+    drop(a);
+    // Its successor, under another name.
+    let _c = semantics::member(&streams, &consumer, "c", &runs, work, never).await;
+    publish(75..150).await;
+    semantics::drained(&streams).await;
+    for i in 0..150 {
+        assert_eq!(runs.effects(&format!("order-{i}")), 1, "order-{i}");
+    }
+    assert!(
+        redelivered.load(Ordering::SeqCst),
+        "the crashed member's entries were claimed"
+    );
+    assert!(streams.dead_letters().await.is_empty());
 }
 
 /// The same id published twice within the window is one entry; after the
