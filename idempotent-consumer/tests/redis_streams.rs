@@ -14,11 +14,15 @@ use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
 use idempotent_consumer::redis::{Publisher, RedisDelivery, Subscriber};
 use idempotent_consumer::{BrokerError, Delivery, Message};
+use idempotent_core::Idempotency;
+use idempotent_core::memory::MemoryStore;
 use redis::AsyncCommands as _;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamInfoGroupsReply;
 use support::redis_server::RedisServer;
 use support::semantics::{self, Broker};
+
+type Deliveries = BoxStream<'static, Result<RedisDelivery, BrokerError>>;
 
 /// The claim's idle time: how soon a crashed member's delivery comes back.
 const CLAIM_IDLE: Duration = Duration::from_millis(300);
@@ -54,6 +58,16 @@ impl Streams {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// `order-1` published and delivered to a first member, and a second
+    /// member.
+    async fn one_delivery_two_members(&self) -> (RedisDelivery, Deliveries, Deliveries) {
+        self.publish(Some("order-1"), b"order 1").await;
+        let mut first = self.subscriber().await.deliveries().boxed();
+        let second = self.subscriber().await.deliveries().boxed();
+        let delivery = first.next().await.unwrap().unwrap();
+        (delivery, first, second)
     }
 
     /// `XADD` of raw fields.
@@ -120,10 +134,7 @@ impl Broker for Streams {
         }
     }
 
-    async fn deliveries(
-        &self,
-        _member: &str,
-    ) -> BoxStream<'static, Result<RedisDelivery, BrokerError>> {
+    async fn deliveries(&self, _member: &str) -> Deliveries {
         self.subscriber().await.deliveries().boxed()
     }
 
@@ -175,9 +186,7 @@ async fn same_transaction_commits_effect_and_record() {
 async fn many_messages_at_members_that_crash_run_once() {
     let streams = Streams::start().await;
     let runs = semantics::Runs::default();
-    let consumer = semantics::consumer(idempotent_core::Idempotency::new(
-        idempotent_core::memory::MemoryStore::new(),
-    ));
+    let consumer = semantics::consumer(Idempotency::new(MemoryStore::new()));
     let work = Duration::from_millis(30);
     let redelivered = Arc::new(AtomicBool::new(false));
     let never = {
@@ -279,10 +288,7 @@ async fn the_attempt_is_the_brokers_delivery_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_retry_delay_is_kept() {
     let streams = Streams::start().await;
-    streams.publish(Some("order-1"), b"order 1").await;
-    let mut first = streams.subscriber().await.deliveries();
-    let mut second = streams.subscriber().await.deliveries();
-    let delivery = first.next().await.unwrap().unwrap();
+    let (delivery, mut first, mut second) = streams.one_delivery_two_members().await;
     let delay = CLAIM_IDLE * 4;
     delivery.retry(delay).await.unwrap();
     let started = tokio::time::Instant::now();
@@ -305,10 +311,7 @@ async fn a_long_retry_delay_is_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_member_keeps_its_entries() {
     let streams = Streams::start().await;
-    streams.publish(Some("order-1"), b"order 1").await;
-    let mut working = streams.subscriber().await.deliveries();
-    let mut other = streams.subscriber().await.deliveries();
-    let delivery = working.next().await.unwrap().unwrap();
+    let (delivery, working, mut other) = streams.one_delivery_two_members().await;
     let claimed = tokio::time::timeout(CLAIM_IDLE * 5, other.next()).await;
     assert!(claimed.is_err(), "claimed while its member works on it");
     drop((delivery, working));
@@ -326,9 +329,7 @@ async fn a_live_member_keeps_its_entries() {
 async fn entries_not_well_formed_are_dead_lettered() {
     let streams = Streams::start().await;
     let runs = semantics::Runs::default();
-    let consumer = semantics::consumer(idempotent_core::Idempotency::new(
-        idempotent_core::memory::MemoryStore::new(),
-    ));
+    let consumer = semantics::consumer(Idempotency::new(MemoryStore::new()));
     let _member = semantics::member(&streams, &consumer, "a", &runs, Duration::ZERO, |_, _| {
         false
     })
