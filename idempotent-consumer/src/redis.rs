@@ -370,7 +370,8 @@ struct Shared {
     count: usize,
     block: Duration,
     client: Client,
-    /// Acknowledgements, claims and dead letters; reads have their own.
+    /// Acknowledgements, retries, dead letters and the keeper's resets;
+    /// reads and claims go on each stream's own connection.
     commands: ConnectionManager,
     claim: Script,
     set_idle: Script,
