@@ -33,6 +33,9 @@ mod error;
 mod key;
 mod message;
 mod outcome;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 pub mod telemetry;
 pub mod testing;
 
