@@ -371,16 +371,14 @@ impl NatsDelivery {
         let context = &self.delivery.context;
         let deadline = Instant::now() + DEAD_LETTER_PATIENCE;
         loop {
-            let ack = context
-                .publish_with_headers(
-                    self.dead_letter_subject.to_string(),
-                    headers.clone(),
-                    self.delivery.payload.clone(),
-                )
-                .await
-                .map_err(|e| BrokerError::new("dead-letter", e))?
-                .await
-                .map_err(|e| BrokerError::new("dead-letter", e))?;
+            let ack = store(
+                context,
+                "dead-letter",
+                &self.dead_letter_subject,
+                headers.clone(),
+                self.delivery.payload.clone(),
+            )
+            .await?;
             if !ack.duplicate {
                 return Ok(());
             }
@@ -500,19 +498,37 @@ impl Publisher {
         let id = IdempotencyKey::parse(id).map_err(|e| BrokerError::new("publish", e))?;
         let mut headers = HeaderMap::new();
         headers.insert(ID, id.as_str());
-        let ack = self
-            .jetstream
-            .publish_with_headers(self.subject.to_string(), headers, payload.into())
-            .await
-            .map_err(|e| BrokerError::new("publish", e))?
-            .await
-            .map_err(|e| BrokerError::new("publish", e))?;
+        let ack = store(
+            &self.jetstream,
+            "publish",
+            &self.subject,
+            headers,
+            payload.into(),
+        )
+        .await?;
         Ok(Published {
             duplicate: ack.duplicate,
             stream: ack.stream,
             sequence: ack.sequence,
         })
     }
+}
+
+/// Publishes and waits for the stream to store it (or take it for a
+/// duplicate).
+async fn store(
+    jetstream: &jetstream::Context,
+    action: &'static str,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<jetstream::publish::PublishAck, BrokerError> {
+    jetstream
+        .publish_with_headers(subject.to_owned(), headers, payload)
+        .await
+        .map_err(|e| BrokerError::new(action, e))?
+        .await
+        .map_err(|e| BrokerError::new(action, e))
 }
 
 async fn jetstream_at(url: &str) -> Result<jetstream::Context, BrokerError> {
