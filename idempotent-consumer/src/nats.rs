@@ -126,6 +126,30 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// one durable pull consumer, so each message goes to one member at a time.
 ///
 /// Cheap to clone; the clones share the connection.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use futures_util::StreamExt as _;
+/// use idempotent_consumer::Delivery as _;
+/// use idempotent_consumer::nats::Subscriber;
+///
+/// # #[tokio::main] async fn main() -> Result<(), idempotent_consumer::BrokerError> {
+/// let subscriber = Subscriber::builder("nats://127.0.0.1:4222", "orders", "shipping")
+///     .ack_wait(Duration::from_secs(60))
+///     .prefetch(32)
+///     .dead_letter_subject("orders-rejected")
+///     .connect()
+///     .await?;
+/// let mut deliveries = subscriber.deliveries();
+/// while let Some(delivery) = deliveries.next().await {
+///     // Usually `Consumer::consume` takes the stream; by hand:
+///     let delivery = delivery?;
+///     println!("{:?}, delivery {}", delivery.message().id, delivery.message().attempt);
+///     delivery.ack().await?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Subscriber {
     inner: Arc<Joined>,
@@ -288,9 +312,9 @@ impl Subscriber {
     /// deleted, say) is one error, and the end of the stream.
     pub fn deliveries(
         &self,
-    ) -> impl Stream<Item = Result<NatsDelivery, BrokerError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<NatsDelivery, BrokerError>> + Send + Unpin + 'static {
         let joined = Arc::clone(&self.inner);
-        streams::once(async move {
+        streams::once(Box::pin(async move {
             let pulled = joined
                 .consumer
                 .stream()
@@ -299,7 +323,7 @@ impl Subscriber {
                 .messages()
                 .await;
             (joined, pulled)
-        })
+        }))
         .flat_map(|(joined, pulled)| match pulled {
             Ok(messages) => messages
                 .map(move |message| match message {
