@@ -392,3 +392,44 @@ async fn in_progress_holds_the_delivery() {
     delivery.ack().await.unwrap();
     semantics::drained(&broker).await;
 }
+
+/// A message async-nats cannot read (a header that is not UTF-8, from
+/// another client) fails the connection it arrives on; once the connection
+/// is back it is found, dead-lettered (`unreadable`) and terminated, and
+/// the group goes on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_message_is_dead_lettered() {
+    use std::io::Write as _;
+    let broker = Nats::new("unreadable").await;
+    let runs = semantics::Runs::default();
+    let consumer = semantics::consumer(idempotent_core::Idempotency::new(
+        idempotent_core::memory::MemoryStore::new(),
+    ));
+    let _member =
+        semantics::member(&broker, &consumer, "a", &runs, Duration::ZERO, |_, _| false).await;
+    // Published as another client may: raw, with a byte that is not UTF-8.
+    let address = broker.server.url.trim_start_matches("nats://").to_owned();
+    let mut raw = std::net::TcpStream::connect(address).unwrap();
+    let mut reply = [0; 4096];
+    let _ = raw.read(&mut reply).unwrap();
+    let header = b"NATS/1.0\r\nNats-Msg-Id: bad-1\r\nTenant: \xff\r\n\r\n";
+    let mut frame = format!(
+        "CONNECT {{\"headers\":true,\"verbose\":false}}\r\nHPUB unreadable {} {}\r\n",
+        header.len(),
+        header.len() + 3
+    )
+    .into_bytes();
+    frame.extend_from_slice(header);
+    frame.extend_from_slice(b"bad\r\nPING\r\n");
+    raw.write_all(&frame).unwrap();
+    let _ = raw.read(&mut reply).unwrap();
+    broker.publish(Some("good-1"), b"good").await;
+    semantics::drained(&broker).await;
+    assert_eq!((runs.ran("bad-1"), runs.ran("good-1")), (0, 1));
+    let letters = broker.dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].header(semantics::REASON), Some("unreadable"));
+    assert_eq!(letters[0].id.as_deref(), Some("bad-1"));
+    assert_eq!(letters[0].header("Tenant"), Some("\u{fffd}"));
+    assert_eq!(&letters[0].payload[..], b"bad");
+}

@@ -70,7 +70,11 @@ impl NatsDelivery {
     /// store it: one JetStream took for a duplicate (a dead letter of the
     /// same id moments before) is published again once the window is past.
     async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
-        let headers = dead_letter_headers(self.delivery.headers.as_ref(), letter);
+        let headers = dead_letter_headers(
+            self.delivery.headers.as_ref(),
+            letter.reason(),
+            letter.to_string(),
+        );
         let context = &self.delivery.context;
         let deadline = Instant::now() + DEAD_LETTER_PATIENCE;
         loop {

@@ -6,7 +6,6 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 
 use super::{DETAIL, ID, MAX_DETAIL, REASON};
-use crate::dead_letter::DeadLetter;
 use crate::message::Message;
 
 /// A delivered message as a handler sees it. Header names come sorted (a
@@ -30,11 +29,15 @@ pub(super) fn message_of(source: Arc<str>, headers: Option<&HeaderMap>, payload:
     message
 }
 
-/// The dead letter's headers: the original's (its `Nats-Msg-Id` too, but
+/// A dead letter's headers: the original's (its `Nats-Msg-Id` too, but
 /// none of JetStream's other publish directives: an expected stream or
 /// sequence would refuse it, a rollup purge the dead-letter stream), the
 /// reason and its text.
-pub(super) fn dead_letter_headers(original: Option<&HeaderMap>, letter: &DeadLetter) -> HeaderMap {
+pub(super) fn dead_letter_headers(
+    original: Option<&HeaderMap>,
+    reason: &str,
+    mut detail: String,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, values) in original.into_iter().flat_map(HeaderMap::iter) {
         let text: &str = name.as_ref();
@@ -49,8 +52,7 @@ pub(super) fn dead_letter_headers(original: Option<&HeaderMap>, letter: &DeadLet
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(REASON, letter.reason());
-    let mut detail = letter.to_string();
+    headers.insert(REASON, reason);
     if detail.len() > MAX_DETAIL {
         let mut end = MAX_DETAIL;
         while !detail.is_char_boundary(end) {
@@ -65,6 +67,7 @@ pub(super) fn dead_letter_headers(original: Option<&HeaderMap>, letter: &DeadLet
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dead_letter::DeadLetter;
 
     #[test]
     fn a_message_takes_its_id_and_headers() {
@@ -92,7 +95,7 @@ mod tests {
             attempts: 3,
             error: format!("line one\r\nline two {}", "é".repeat(MAX_DETAIL)),
         };
-        let headers = dead_letter_headers(Some(&original), &letter);
+        let headers = dead_letter_headers(Some(&original), letter.reason(), letter.to_string());
         let message = message_of("dead".into(), Some(&headers), Bytes::new());
         assert_eq!(message.id.as_deref(), Some("order-7"));
         assert_eq!(message.header("Tenant"), Some("acme"));

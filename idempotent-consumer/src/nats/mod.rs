@@ -53,7 +53,7 @@
 //!   to a second member meanwhile (which waits for it and replays, but
 //!   counts a delivery). A handler error is a negative acknowledgement with
 //!   the consumer's growing delay; the count of deliveries is JetStream's
-//!   ([`Message::attempt`]), and after
+//!   ([`Message::attempt`](crate::Message::attempt)), and after
 //!   [`max_attempts`](crate::ConsumerBuilder::max_attempts) of them the
 //!   message is dead-lettered. The JetStream consumer's own `max_deliver`
 //!   is left unlimited: past it, JetStream drops a message silently.
@@ -72,18 +72,24 @@
 //!   stored and delivered; the consumer then replays it, for as long as the
 //!   record is kept ([`ttl`](crate::ConsumerBuilder::ttl)).
 //!
-//! One message async-nats cannot read stalls its consumers: a header that
-//! is not UTF-8 (another client published it) or a malformed header name
-//! fails async-nats' connection before this module sees the message, and
-//! the messages read with it are lost with it. JetStream delivers them
-//! again after `ack_wait`, the unreadable one first, and again: the member
-//! makes no progress. Remove such a message from the stream (`nats stream
-//! rmm`); this crate's [`Publisher`] cannot publish one.
+//! A message async-nats cannot read (a header that is not UTF-8, which
+//! another client may publish, or a malformed header name) fails the
+//! member's connection before any delivery exists, and would come back
+//! after each `ack_wait`, failing it again. So each time a member's
+//! connection is back, its subscriber reads the group's unsettled messages
+//! from the acknowledgement floor on (as many as
+//! [`prefetch`](SubscriberBuilder::prefetch)) through JetStream's JSON API,
+//! which they cannot break; one async-nats cannot read is dead-lettered
+//! with the reason `unreadable` (its headers read leniently) and
+//! terminated for the group, never handled. The messages lost with the
+//! connection come back after `ack_wait`. This crate's [`Publisher`]
+//! cannot publish such a message.
 
 mod delivery;
 mod headers;
 mod publisher;
 mod subscriber;
+mod unreadable;
 
 use std::time::Duration;
 
@@ -138,8 +144,12 @@ async fn store(
         .map_err(|e| BrokerError::new(action, e))
 }
 
-async fn jetstream_at(url: &str) -> Result<jetstream::Context, BrokerError> {
-    let client = async_nats::connect(url)
+async fn jetstream_at(
+    url: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<jetstream::Context, BrokerError> {
+    let client = options
+        .connect(url)
         .await
         .map_err(|e| BrokerError::new("connect", e))?;
     Ok(jetstream::new(client))

@@ -61,7 +61,7 @@ impl Publisher {
     /// capturing it (named after it, JetStream's default duplicate window)
     /// if none does yet.
     pub async fn connect(url: &str, subject: &str) -> Result<Self, BrokerError> {
-        let jetstream = jetstream_at(url).await?;
+        let jetstream = jetstream_at(url, async_nats::ConnectOptions::new()).await?;
         declare_stream(&jetstream, subject, None).await?;
         Ok(Self {
             jetstream,

@@ -5,10 +5,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use futures_util::{Stream, StreamExt as _, stream as streams};
+use tokio::sync::watch;
 
 use super::delivery::NatsDelivery;
+use super::unreadable;
 use super::{
     DEFAULT_ACK_WAIT, DEFAULT_PREFETCH, HEARTBEAT, MIN_DUPLICATE_WINDOW, declare_stream,
     jetstream_at,
@@ -50,11 +53,13 @@ pub struct Subscriber {
     inner: Arc<Joined>,
 }
 
-struct Joined {
-    consumer: PullConsumer,
-    source: Arc<str>,
-    dead_letter_subject: Arc<str>,
-    prefetch: usize,
+pub(super) struct Joined {
+    pub(super) jetstream: jetstream::Context,
+    pub(super) consumer: PullConsumer,
+    pub(super) group: String,
+    pub(super) source: Arc<str>,
+    pub(super) dead_letter_subject: Arc<str>,
+    pub(super) prefetch: usize,
 }
 
 impl fmt::Debug for Subscriber {
@@ -123,7 +128,14 @@ impl SubscriberBuilder {
     /// subject, the dead-letter stream, the group's durable consumer) and
     /// joins the group. Declaring is idempotent: members may start at once.
     pub async fn connect(self) -> Result<Subscriber, BrokerError> {
-        let jetstream = jetstream_at(&self.url).await?;
+        // Each time the connection is back, the group's unsettled messages
+        // are looked at for one async-nats could not read (`unreadable`).
+        let connected = Arc::new(watch::channel(0).0);
+        let mut reconnects = connected.subscribe();
+        reconnects.mark_unchanged();
+        let options =
+            async_nats::ConnectOptions::new().event_callback(unreadable::on_connected(connected));
+        let jetstream = jetstream_at(&self.url, options).await?;
         let stream = declare_stream(&jetstream, &self.subject, self.duplicate_window).await?;
         let dead_letter_subject = self
             .dead_letter_subject
@@ -152,14 +164,16 @@ impl SubscriberBuilder {
             )
             .await
             .map_err(|e| BrokerError::new("join the group", e))?;
-        Ok(Subscriber {
-            inner: Arc::new(Joined {
-                consumer,
-                source: stream.into(),
-                dead_letter_subject: dead_letter_subject.into(),
-                prefetch: self.prefetch,
-            }),
-        })
+        let joined = Arc::new(Joined {
+            jetstream,
+            consumer,
+            group: self.group,
+            source: stream.into(),
+            dead_letter_subject: dead_letter_subject.into(),
+            prefetch: self.prefetch,
+        });
+        unreadable::watch(Arc::downgrade(&joined), reconnects);
+        Ok(Subscriber { inner: joined })
     }
 }
 
@@ -189,7 +203,7 @@ impl Subscriber {
         }
     }
 
-    /// The stream consumed: every message's [`source`](Message::source).
+    /// The stream consumed: every message's [`source`](crate::Message::source).
     pub fn stream(&self) -> &str {
         &self.inner.source
     }
