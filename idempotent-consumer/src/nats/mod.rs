@@ -77,13 +77,13 @@
 //! member's connection before any delivery exists, and would come back
 //! after each `ack_wait`, failing it again. So each time a member's
 //! connection is back, its subscriber reads the group's unsettled messages
-//! from the acknowledgement floor on (as many as
-//! [`prefetch`](SubscriberBuilder::prefetch)) through JetStream's JSON API,
-//! which they cannot break; one async-nats cannot read is dead-lettered
-//! with the reason `unreadable` (its headers read leniently) and
-//! terminated for the group, never handled. The messages lost with the
-//! connection come back after `ack_wait`. This crate's [`Publisher`]
-//! cannot publish such a message.
+//! from the acknowledgement floor on (64 of them, or the
+//! [`prefetch`](SubscriberBuilder::prefetch) if more) through JetStream's
+//! JSON API, which they cannot break; one async-nats cannot read is
+//! dead-lettered with the reason `unreadable` (its headers read
+//! leniently) and terminated for the group, never handled. The messages
+//! lost with the connection come back after `ack_wait`. This crate's
+//! [`Publisher`] cannot publish such a message.
 
 mod delivery;
 mod headers;

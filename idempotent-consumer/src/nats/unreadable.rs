@@ -21,6 +21,10 @@ use super::subscriber::Joined;
 use super::{ID, store};
 use crate::error::BrokerError;
 
+/// Unsettled messages looked at, at the least, from the acknowledgement
+/// floor on (the member's prefetch if more).
+const SPAN: usize = 64;
+
 /// The reason of an unreadable message's dead letter.
 pub(super) const UNREADABLE: &str = "unreadable";
 
@@ -51,7 +55,7 @@ struct Got {
 }
 
 /// Dead-letters the unreadable messages among the group's unsettled ones,
-/// up to `prefetch` of them from the acknowledgement floor.
+/// [`SPAN`] of them (or `prefetch`) from the acknowledgement floor on.
 async fn sweep(joined: &Joined, swept: &mut HashSet<u64>) -> Result<(), BrokerError> {
     let stream = joined
         .jetstream
@@ -63,7 +67,7 @@ async fn sweep(joined: &Joined, swept: &mut HashSet<u64>) -> Result<(), BrokerEr
         .await
         .map_err(|e| BrokerError::new("sweep", e))?;
     let first = group.ack_floor.stream_sequence.saturating_add(1);
-    let span = u64::try_from(joined.prefetch).unwrap_or(u64::MAX);
+    let span = u64::try_from(joined.prefetch.max(SPAN)).unwrap_or(u64::MAX);
     let last = group
         .delivered
         .stream_sequence
