@@ -433,3 +433,63 @@ async fn an_unreadable_message_is_dead_lettered() {
     assert_eq!(letters[0].header("Tenant"), Some("\u{fffd}"));
     assert_eq!(&letters[0].payload[..], b"bad");
 }
+
+/// Members that start at once all join: declaring is idempotent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_starting_at_once_all_join() {
+    let server = server();
+    let joins = (0..4).map(|_| Subscriber::connect(&server.url, "crowd", GROUP));
+    let members = futures_util::future::try_join_all(joins).await.unwrap();
+    assert!(members.iter().all(|m| m.stream() == "crowd"));
+    assert!(
+        members
+            .iter()
+            .all(|m| m.dead_letter_subject() == "crowd-dead-letter")
+    );
+}
+
+/// A stream of the user's that captures the subject is the one consumed
+/// (and the key's scope), not a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_stream_is_used() {
+    let server = server();
+    let jetstream = jetstream::new(async_nats::connect(&server.url).await.unwrap());
+    jetstream
+        .create_stream(jetstream::stream::Config {
+            name: "SHOP".to_owned(),
+            subjects: vec!["shop.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let subscriber = Subscriber::connect(&server.url, "shop.orders", GROUP)
+        .await
+        .unwrap();
+    assert_eq!(subscriber.stream(), "SHOP");
+    assert_eq!(subscriber.dead_letter_subject(), "SHOP-dead-letter");
+    let publisher = Publisher::connect(&server.url, "shop.orders")
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher.publish("order-1", "1").await.unwrap().stream,
+        "SHOP"
+    );
+    // Another subject of the stream is not this group's.
+    jetstream
+        .publish("shop.refunds", "r".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut deliveries = subscriber.deliveries();
+    let delivery = deliveries.next().await.unwrap().unwrap();
+    assert_eq!(&*delivery.message().source, "SHOP");
+    assert_eq!(delivery.message().id.as_deref(), Some("order-1"));
+    delivery.ack().await.unwrap();
+    let stream = jetstream.get_stream("SHOP").await.unwrap();
+    semantics::eventually(Duration::from_secs(5), "the order acknowledged", || async {
+        let group = stream.consumer_info(GROUP).await.unwrap();
+        group.num_ack_pending == 0 && group.num_pending == 0
+    })
+    .await;
+}
