@@ -2,12 +2,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 
+use super::dead_letter_to;
 use super::headers::{dead_letter_headers, message_of};
-use super::{DEAD_LETTER_PATIENCE, MIN_DUPLICATE_WINDOW, store};
 use crate::dead_letter::DeadLetter;
 use crate::delivery::Delivery;
 use crate::error::BrokerError;
@@ -65,44 +65,6 @@ impl NatsDelivery {
             .await
             .map_err(|e| BrokerError::new(action, e))
     }
-
-    /// Publishes the dead letter and waits for the dead-letter stream to
-    /// store it: one JetStream took for a duplicate (a dead letter of the
-    /// same id moments before) is published again once the window is past.
-    async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<(), BrokerError> {
-        let headers = dead_letter_headers(
-            self.delivery.headers.as_ref(),
-            letter.reason(),
-            letter.to_string(),
-        );
-        let context = &self.delivery.context;
-        let deadline = Instant::now() + DEAD_LETTER_PATIENCE;
-        loop {
-            let ack = store(
-                context,
-                "dead-letter",
-                &self.dead_letter_subject,
-                headers.clone(),
-                self.delivery.payload.clone(),
-            )
-            .await?;
-            if !ack.duplicate {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(BrokerError::new(
-                    "dead-letter",
-                    format!(
-                        "the dead-letter stream `{}` keeps taking the dead letter for a duplicate of an earlier one \
-                         (the same Nats-Msg-Id within its duplicate window); the message comes back after ack_wait",
-                        ack.stream
-                    ),
-                ));
-            }
-            self.in_progress().await?;
-            tokio::time::sleep(MIN_DUPLICATE_WINDOW / 2).await;
-        }
-    }
 }
 
 impl Delivery for NatsDelivery {
@@ -119,7 +81,19 @@ impl Delivery for NatsDelivery {
     }
 
     async fn dead_letter(self, letter: &DeadLetter) -> Result<(), BrokerError> {
-        self.publish_dead_letter(letter).await?;
+        let headers = dead_letter_headers(
+            self.delivery.headers.as_ref(),
+            letter.reason(),
+            letter.to_string(),
+        );
+        let payload = self.delivery.payload.clone();
+        dead_letter_to(
+            &self.delivery.context,
+            &self.dead_letter_subject,
+            headers,
+            payload,
+        )
+        .await?;
         self.settle("term", AckKind::Term).await
     }
 

@@ -91,7 +91,7 @@ mod publisher;
 mod subscriber;
 mod unreadable;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::GetStreamByNameErrorKind;
@@ -142,6 +142,43 @@ async fn store(
         .map_err(|e| BrokerError::new(action, e))?
         .await
         .map_err(|e| BrokerError::new(action, e))
+}
+
+/// Publishes a dead letter and waits for the dead-letter stream to store
+/// it: one JetStream took for a duplicate (a dead letter of the same id
+/// moments before, within the window) is published again once the window
+/// is past.
+async fn dead_letter_to(
+    jetstream: &jetstream::Context,
+    subject: &str,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<(), BrokerError> {
+    let deadline = Instant::now() + DEAD_LETTER_PATIENCE;
+    loop {
+        let ack = store(
+            jetstream,
+            "dead-letter",
+            subject,
+            headers.clone(),
+            payload.clone(),
+        )
+        .await?;
+        if !ack.duplicate {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BrokerError::new(
+                "dead-letter",
+                format!(
+                    "the dead-letter stream `{}` keeps taking the dead letter for a duplicate of an earlier one \
+                     (the same Nats-Msg-Id within its duplicate window); the message comes back after ack_wait",
+                    ack.stream
+                ),
+            ));
+        }
+        tokio::time::sleep(MIN_DUPLICATE_WINDOW / 2).await;
+    }
 }
 
 async fn jetstream_at(

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::headers::dead_letter_headers;
 use super::subscriber::Joined;
-use super::{ID, store};
+use super::{ID, dead_letter_to};
 use crate::error::BrokerError;
 
 /// Unsettled messages looked at, at the least, from the acknowledgement
@@ -113,9 +113,8 @@ async fn dead_letter(
     );
     let original = lenient(raw_headers);
     let headers = dead_letter_headers(Some(&original), UNREADABLE, detail);
-    store(
+    dead_letter_to(
         &joined.jetstream,
-        "dead-letter",
         &joined.dead_letter_subject,
         headers,
         payload.into(),
