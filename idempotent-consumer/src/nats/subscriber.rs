@@ -66,7 +66,7 @@ impl fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscriber")
             .field("stream", &self.inner.source)
-            .field("group", &self.inner.consumer.cached_info().name)
+            .field("group", &self.inner.group)
             .field("dead_letter_subject", &self.inner.dead_letter_subject)
             .field("prefetch", &self.inner.prefetch)
             .finish_non_exhaustive()
@@ -74,7 +74,7 @@ impl fmt::Debug for Subscriber {
 }
 
 /// Settings of a [`Subscriber`]; see [`Subscriber::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until connected"]
 pub struct SubscriberBuilder {
     url: String,
@@ -84,6 +84,20 @@ pub struct SubscriberBuilder {
     prefetch: usize,
     dead_letter_subject: Option<String>,
     duplicate_window: Option<Duration>,
+}
+
+impl fmt::Debug for SubscriberBuilder {
+    /// Without the URL, which may hold credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberBuilder")
+            .field("subject", &self.subject)
+            .field("group", &self.group)
+            .field("ack_wait", &self.ack_wait)
+            .field("prefetch", &self.prefetch)
+            .field("dead_letter_subject", &self.dead_letter_subject)
+            .field("duplicate_window", &self.duplicate_window)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SubscriberBuilder {
