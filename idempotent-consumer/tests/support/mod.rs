@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nats_server;
 #[path = "../../../idempotent-core/tests/support/postgres_schema.rs"]
 pub mod postgres_schema;
 #[path = "../../../idempotent-core/tests/support/redis_server.rs"]
