@@ -19,16 +19,6 @@ use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::telemetry;
 
-/// Deliveries of one message that may fail before it is dead-lettered.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-/// The delay before a failed message comes back the first time; it doubles
-/// with each delivery, up to [`DEFAULT_MAX_RETRY_DELAY`].
-pub const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(1);
-/// The longest delay before a failed message comes back.
-pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
-/// How long a duplicate waits for its twin running elsewhere before it is
-/// handed back to the broker.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 /// The longest pause between two tries of the store while it is down.
 const MAX_STORE_PAUSE: Duration = Duration::from_secs(2);
 
@@ -73,18 +63,18 @@ const MAX_STORE_PAUSE: Duration = Duration::from_secs(2);
 /// ```
 #[derive(Clone)]
 pub struct Consumer {
-    inner: Arc<Settings>,
+    pub(crate) inner: Arc<Settings>,
 }
 
-struct Settings {
-    runtime: Idempotency,
-    operation: Operation,
-    key: KeySource,
-    max_attempts: u32,
-    retry_delay: Duration,
-    max_retry_delay: Duration,
-    deduplicate: bool,
-    concurrency: usize,
+pub(crate) struct Settings {
+    pub(crate) runtime: Idempotency,
+    pub(crate) operation: Operation,
+    pub(crate) key: KeySource,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_delay: Duration,
+    pub(crate) max_retry_delay: Duration,
+    pub(crate) deduplicate: bool,
+    pub(crate) concurrency: usize,
 }
 
 impl fmt::Debug for Consumer {
@@ -98,110 +88,8 @@ impl fmt::Debug for Consumer {
     }
 }
 
-/// Settings of a [`Consumer`]; see [`Consumer::builder`].
-#[derive(Debug)]
-#[must_use = "a builder does nothing until built"]
-pub struct ConsumerBuilder {
-    runtime: Idempotency,
-    name: &'static str,
-    key: KeySource,
-    max_attempts: u32,
-    retry_delay: Duration,
-    max_retry_delay: Duration,
-    wait: Duration,
-    lease: Option<Duration>,
-    ttl: Option<Duration>,
-    deduplicate: bool,
-    concurrency: usize,
-}
-
-impl ConsumerBuilder {
-    /// Where the key comes from; [`KeySource::MessageId`] by default.
-    pub fn key(mut self, key: KeySource) -> Self {
-        self.key = key;
-        self
-    }
-
-    /// Deliveries of one message that may fail before it is dead-lettered
-    /// (at least 1); [`DEFAULT_MAX_ATTEMPTS`] by default. The broker counts
-    /// the deliveries, so a delivery handed back because its duplicate was
-    /// running elsewhere counts too.
-    pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts.max(1);
-        self
-    }
-
-    /// The delay before a failed message comes back the first time, and the
-    /// longest; it doubles with each delivery in between.
-    pub fn retry_delay(mut self, first: Duration, max: Duration) -> Self {
-        self.retry_delay = first;
-        self.max_retry_delay = max.max(first);
-        self
-    }
-
-    /// How long a duplicate waits for its twin running elsewhere before it
-    /// is handed back to the broker; [`DEFAULT_WAIT`] by default.
-    pub fn wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
-        self
-    }
-
-    /// How long a running handler holds its key (renewed while it runs);
-    /// the runtime's lease by default.
-    pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Some(lease);
-        self
-    }
-
-    /// How long a result is kept, so a duplicate within it is dropped; the
-    /// runtime's TTL by default. Keep it longer than the longest a
-    /// duplicate can arrive after its twin (the producer's retries, the
-    /// broker's redelivery).
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// `false` runs the handler on every delivery, as a plain consumer does
-    /// (to show the duplicates it lets through); `true` by default.
-    pub fn deduplicate(mut self, deduplicate: bool) -> Self {
-        self.deduplicate = deduplicate;
-        self
-    }
-
-    /// Deliveries handled at once by [`Consumer::consume`] (at least 1); 16
-    /// by default.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
-        self
-    }
-
-    /// The consumer.
-    pub fn build(self) -> Consumer {
-        let mut operation = Operation::new(self.name).wait(self.wait);
-        if let Some(lease) = self.lease {
-            operation = operation.lease(lease);
-        }
-        if let Some(ttl) = self.ttl {
-            operation = operation.ttl(ttl);
-        }
-        Consumer {
-            inner: Arc::new(Settings {
-                runtime: self.runtime,
-                operation,
-                key: self.key,
-                max_attempts: self.max_attempts,
-                retry_delay: self.retry_delay,
-                max_retry_delay: self.max_retry_delay,
-                deduplicate: self.deduplicate,
-                concurrency: self.concurrency,
-            }),
-        }
-    }
-}
-
 /// What a handler's run through the engine came to.
-enum Failure<E> {
+pub(crate) enum Failure<E> {
     Handler(E),
     Engine(Error),
     /// The handler was already taken by an earlier run (not reached).
@@ -215,32 +103,13 @@ impl<E> From<Error> for Failure<E> {
 }
 
 /// What to do with a delivery.
-enum Verdict {
+pub(crate) enum Verdict {
     Ack { replayed: bool },
     Retry(Duration),
     DeadLetter(DeadLetter),
 }
 
 impl Consumer {
-    /// A consumer named `name` on `runtime`. The name is the operation of
-    /// every key (`<namespace>/<stream>/<name>/<key>`): two consumers of one
-    /// stream with different names each run every message once.
-    pub fn builder(runtime: Idempotency, name: &'static str) -> ConsumerBuilder {
-        ConsumerBuilder {
-            runtime,
-            name,
-            key: KeySource::MessageId,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            retry_delay: DEFAULT_RETRY_DELAY,
-            max_retry_delay: DEFAULT_MAX_RETRY_DELAY,
-            wait: DEFAULT_WAIT,
-            lease: None,
-            ttl: None,
-            deduplicate: true,
-            concurrency: 16,
-        }
-    }
-
     /// The consumer's name (the operation of its keys).
     pub fn name(&self) -> &'static str {
         self.inner.operation.name()
@@ -311,143 +180,7 @@ impl Consumer {
         .await
     }
 
-    /// Like [`handle`](Self::handle), in PostgreSQL's same-transaction mode:
-    /// the handler's writes, through the connection it is given, commit in
-    /// one transaction with the key's record, and the message is
-    /// acknowledged after the commit. A crash anywhere before the commit
-    /// leaves neither the effect nor the record, and the broker delivers
-    /// the message again; after it, the redelivery replays.
-    ///
-    /// ```no_run
-    /// use idempotent_consumer::{Consumer, Delivery};
-    /// use idempotent_core::postgres::{PostgresStore, sqlx};
-    ///
-    /// # async fn run(consumer: Consumer, store: PostgresStore, delivery: impl Delivery) -> Result<(), Box<dyn std::error::Error>> {
-    /// consumer
-    ///     .handle_in_transaction(delivery, &store, |message, tx| {
-    ///         Box::pin(async move {
-    ///             sqlx::query("INSERT INTO shipments (order_id) VALUES ($1)")
-    ///                 .bind(message.id.unwrap_or_default())
-    ///                 .execute(&mut *tx)
-    ///                 .await?;
-    ///             Ok::<_, sqlx::Error>(())
-    ///         })
-    ///     })
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-    pub async fn handle_in_transaction<D, T, E, F>(
-        &self,
-        delivery: D,
-        store: &idempotent_core::postgres::PostgresStore,
-        handler: F,
-    ) -> Result<Outcome, BrokerError>
-    where
-        D: Delivery,
-        F: for<'c> FnOnce(Message, &'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, T, E>
-            + Send,
-        T: Serialize + DeserializeOwned + Send,
-        E: Display + Send,
-    {
-        let span = self.span(delivery.message());
-        async move {
-            let (key, fingerprint) = match self.key_of(delivery.message()) {
-                Ok(found) => found,
-                Err(letter) => return self.apply(delivery, Verdict::DeadLetter(letter)).await,
-            };
-            let source = Arc::clone(&delivery.message().source);
-            let mut handler = Some(handler);
-            loop {
-                let message = delivery.message().clone();
-                let result = if self.inner.deduplicate {
-                    self.transaction(store, &key, &source, fingerprint, message, &mut handler)
-                        .await
-                } else {
-                    self.without_record(store, &source, message, &mut handler)
-                        .await
-                };
-                match self.judge(delivery.message(), &key, result.map(|done| done.replayed)) {
-                    Some(verdict) => return self.apply(delivery, verdict).await,
-                    None => self.wait_for_store(&delivery, &source).await,
-                }
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// The handler in the transaction that holds the key's record.
-    #[cfg(feature = "postgres")]
-    async fn transaction<T, E, F>(
-        &self,
-        store: &idempotent_core::postgres::PostgresStore,
-        key: &IdempotencyKey,
-        source: &str,
-        fingerprint: Fingerprint,
-        message: Message,
-        handler: &mut Option<F>,
-    ) -> Result<Done<T>, Failure<E>>
-    where
-        F: for<'c> FnOnce(Message, &'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, T, E>,
-        T: Serialize + DeserializeOwned,
-    {
-        match self.call(key, source, fingerprint).begin(store).await? {
-            idempotent_core::Begun::Replayed(value) => Ok(Done {
-                value,
-                replayed: true,
-            }),
-            idempotent_core::Begun::Fresh(mut tx) => {
-                // Taken only now: a claim the store could not answer leaves
-                // the handler for the next try.
-                let Some(body) = handler.take() else {
-                    return Err(Failure::Spent);
-                };
-                let value = self
-                    .timed(source, async {
-                        body(message, &mut tx).await.map_err(Failure::Handler)
-                    })
-                    .await;
-                tx.finish(value).await
-            }
-        }
-    }
-
-    /// The handler in a transaction of its own, no record (deduplication off).
-    #[cfg(feature = "postgres")]
-    async fn without_record<T, E, F>(
-        &self,
-        store: &idempotent_core::postgres::PostgresStore,
-        source: &str,
-        message: Message,
-        handler: &mut Option<F>,
-    ) -> Result<Done<T>, Failure<E>>
-    where
-        F: for<'c> FnOnce(Message, &'c mut sqlx::PgConnection) -> idempotent_core::TxBody<'c, T, E>,
-    {
-        let unavailable = |e| {
-            Failure::Engine(Error::StoreUnavailable(
-                idempotent_core::StoreError::unavailable(e),
-            ))
-        };
-        let mut tx = store.pool().begin().await.map_err(unavailable)?;
-        let Some(body) = handler.take() else {
-            return Err(Failure::Spent);
-        };
-        let value = self
-            .timed(source, async {
-                body(message, &mut tx).await.map_err(Failure::Handler)
-            })
-            .await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Done {
-            value,
-            replayed: false,
-        })
-    }
-
-    fn call<'a>(
+    pub(crate) fn call<'a>(
         &'a self,
         key: &IdempotencyKey,
         source: &str,
@@ -461,7 +194,7 @@ impl Consumer {
             .fingerprint(fingerprint)
     }
 
-    fn span(&self, message: &Message) -> tracing::Span {
+    pub(crate) fn span(&self, message: &Message) -> tracing::Span {
         tracing::info_span!(
             "message",
             stream = %message.source,
@@ -472,7 +205,10 @@ impl Consumer {
     }
 
     /// The message's key and payload fingerprint, or why it has none.
-    fn key_of(&self, message: &Message) -> Result<(IdempotencyKey, Fingerprint), DeadLetter> {
+    pub(crate) fn key_of(
+        &self,
+        message: &Message,
+    ) -> Result<(IdempotencyKey, Fingerprint), DeadLetter> {
         let key = self.inner.key.key_of(message).ok_or(DeadLetter::NoKey)?;
         let key = IdempotencyKey::parse(&key).map_err(|e| DeadLetter::InvalidKey {
             detail: e.to_string(),
@@ -481,7 +217,7 @@ impl Consumer {
     }
 
     /// Times the handler (the latency histogram), when it runs.
-    async fn timed<T, E>(
+    pub(crate) async fn timed<T, E>(
         &self,
         source: &str,
         run: impl Future<Output = Result<T, Failure<E>>>,
@@ -496,7 +232,7 @@ impl Consumer {
 
     /// What a run's result means for its delivery; `None` when the store
     /// was down, so the delivery is kept and tried again.
-    fn judge<E: Display>(
+    pub(crate) fn judge<E: Display>(
         &self,
         message: &Message,
         key: &IdempotencyKey,
@@ -557,7 +293,7 @@ impl Consumer {
     }
 
     /// Waits a little for the store, keeping the delivery ours meanwhile.
-    async fn wait_for_store<D: Delivery>(&self, delivery: &D, source: &str) {
+    pub(crate) async fn wait_for_store<D: Delivery>(&self, delivery: &D, source: &str) {
         telemetry::store_waited(source, self.name());
         tracing::warn!(
             "the idempotency store is unavailable; the message waits for it, unacknowledged"
@@ -572,7 +308,7 @@ impl Consumer {
     }
 
     /// Settles the delivery as `verdict` says.
-    async fn apply<D: Delivery>(
+    pub(crate) async fn apply<D: Delivery>(
         &self,
         delivery: D,
         verdict: Verdict,

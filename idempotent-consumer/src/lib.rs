@@ -25,6 +25,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod builder;
 mod consume;
 mod consumer;
 mod dead_letter;
@@ -41,12 +42,15 @@ mod outcome;
 pub mod redis;
 pub mod telemetry;
 pub mod testing;
+#[cfg(feature = "postgres")]
+mod transaction;
 
-pub use consume::Consumed;
-pub use consumer::{
-    Consumer, ConsumerBuilder, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY,
+pub use builder::{
+    ConsumerBuilder, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_DELAY, DEFAULT_RETRY_DELAY,
     DEFAULT_WAIT,
 };
+pub use consume::Consumed;
+pub use consumer::Consumer;
 pub use dead_letter::DeadLetter;
 pub use delivery::Delivery;
 pub use error::BrokerError;
