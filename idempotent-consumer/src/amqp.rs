@@ -172,7 +172,7 @@ impl fmt::Debug for Subscriber {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until connected"]
 pub struct SubscriberBuilder {
     url: String,
@@ -182,6 +182,20 @@ pub struct SubscriberBuilder {
     heartbeat: Option<Duration>,
     dead_letter_queue: Option<String>,
     delivery_limit: Option<u32>,
+}
+
+impl fmt::Debug for SubscriberBuilder {
+    /// Without the url, which may hold a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberBuilder")
+            .field("queue", &self.queue)
+            .field("group", &self.group)
+            .field("prefetch", &self.prefetch)
+            .field("heartbeat", &self.heartbeat)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("delivery_limit", &self.delivery_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SubscriberBuilder {
@@ -290,7 +304,8 @@ impl Subscriber {
     /// The deliveries of a new member of the group: a channel of its own,
     /// with its [`prefetch`](SubscriberBuilder::prefetch), consuming the
     /// queue. The stream ends when the channel or the connection closes
-    /// (after an error item); call `deliveries` again to rejoin.
+    /// (after an error item): call `deliveries` again to rejoin, on a new
+    /// subscriber if the connection closed.
     ///
     /// Dropping the stream closes the channel, and RabbitMQ delivers what
     /// the member had not settled to the other members.
@@ -364,6 +379,12 @@ impl Member {
 /// [`Consumer::handle`](crate::Consumer::handle): see [`Delivery`] for how
 /// it is settled, and [the module docs](self) for what each does on
 /// RabbitMQ.
+///
+/// Its [`Message`]: the source is the queue's name; the id is the
+/// `message_id` property (none when it is missing or empty); the headers
+/// are those with a text form (UTF-8 strings, numbers, booleans, in name
+/// order: AMQP tables have none of their own), others are left out; the
+/// attempt is the quorum queue's `x-delivery-count` plus one.
 ///
 /// A delivery dropped unsettled (its handler panicked, its task was
 /// aborted) is handed back to the queue at once, as a `basic.nack` with
