@@ -75,8 +75,8 @@
 //!   long: the deliveries go back to the queue and the stream ends.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +86,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
 use crate::dead_letter::DeadLetter;
@@ -102,8 +103,9 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Deliveries a member has unacknowledged at once, by default: as many as a
 /// [`Consumer`](crate::Consumer) handles at once by default.
 pub const DEFAULT_PREFETCH: u16 = 16;
-/// Publishes of one message a [`Publisher`] tries before it gives up.
-const PUBLISH_TRIES: u32 = 3;
+/// Tries of one publish before a [`Publisher`] gives up (waiting 100 ms,
+/// then twice as long each time, in between: 1.5 s in all).
+const PUBLISH_TRIES: u32 = 5;
 /// Persistent delivery mode: the message is written to disk.
 const PERSISTENT: u8 = 2;
 /// How long a message whose dead letter was not confirmed waits before it
@@ -243,8 +245,8 @@ impl SubscriberBuilder {
         self
     }
 
-    /// Connects, declares the queue and its dead-letter queue if they are
-    /// missing, and opens the channel dead letters are published on.
+    /// Connects, and declares the queue and its dead-letter queue if they
+    /// are missing.
     ///
     /// Fails if the server cannot be reached, or if the queue exists with
     /// other arguments (a classic queue, another dead-letter queue or
@@ -255,11 +257,11 @@ impl SubscriberBuilder {
             self.dead_letter_queue.as_deref(),
             self.delivery_limit,
         )?;
-        let connection = connect(&self.url, self.heartbeat).await?;
-        topology.declare(&open(&connection).await?).await?;
+        let link = Link::connect(&self.url, self.heartbeat).await?;
+        topology.declare(&link.open().await?).await?;
         Ok(Subscriber {
             shared: Arc::new(Shared {
-                link: Link::new(connection).await?,
+                link,
                 topology,
                 group: self.group,
                 prefetch: self.prefetch,
@@ -304,8 +306,8 @@ impl Subscriber {
     /// The deliveries of a new member of the group: a channel of its own,
     /// with its [`prefetch`](SubscriberBuilder::prefetch), consuming the
     /// queue. The stream ends when the channel or the connection closes
-    /// (after an error item): call `deliveries` again to rejoin, on a new
-    /// subscriber if the connection closed.
+    /// (after an error item): call `deliveries` again to rejoin (on a new
+    /// connection if the last one closed).
     ///
     /// Dropping the stream closes the channel, and RabbitMQ delivers what
     /// the member had not settled to the other members.
@@ -329,7 +331,7 @@ struct Member {
 
 impl Member {
     async fn join(shared: Arc<Shared>) -> Result<Self, BrokerError> {
-        let channel = open(&shared.link.connection).await?;
+        let channel = shared.link.open().await?;
         channel
             .basic_qos(shared.prefetch, BasicQosOptions::default())
             .await
@@ -664,10 +666,11 @@ pub struct Published {
     /// published before: always `false` on RabbitMQ, which does not
     /// deduplicate. The consumer drops the duplicates.
     pub duplicate: bool,
-    /// How many times it was sent: more than 1 when a publish was not
-    /// confirmed and was sent again with the same id, so the queue may
-    /// hold copies (which the consumer drops).
-    pub sends: u32,
+    /// The tries it took: more than 1 when a try was not confirmed (a
+    /// negative confirm, a lost connection) and the message was sent again
+    /// with the same id, so the queue may hold copies (which the consumer
+    /// drops).
+    pub tries: u32,
 }
 
 impl Publisher {
@@ -677,9 +680,9 @@ impl Publisher {
     /// missing, and left as it is if it exists.
     pub async fn connect(url: &str, queue: &str) -> Result<Self, BrokerError> {
         let topology = Topology::new(queue, None, None)?;
-        let connection = connect(url, None).await?;
+        let link = Link::connect(url, None).await?;
         // A passive declare that fails closes its channel: one of its own.
-        let probe = open(&connection).await?;
+        let probe = link.open().await?;
         if probe
             .queue_declare(
                 topology.queue.clone(),
@@ -692,11 +695,11 @@ impl Publisher {
             .await
             .is_err()
         {
-            topology.declare(&open(&connection).await?).await?;
+            topology.declare(&link.open().await?).await?;
         }
         Ok(Self {
             shared: Arc::new(Publishing {
-                link: Link::new(connection).await?,
+                link,
                 queue: topology.queue,
             }),
         })
@@ -709,9 +712,10 @@ impl Publisher {
 
     /// Publishes `payload` with the message id `id` (persistent), and waits
     /// for the broker's confirm; a publish the broker did not confirm (a
-    /// negative confirm, a closed channel) is sent again with the same id,
-    /// up to three times. Fails if `id` is longer than 255 bytes, the queue
-    /// does not exist, or no send was confirmed.
+    /// negative confirm, a closed channel or connection, opened again) is
+    /// sent again with the same id, five tries in about 1.5 s. Fails if
+    /// `id` is longer than 255 bytes, the queue does not exist, or no try
+    /// was confirmed.
     pub async fn publish(
         &self,
         id: &str,
@@ -722,9 +726,9 @@ impl Publisher {
         let properties = BasicProperties::default()
             .with_message_id(id)
             .with_delivery_mode(PERSISTENT);
-        let mut sends = 0;
+        let mut tries = 0;
         loop {
-            sends += 1;
+            tries += 1;
             match self
                 .shared
                 .link
@@ -734,18 +738,18 @@ impl Publisher {
                 Ok(()) => {
                     return Ok(Published {
                         duplicate: false,
-                        sends,
+                        tries,
                     });
                 }
                 Err(Unconfirmed::Unroutable) => {
                     return Err(BrokerError::new("publish", Unconfirmed::Unroutable));
                 }
-                Err(error) if sends >= PUBLISH_TRIES => {
+                Err(error) if tries >= PUBLISH_TRIES => {
                     return Err(BrokerError::new("publish", error));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, sends, "a publish was not confirmed; sent again with the same id");
-                    tokio::time::sleep(Duration::from_millis(100) * sends).await;
+                    tracing::warn!(%error, tries, "a publish was not confirmed; sent again with the same id");
+                    tokio::time::sleep(Duration::from_millis(100) * (1 << (tries - 1))).await;
                 }
             }
         }
@@ -765,44 +769,78 @@ enum Unconfirmed {
     Channel(#[from] BrokerError),
 }
 
-/// A connection, and a channel on it with publisher confirms, reopened
-/// when it closed.
+/// A connection, connected again when it closed, and a channel on it with
+/// publisher confirms, opened again when it closed.
 struct Link {
+    /// Where to connect (it may hold a password: never printed).
+    uri: AMQPUri,
+    linked: tokio::sync::Mutex<Linked>,
+}
+
+struct Linked {
     connection: Connection,
-    confirms: Mutex<Channel>,
+    confirms: Option<Channel>,
 }
 
 impl Link {
-    async fn new(connection: Connection) -> Result<Self, BrokerError> {
-        let channel = Self::confirming(&connection).await?;
+    /// Connects to `url`, with `heartbeat` if given.
+    async fn connect(url: &str, heartbeat: Option<Duration>) -> Result<Self, BrokerError> {
+        let mut uri: AMQPUri = url
+            .parse()
+            .map_err(|e: String| BrokerError::new("parse the AMQP url", e))?;
+        if let Some(interval) = heartbeat {
+            let seconds = u16::try_from(interval.as_secs().max(1)).unwrap_or(u16::MAX);
+            uri.query.heartbeat = Some(seconds);
+        }
+        let connection = connect(&uri).await?;
         Ok(Self {
-            connection,
-            confirms: Mutex::new(channel),
+            uri,
+            linked: tokio::sync::Mutex::new(Linked {
+                connection,
+                confirms: None,
+            }),
         })
     }
 
-    async fn confirming(connection: &Connection) -> Result<Channel, BrokerError> {
-        let channel = open(connection).await?;
+    /// The connection, connected again if it closed.
+    async fn linked(&self) -> Result<tokio::sync::MutexGuard<'_, Linked>, BrokerError> {
+        let mut linked = self.linked.lock().await;
+        if !linked.connection.status().connected() {
+            linked.connection = connect(&self.uri).await?;
+            linked.confirms = None;
+        }
+        Ok(linked)
+    }
+
+    /// A new channel.
+    async fn open(&self) -> Result<Channel, BrokerError> {
+        self.linked()
+            .await?
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| BrokerError::new("open a channel", e))
+    }
+
+    /// The channel with publisher confirms, opened again if it closed.
+    async fn confirms(&self) -> Result<Channel, BrokerError> {
+        let mut linked = self.linked().await?;
+        if let Some(channel) = &linked.confirms
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = linked
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| BrokerError::new("open a channel", e))?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| BrokerError::new("turn publisher confirms on", e))?;
+        linked.confirms = Some(channel.clone());
         Ok(channel)
-    }
-
-    /// The confirm channel, reopened if it closed.
-    async fn channel(&self) -> Result<Channel, BrokerError> {
-        let current = self
-            .confirms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if current.status().connected() {
-            return Ok(current);
-        }
-        let fresh = Self::confirming(&self.connection).await?;
-        *self.confirms.lock().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        Ok(fresh)
     }
 
     /// Publishes to `queue` through the default exchange, mandatory (so a
@@ -814,7 +852,7 @@ impl Link {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Unconfirmed> {
-        let channel = self.channel().await?;
+        let channel = self.confirms().await?;
         let confirmation = channel
             .basic_publish(
                 ShortString::default(),
@@ -898,25 +936,10 @@ fn long_string(text: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(text))
 }
 
-/// Connects to `url`, with `heartbeat` if given.
-async fn connect(url: &str, heartbeat: Option<Duration>) -> Result<Connection, BrokerError> {
-    let mut uri: lapin::uri::AMQPUri = url
-        .parse()
-        .map_err(|e: String| BrokerError::new("parse the AMQP url", e))?;
-    if let Some(interval) = heartbeat {
-        let seconds = u16::try_from(interval.as_secs().max(1)).unwrap_or(u16::MAX);
-        uri.query.heartbeat = Some(seconds);
-    }
-    Connection::connect_uri(uri, ConnectionProperties::default())
+async fn connect(uri: &AMQPUri) -> Result<Connection, BrokerError> {
+    Connection::connect_uri(uri.clone(), ConnectionProperties::default())
         .await
         .map_err(|e| BrokerError::new("connect", e))
-}
-
-async fn open(connection: &Connection) -> Result<Channel, BrokerError> {
-    connection
-        .create_channel()
-        .await
-        .map_err(|e| BrokerError::new("open a channel", e))
 }
 
 #[cfg(test)]

@@ -1,15 +1,19 @@
 //! The consumer's promises on RabbitMQ (the machine's server on
-//! 127.0.0.1:5672, guest/guest, or `IDEMPOTENT_TEST_AMQP`): every scenario
+//! 127.0.0.1:5672, guest/guest): every scenario
 //! of `support::semantics` on a quorum queue of its own, plus the
 //! publisher and the broker's delivery count. A missing server fails the
 //! tests and says so; nothing skips.
 
+#[path = "../../idempotent-core/tests/support/blackout.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod blackout;
 mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use blackout::Blackout;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
 use idempotent_consumer::amqp::{AmqpDelivery, Publisher, Subscriber};
@@ -24,9 +28,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use support::semantics::{self, Broker, Runs};
 
+/// The machine's RabbitMQ.
+const UPSTREAM: &str = "127.0.0.1:5672";
+
 fn url() -> String {
-    std::env::var("IDEMPOTENT_TEST_AMQP")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    format!("amqp://guest:guest@{UPSTREAM}/%2f")
 }
 
 /// A queue of the test's own (and its dead-letter queue), deleted at the
@@ -288,19 +294,15 @@ async fn a_publish_is_confirmed_with_its_message_id() {
         .await
         .unwrap();
     assert!(!published.duplicate, "RabbitMQ never tells");
-    assert_eq!(published.sends, 1);
+    assert_eq!(published.tries, 1);
     assert_eq!(
         broker.ready(&broker.queue).await,
         1,
         "confirmed: in the queue"
     );
     let got = broker.take(&broker.queue).await;
-    let id = got
-        .properties
-        .message_id()
-        .as_ref()
-        .map(ShortString::as_str);
-    assert_eq!(id, Some("order-9"));
+    let read = message(&broker.queue, &got);
+    assert_eq!(read.id.as_deref(), Some("order-9"));
     assert_eq!(got.properties.delivery_mode(), &Some(2), "persistent");
     assert_eq!(got.data, b"order 9");
 }
@@ -457,4 +459,54 @@ async fn odd_headers_and_no_id_reach_the_dead_letter_intact() {
     assert_eq!(reason, Some(&AMQPValue::LongString("no-key".into())));
     assert!(letter.contains_key("Idempotent-Dead-Letter-Detail"));
     assert_eq!(got.data, b"odd");
+}
+
+/// A publish that is not confirmed (here the connection is cut under it)
+/// is sent again, with its id, on a new connection once the broker can be
+/// reached again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_publish_is_sent_again_with_its_id() {
+    let broker = Rabbit::new("resend").await;
+    let proxy = Blackout::start(UPSTREAM.parse().unwrap()).await;
+    let publisher = Publisher::connect(&through(&proxy), &broker.queue)
+        .await
+        .unwrap();
+    proxy.cut();
+    let publish = tokio::spawn(async move { publisher.publish("order-14", "order 14").await });
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    proxy.restore();
+    let published = publish.await.unwrap().unwrap();
+    assert!(published.tries > 1, "{published:?}");
+    let got = broker.take(&broker.queue).await;
+    let read = message(&broker.queue, &got);
+    assert_eq!(read.id.as_deref(), Some("order-14"));
+}
+
+/// A member whose connection is cut loses its stream; its deliveries go
+/// back to the queue, and `deliveries` again joins on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rejoins_on_a_new_connection() {
+    let broker = Rabbit::new("rejoin").await;
+    let proxy = Blackout::start(UPSTREAM.parse().unwrap()).await;
+    let subscriber = Subscriber::connect(&through(&proxy), &broker.queue, "test")
+        .await
+        .unwrap();
+    broker.publish(Some("order-15"), b"order 15").await;
+    let mut deliveries = subscriber.deliveries().boxed();
+    let held = deliveries.next().await.unwrap().unwrap();
+    assert_eq!(held.message().attempt, 1);
+    proxy.cut();
+    while let Some(Ok(_)) = deliveries.next().await {}
+    std::mem::forget(held);
+    proxy.restore();
+    let mut deliveries = subscriber.deliveries().boxed();
+    let delivery = deliveries.next().await.unwrap().unwrap();
+    assert_eq!(delivery.message().id.as_deref(), Some("order-15"));
+    assert_eq!(delivery.message().attempt, 2, "its connection closed");
+    delivery.ack().await.unwrap();
+}
+
+/// The machine's RabbitMQ, through `proxy`.
+fn through(proxy: &Blackout) -> String {
+    format!("amqp://guest:guest@{}/%2f", proxy.addr())
 }
