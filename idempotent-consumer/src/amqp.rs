@@ -64,9 +64,9 @@
 //!   to that queue, with publisher confirms, with the original payload, id
 //!   and headers plus `Idempotent-Dead-Letter` (the
 //!   [`reason`](DeadLetter::reason)) and `Idempotent-Dead-Letter-Detail`;
-//!   then the original is acknowledged. A crash between the two leaves the
-//!   message to be delivered again, and dead-lettered again: a dead letter
-//!   may come twice, a message is never lost.
+//!   then the original is acknowledged. A crash between the two delivers
+//!   the message again, to be judged again: its dead letter may come twice,
+//!   the message is never lost.
 //! - **No deduplication.** [`Published::duplicate`] is always `false`: the
 //!   broker cannot tell; the consumer drops the duplicates.
 //! - **Consumer timeout.** RabbitMQ closes a channel whose delivery stays

@@ -139,6 +139,18 @@ impl Rabbit {
         assert!(confirmation.is_ack());
     }
 
+    /// Waits for the dead letter of `id` that RabbitMQ made itself: the
+    /// original, without the consumer's reason headers.
+    async fn dead_lettered_by_the_broker(&self, id: &str) {
+        semantics::eventually(Duration::from_secs(5), "a dead letter", || async {
+            !self.dead_letters().await.is_empty()
+        })
+        .await;
+        let letters = self.dead_letters().await;
+        assert_eq!(letters[0].id.as_deref(), Some(id));
+        assert_eq!(letters[0].header(semantics::REASON), None);
+    }
+
     /// The next message ready in `queue`, taken (acknowledged) from it.
     async fn take(&self, queue: &str) -> lapin::message::Delivery {
         let got = self
@@ -407,13 +419,7 @@ async fn what_the_broker_dead_letters_goes_to_the_dead_letter_queue() {
         .reject(lapin::options::BasicRejectOptions { requeue: false })
         .await
         .unwrap();
-    semantics::eventually(Duration::from_secs(5), "a dead letter", || async {
-        !broker.dead_letters().await.is_empty()
-    })
-    .await;
-    let letters = broker.dead_letters().await;
-    assert_eq!(letters[0].id.as_deref(), Some("order-13"));
-    assert_eq!(letters[0].header(semantics::REASON), None);
+    broker.dead_lettered_by_the_broker("order-13").await;
 }
 
 /// Headers that are not text (bytes that are not UTF-8, numbers, tables)
@@ -504,6 +510,30 @@ async fn a_member_rejoins_on_a_new_connection() {
     assert_eq!(delivery.message().id.as_deref(), Some("order-15"));
     assert_eq!(delivery.message().attempt, 2, "its connection closed");
     delivery.ack().await.unwrap();
+}
+
+/// The broker's own delivery limit: past it, RabbitMQ dead-letters the
+/// message itself. The limit is the queue's: a subscriber that wants
+/// another one is refused, with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_delivery_limit_the_broker_dead_letters() {
+    let broker = Rabbit::new("delivery_limit").await;
+    delete(&broker.connection, &broker.queue).await;
+    let limited = Subscriber::builder(&url(), &broker.queue, "test")
+        .delivery_limit(1)
+        .connect()
+        .await
+        .unwrap();
+    let refused = Subscriber::connect(&url(), &broker.queue, "test").await;
+    assert!(refused.is_err(), "another limit");
+    broker.publish(Some("order-16"), b"order 16").await;
+    let mut deliveries = limited.deliveries().boxed();
+    for attempt in 1..=2 {
+        let delivery = deliveries.next().await.unwrap().unwrap();
+        assert_eq!(delivery.message().attempt, attempt);
+        delivery.retry(Duration::ZERO).await.unwrap();
+    }
+    broker.dead_lettered_by_the_broker("order-16").await;
 }
 
 /// The machine's RabbitMQ, through `proxy`.
