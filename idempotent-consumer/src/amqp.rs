@@ -120,8 +120,14 @@ const REQUEUE: BasicNackOptions = BasicNackOptions {
 /// Members of a group started by this process, for their consumer tags.
 static MEMBERS: AtomicU64 = AtomicU64::new(0);
 
-/// A member of a consumer group on a RabbitMQ queue: its deliveries, for
+/// A consumer group's connection to a RabbitMQ queue: each
+/// [`deliveries`](Self::deliveries) stream is a member of the group, for
 /// [`Consumer::consume`](crate::Consumer::consume). Cheap to clone.
+///
+/// RabbitMQ has no named groups: the consumers of a queue share its
+/// messages, each delivered to one of them. The group names the members'
+/// consumer tags (`<group>-<pid>-<n>`, as `rabbitmqctl list_consumers`
+/// shows them).
 ///
 /// ```no_run
 /// use idempotent_consumer::amqp::Subscriber;
@@ -140,6 +146,8 @@ pub struct Subscriber {
 struct Shared {
     /// The connection, and the channel dead letters are published on.
     link: Link,
+    /// The queue's name, every message's source.
+    source: Arc<str>,
     topology: Topology,
     group: String,
     prefetch: u16,
@@ -262,6 +270,7 @@ impl SubscriberBuilder {
         Ok(Subscriber {
             shared: Arc::new(Shared {
                 link,
+                source: Arc::from(topology.queue.as_str()),
                 topology,
                 group: self.group,
                 prefetch: self.prefetch,
@@ -311,6 +320,24 @@ impl Subscriber {
     ///
     /// Dropping the stream closes the channel, and RabbitMQ delivers what
     /// the member had not settled to the other members.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use idempotent_consumer::{Consumer, amqp::Subscriber};
+    ///
+    /// # async fn run(subscriber: Subscriber, consumer: Consumer) {
+    /// // A service's loop: it rejoins when its stream ends.
+    /// loop {
+    ///     consumer
+    ///         .consume(subscriber.deliveries(), |message| async move {
+    ///             println!("{:?}", message.id);
+    ///             Ok::<_, std::io::Error>(())
+    ///         })
+    ///         .await;
+    ///     tokio::time::sleep(Duration::from_secs(1)).await;
+    /// }
+    /// # }
+    /// ```
     pub fn deliveries(
         &self,
     ) -> impl Stream<Item = Result<AmqpDelivery, BrokerError>> + Send + 'static {
@@ -386,7 +413,8 @@ impl Member {
 /// `message_id` property (none when it is missing or empty); the headers
 /// are those with a text form (UTF-8 strings, numbers, booleans, in name
 /// order: AMQP tables have none of their own), others are left out; the
-/// attempt is the quorum queue's `x-delivery-count` plus one.
+/// attempt is 1 on a first delivery (whatever `x-delivery-count` header
+/// the producer set), then the quorum queue's `x-delivery-count` plus one.
 ///
 /// A delivery dropped unsettled (its handler panicked, its task was
 /// aborted) is handed back to the queue at once, as a `basic.nack` with
@@ -416,9 +444,8 @@ impl AmqpDelivery {
             acker,
             ..
         } = delivery;
-        let source: Arc<str> = Arc::from(shared.topology.queue.as_str());
         Self {
-            message: message_of(source, &properties, data, redelivered),
+            message: message_of(Arc::clone(&shared.source), &properties, data, redelivered),
             acker: Some(acker),
             properties,
             shared: Arc::clone(shared),
@@ -474,12 +501,23 @@ impl Delivery for AmqpDelivery {
         self.hand_back().await
     }
 
-    /// Publishes a copy with the reason headers to the dead-letter queue,
-    /// waits for the broker's confirm, then acknowledges the original. A
+    /// Publishes a copy (the payload, the id, the headers but
+    /// `x-delivery-count`) with the reason headers to the dead-letter
+    /// queue, waits for the broker's confirm, then acknowledges the
+    /// original. A
     /// copy the broker did not confirm hands the original back after a
     /// pause, to be dead-lettered on its next delivery.
     async fn dead_letter(self, letter: &DeadLetter) -> Result<(), BrokerError> {
-        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        // The original's headers but the queue's delivery count, which a
+        // consumer of the dead letters would take for its own.
+        let mut headers: FieldTable = self
+            .properties
+            .headers()
+            .iter()
+            .flat_map(|headers| headers.inner().clone())
+            .filter(|(name, _)| name.as_str() != DELIVERY_COUNT_HEADER)
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into();
         headers.insert(
             REASON_HEADER.into(),
             AMQPValue::LongString(letter.reason().into()),
@@ -525,7 +563,8 @@ impl Drop for AmqpDelivery {
 
 /// The message a handler sees, from an AMQP delivery: the id from
 /// `message_id` (none when missing or empty), the headers that have a text
-/// form, and the attempt from the quorum queue's `x-delivery-count`.
+/// form, and the attempt from the quorum queue's `x-delivery-count` on a
+/// redelivery.
 fn message_of(
     source: Arc<str>,
     properties: &BasicProperties,
@@ -549,11 +588,15 @@ fn message_of(
             }
         }
     }
-    // A broker that redelivers without counting (a classic queue) still
-    // says it redelivers.
-    message.attempt = earlier
-        .saturating_add(1)
-        .max(if redelivered { 2 } else { 1 });
+    // A first delivery is the first whatever its headers say: RabbitMQ
+    // keeps an `x-delivery-count` the producer set (or a copy carried from
+    // another queue) until it counts a redelivery itself. A broker that
+    // redelivers without counting (a classic queue) still says so.
+    message.attempt = if redelivered {
+        earlier.saturating_add(1).max(2)
+    } else {
+        1
+    };
     message
 }
 
@@ -998,7 +1041,8 @@ mod tests {
             (AMQPValue::LongLongInt(2), true, 3),
             (AMQPValue::LongInt(-5), true, 2),
             (AMQPValue::LongLongInt(i64::MAX), true, u32::MAX),
-            (long_string("not a number"), false, 1),
+            (long_string("not a number"), true, 2),
+            (AMQPValue::LongLongInt(5), false, 1),
         ] {
             let mut headers = FieldTable::default();
             headers.insert(DELIVERY_COUNT_HEADER.into(), value.clone());
