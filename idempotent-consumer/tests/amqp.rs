@@ -1,8 +1,9 @@
 //! The consumer's promises on RabbitMQ (the machine's server on
-//! 127.0.0.1:5672, guest/guest): every scenario
-//! of `support::semantics` on a quorum queue of its own, plus the
-//! publisher and the broker's delivery count. A missing server fails the
-//! tests and says so; nothing skips.
+//! 127.0.0.1:5672, guest/guest): every scenario of `support::semantics` on
+//! a quorum queue of its own, then what is RabbitMQ's own: the publisher,
+//! the broker's delivery count and dead letters, odd headers, a lost
+//! connection. A missing server fails the tests and says so; nothing
+//! skips.
 
 #[path = "../../idempotent-core/tests/support/blackout.rs"]
 #[allow(dead_code, unreachable_pub)]
