@@ -284,17 +284,25 @@ impl Subscriber {
     /// the quorum queue `queue` and its dead-letter queue `<queue>.dead` if
     /// they are missing, and consumes as a member of `group`. See
     /// [`builder`](Self::builder) for the settings.
-    pub async fn connect(url: &str, queue: &str, group: &str) -> Result<Self, BrokerError> {
+    pub async fn connect(
+        url: impl Into<String>,
+        queue: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Result<Self, BrokerError> {
         Self::builder(url, queue, group).connect().await
     }
 
     /// The settings of a subscriber to `queue` on `url`, as a member of
     /// `group` (its consumer tags start with it).
-    pub fn builder(url: &str, queue: &str, group: &str) -> SubscriberBuilder {
+    pub fn builder(
+        url: impl Into<String>,
+        queue: impl Into<String>,
+        group: impl Into<String>,
+    ) -> SubscriberBuilder {
         SubscriberBuilder {
-            url: url.to_owned(),
-            queue: queue.to_owned(),
-            group: group.to_owned(),
+            url: url.into(),
+            queue: queue.into(),
+            group: group.into(),
             prefetch: DEFAULT_PREFETCH,
             heartbeat: None,
             dead_letter_queue: None,
@@ -721,9 +729,12 @@ impl Publisher {
     /// `queue`. The queue is declared as [`Subscriber`] declares it by
     /// default (a quorum queue dead-lettering to `<queue>.dead`) if it is
     /// missing, and left as it is if it exists.
-    pub async fn connect(url: &str, queue: &str) -> Result<Self, BrokerError> {
-        let topology = Topology::new(queue, None, None)?;
-        let link = Link::connect(url, None).await?;
+    pub async fn connect(
+        url: impl Into<String>,
+        queue: impl Into<String>,
+    ) -> Result<Self, BrokerError> {
+        let topology = Topology::new(&queue.into(), None, None)?;
+        let link = Link::connect(&url.into(), None).await?;
         // A passive declare that fails closes its channel: one of its own.
         let probe = link.open().await?;
         if probe
