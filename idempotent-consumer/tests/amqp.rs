@@ -103,8 +103,8 @@ impl Rabbit {
             });
         // Leftovers of an earlier run that died before cleaning up.
         delete(&connection, &queue).await;
-        let subscriber = Subscriber::connect(&url(), &queue, "test").await.unwrap();
-        let publisher = Publisher::connect(&url(), &queue).await.unwrap();
+        let subscriber = Subscriber::connect(url(), &queue, "test").await.unwrap();
+        let publisher = Publisher::connect(url(), &queue).await.unwrap();
         let admin = connection.create_channel().await.unwrap();
         admin
             .confirm_select(ConfirmSelectOptions::default())
@@ -271,31 +271,8 @@ fn message(queue: &str, delivery: &lapin::message::Delivery) -> Message {
     message
 }
 
-macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let broker = Rabbit::new(stringify!($name)).await;
-            semantics::$name(&broker).await;
-        }
-    )*};
-}
-
-scenarios!(
-    republished_runs_once,
-    redelivery_after_a_crash_replays,
-    failures_redeliver_then_dead_letter,
-    poison_is_dead_lettered,
-    no_key_is_dead_lettered,
-    twins_at_two_members_run_once,
-    store_down_holds_messages,
-);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_transaction_commits_effect_and_record() {
-    let broker = Rabbit::new("same_transaction").await;
-    semantics::same_transaction_commits_effect_and_record(&broker, "amqp_tx").await;
-}
+// Every shared scenario, each on a queue of its own.
+support::semantics::scenarios!(Rabbit::new, "amqp_tx");
 
 /// A publish is confirmed, persistent, and carries its id as `message_id`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,9 +362,9 @@ async fn the_attempt_is_the_brokers_delivery_count() {
 async fn a_publisher_first_declares_the_queue_as_a_subscriber_would() {
     let broker = Rabbit::new("publisher_first").await;
     delete(&broker.connection, &broker.queue).await;
-    let publisher = Publisher::connect(&url(), &broker.queue).await.unwrap();
+    let publisher = Publisher::connect(url(), &broker.queue).await.unwrap();
     publisher.publish("order-12", "order 12").await.unwrap();
-    let subscriber = Subscriber::connect(&url(), &broker.queue, "late")
+    let subscriber = Subscriber::connect(url(), &broker.queue, "late")
         .await
         .expect("the same arguments");
     assert_eq!(
@@ -488,7 +465,7 @@ async fn odd_headers_and_no_id_reach_the_dead_letter_intact() {
 async fn an_unconfirmed_publish_is_sent_again_with_its_id() {
     let broker = Rabbit::new("resend").await;
     let proxy = Blackout::start(UPSTREAM.parse().unwrap()).await;
-    let publisher = Publisher::connect(&through(&proxy), &broker.queue)
+    let publisher = Publisher::connect(through(&proxy), &broker.queue)
         .await
         .unwrap();
     proxy.cut();
@@ -508,7 +485,7 @@ async fn an_unconfirmed_publish_is_sent_again_with_its_id() {
 async fn a_member_rejoins_on_a_new_connection() {
     let broker = Rabbit::new("rejoin").await;
     let proxy = Blackout::start(UPSTREAM.parse().unwrap()).await;
-    let subscriber = Subscriber::connect(&through(&proxy), &broker.queue, "test")
+    let subscriber = Subscriber::connect(through(&proxy), &broker.queue, "test")
         .await
         .unwrap();
     broker.publish(Some("order-15"), b"order 15").await;
@@ -533,12 +510,12 @@ async fn a_member_rejoins_on_a_new_connection() {
 async fn past_the_delivery_limit_the_broker_dead_letters() {
     let broker = Rabbit::new("delivery_limit").await;
     delete(&broker.connection, &broker.queue).await;
-    let limited = Subscriber::builder(&url(), &broker.queue, "test")
+    let limited = Subscriber::builder(url(), &broker.queue, "test")
         .delivery_limit(1)
         .connect()
         .await
         .unwrap();
-    let refused = Subscriber::connect(&url(), &broker.queue, "test").await;
+    let refused = Subscriber::connect(url(), &broker.queue, "test").await;
     assert!(refused.is_err(), "another limit");
     broker.publish(Some("order-16"), b"order 16").await;
     let mut deliveries = limited.deliveries().boxed();
