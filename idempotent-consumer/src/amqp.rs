@@ -348,12 +348,14 @@ impl Subscriber {
     /// ```
     pub fn deliveries(
         &self,
-    ) -> impl Stream<Item = Result<AmqpDelivery, BrokerError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<AmqpDelivery, BrokerError>> + Send + Unpin + 'static {
         let shared = Arc::clone(&self.shared);
-        stream::once(async move { Member::join(shared).await }).flat_map(|joined| match joined {
-            Ok(member) => member.deliveries().left_stream(),
-            Err(error) => stream::iter([Err(error)]).right_stream(),
-        })
+        stream::once(async move { Member::join(shared).await })
+            .flat_map(|joined| match joined {
+                Ok(member) => member.deliveries().left_stream(),
+                Err(error) => stream::iter([Err(error)]).right_stream(),
+            })
+            .boxed()
     }
 }
 

@@ -371,7 +371,7 @@ async fn a_publisher_first_declares_the_queue_as_a_subscriber_would() {
         subscriber.dead_letter_queue(),
         format!("{}.dead", broker.queue)
     );
-    let mut deliveries = subscriber.deliveries().boxed();
+    let mut deliveries = subscriber.deliveries();
     let delivery = deliveries.next().await.unwrap().unwrap();
     assert_eq!(delivery.message().id.as_deref(), Some("order-12"));
     delivery.ack().await.unwrap();
@@ -422,7 +422,7 @@ async fn odd_headers_and_no_id_reach_the_dead_letter_intact() {
     let properties = BasicProperties::default().with_headers(headers.clone());
     broker.publish_raw(b"odd", properties).await;
 
-    let mut deliveries = broker.subscriber.deliveries().boxed();
+    let mut deliveries = broker.subscriber.deliveries();
     let delivery = deliveries.next().await.unwrap().unwrap();
     let message = delivery.message();
     assert_eq!(
@@ -489,14 +489,14 @@ async fn a_member_rejoins_on_a_new_connection() {
         .await
         .unwrap();
     broker.publish(Some("order-15"), b"order 15").await;
-    let mut deliveries = subscriber.deliveries().boxed();
+    let mut deliveries = subscriber.deliveries();
     let held = deliveries.next().await.unwrap().unwrap();
     assert_eq!(held.message().attempt, 1);
     proxy.cut();
     while let Some(Ok(_)) = deliveries.next().await {}
     std::mem::forget(held);
     proxy.restore();
-    let mut deliveries = subscriber.deliveries().boxed();
+    let mut deliveries = subscriber.deliveries();
     let delivery = deliveries.next().await.unwrap().unwrap();
     assert_eq!(delivery.message().id.as_deref(), Some("order-15"));
     assert_eq!(delivery.message().attempt, 2, "its connection closed");
@@ -518,7 +518,7 @@ async fn past_the_delivery_limit_the_broker_dead_letters() {
     let refused = Subscriber::connect(url(), &broker.queue, "test").await;
     assert!(refused.is_err(), "another limit");
     broker.publish(Some("order-16"), b"order 16").await;
-    let mut deliveries = limited.deliveries().boxed();
+    let mut deliveries = limited.deliveries();
     for attempt in 1..=2 {
         let delivery = deliveries.next().await.unwrap().unwrap();
         assert_eq!(delivery.message().attempt, attempt);
