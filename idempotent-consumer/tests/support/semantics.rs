@@ -400,3 +400,42 @@ pub async fn same_transaction_commits_effect_and_record<B: Broker>(broker: &B, s
     );
     assert!(failed_once.load(std::sync::atomic::Ordering::SeqCst));
 }
+
+/// One `#[tokio::test]` per scenario above, so every broker runs them all:
+/// `$broker` makes each test's broker from the test's name (an async fn,
+/// or a closure returning a future), and the same-transaction scenario
+/// uses the PostgreSQL schema `$schema`.
+///
+/// ```ignore
+/// support::semantics::scenarios!(Rabbit::new, "amqp_tx");
+/// ```
+#[allow(unused_macros)]
+macro_rules! scenarios {
+    ($broker:expr, $schema:expr) => {
+        $crate::support::semantics::scenarios!(@each $broker;
+            republished_runs_once,
+            redelivery_after_a_crash_replays,
+            failures_redeliver_then_dead_letter,
+            poison_is_dead_lettered,
+            no_key_is_dead_lettered,
+            twins_at_two_members_run_once,
+            store_down_holds_messages,
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn same_transaction_commits_effect_and_record() {
+            let broker = ($broker)("same_transaction_commits_effect_and_record").await;
+            $crate::support::semantics::same_transaction_commits_effect_and_record(&broker, $schema)
+                .await;
+        }
+    };
+    (@each $broker:expr; $($scenario:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            let broker = ($broker)(stringify!($scenario)).await;
+            $crate::support::semantics::$scenario(&broker).await;
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use scenarios;
