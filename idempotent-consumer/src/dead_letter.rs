@@ -4,8 +4,10 @@ use std::fmt;
 
 /// Why a message went to the dead-letter destination. Adapters put
 /// [`reason`](DeadLetter::reason) and the text (`Display`) in the dead
-/// letter's headers, `Idempotent-Dead-Letter` and
-/// `Idempotent-Dead-Letter-Detail`.
+/// letter's headers, [`REASON_HEADER`](DeadLetter::REASON_HEADER)
+/// (`Idempotent-Dead-Letter`) and
+/// [`DETAIL_HEADER`](DeadLetter::DETAIL_HEADER)
+/// (`Idempotent-Dead-Letter-Detail`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DeadLetter {
@@ -42,6 +44,16 @@ pub enum DeadLetter {
 }
 
 impl DeadLetter {
+    /// The dead letter's header (a NATS header, a Redis stream entry's
+    /// field) that holds the [`reason`](DeadLetter::reason):
+    /// `Idempotent-Dead-Letter`.
+    pub const REASON_HEADER: &'static str = "Idempotent-Dead-Letter";
+
+    /// The dead letter's header (a NATS header, a Redis stream entry's
+    /// field) that holds the reason as text (the `Display`):
+    /// `Idempotent-Dead-Letter-Detail`.
+    pub const DETAIL_HEADER: &'static str = "Idempotent-Dead-Letter-Detail";
+
     /// The reason as a short label: `no-key`, `invalid-key`, `key-reused`,
     /// `failed`, `undecodable` (also the metrics' `reason` label).
     pub fn reason(&self) -> &'static str {

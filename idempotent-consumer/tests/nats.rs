@@ -263,10 +263,10 @@ async fn dead_letters_of_one_id_are_each_kept() {
         assert_eq!(letter.id.as_deref(), Some("order-1"));
         assert_eq!(letter.header("Tenant"), Some("acme"));
         assert_eq!(letter.header("Nats-Expected-Stream"), None);
-        assert_eq!(letter.header(semantics::REASON), Some("key-reused"));
+        assert_eq!(letter.header(DeadLetter::REASON_HEADER), Some("key-reused"));
         assert!(
             letter
-                .header("Idempotent-Dead-Letter-Detail")
+                .header(DeadLetter::DETAIL_HEADER)
                 .unwrap()
                 .contains("order-1")
         );
@@ -344,7 +344,10 @@ async fn an_unreadable_message_is_dead_lettered() {
     assert_eq!((runs.ran("bad-1"), runs.ran("good-1")), (0, 1));
     let letters = broker.dead_letters().await;
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].header(semantics::REASON), Some("unreadable"));
+    assert_eq!(
+        letters[0].header(DeadLetter::REASON_HEADER),
+        Some("unreadable")
+    );
     assert_eq!(letters[0].id.as_deref(), Some("bad-1"));
     assert_eq!(letters[0].header("Tenant"), Some("\u{fffd}"));
     assert_eq!(&letters[0].payload[..], b"bad");

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use futures_util::stream::BoxStream;
 use idempotent_consumer::redis::{Publisher, RedisDelivery, Subscriber};
-use idempotent_consumer::{BrokerError, Delivery, Message};
+use idempotent_consumer::{BrokerError, DeadLetter, Delivery, Message};
 use idempotent_core::Idempotency;
 use idempotent_core::memory::MemoryStore;
 use redis::AsyncCommands as _;
@@ -346,7 +346,7 @@ async fn entries_not_well_formed_are_dead_lettered() {
     let letters = streams.messages(&format!("{}:dead", streams.stream)).await;
     let reasons: Vec<_> = letters
         .iter()
-        .map(|l| l.header(semantics::REASON))
+        .map(|l| l.header(DeadLetter::REASON_HEADER))
         .collect();
     assert_eq!(reasons, [Some("invalid-key"), Some("no-key")]);
     let raw = streams.entries("orders:dead").await;
@@ -363,7 +363,7 @@ async fn entries_not_well_formed_are_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_written_once() {
     let streams = Streams::start().await;
-    let letter = idempotent_consumer::DeadLetter::NoKey;
+    let letter = DeadLetter::NoKey;
     streams
         .add(&[(b"payload", b"one"), (b"tenant", b"acme")])
         .await;
@@ -386,7 +386,7 @@ async fn a_dead_letter_is_written_once() {
     assert_eq!(
         (
             &letters[0].payload[..],
-            letters[0].header(semantics::REASON)
+            letters[0].header(DeadLetter::REASON_HEADER)
         ),
         (&b"two"[..], Some("no-key"))
     );

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
-use super::{DETAIL, ID, MAX_DETAIL, REASON};
+use super::{ID, MAX_DETAIL};
+use crate::dead_letter::DeadLetter;
 use crate::message::Message;
 
 /// A delivered message as a handler sees it. Header names come sorted (a
@@ -43,8 +44,8 @@ pub(super) fn dead_letter_headers(
         let text: &str = name.as_ref();
         let directive = text.len() >= 5 && text[..5].eq_ignore_ascii_case("nats-");
         if (directive && !text.eq_ignore_ascii_case(ID))
-            || text.eq_ignore_ascii_case(REASON)
-            || text.eq_ignore_ascii_case(DETAIL)
+            || text.eq_ignore_ascii_case(DeadLetter::REASON_HEADER)
+            || text.eq_ignore_ascii_case(DeadLetter::DETAIL_HEADER)
         {
             continue;
         }
@@ -52,7 +53,7 @@ pub(super) fn dead_letter_headers(
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(REASON, reason);
+    headers.insert(DeadLetter::REASON_HEADER, reason);
     if detail.len() > MAX_DETAIL {
         let mut end = MAX_DETAIL;
         while !detail.is_char_boundary(end) {
@@ -60,14 +61,13 @@ pub(super) fn dead_letter_headers(
         }
         detail.truncate(end);
     }
-    headers.insert(DETAIL, detail);
+    headers.insert(DeadLetter::DETAIL_HEADER, detail);
     headers
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dead_letter::DeadLetter;
 
     #[test]
     fn a_message_takes_its_id_and_headers() {
@@ -88,7 +88,7 @@ mod tests {
         original.insert(ID, "order-7");
         original.insert("Nats-Expected-Stream", "elsewhere");
         original.insert("Nats-Rollup", "all");
-        original.insert(REASON, "forged");
+        original.insert(DeadLetter::REASON_HEADER, "forged");
         original.insert("Tenant", "acme");
         let letter = DeadLetter::Failed {
             key: "order-7".into(),
@@ -99,10 +99,10 @@ mod tests {
         let message = message_of("dead".into(), Some(&headers), Bytes::new());
         assert_eq!(message.id.as_deref(), Some("order-7"));
         assert_eq!(message.header("Tenant"), Some("acme"));
-        assert_eq!(message.header(REASON), Some("failed"));
+        assert_eq!(message.header(DeadLetter::REASON_HEADER), Some("failed"));
         assert_eq!(message.header("Nats-Expected-Stream"), None);
         assert_eq!(message.header("Nats-Rollup"), None);
-        let detail = message.header(DETAIL).unwrap();
+        let detail = message.header(DeadLetter::DETAIL_HEADER).unwrap();
         assert!(detail.len() <= MAX_DETAIL && !detail.contains(['\r', '\n']));
     }
 }

@@ -113,10 +113,6 @@ pub const DEFAULT_PREFETCH: usize = 16;
 
 /// The header JetStream deduplicates by, and the message's id.
 const ID: &str = "Nats-Msg-Id";
-/// The dead letter's reason.
-const REASON: &str = "Idempotent-Dead-Letter";
-/// The dead letter's reason, as text.
-const DETAIL: &str = "Idempotent-Dead-Letter-Detail";
 /// The longest a dead letter's detail header grows.
 const MAX_DETAIL: usize = 1024;
 /// The shortest duplicate window JetStream accepts (2.9 refuses less), the

@@ -18,8 +18,8 @@ use idempotent_core::redis::RedisStore;
 use super::postgres_schema::Schema;
 use super::redis_server::RedisServer;
 
-/// The header a dead letter's reason is in.
-pub const REASON: &str = "Idempotent-Dead-Letter";
+/// The header a dead letter's reason is in: [`DeadLetter::REASON_HEADER`].
+pub const REASON: &str = DeadLetter::REASON_HEADER;
 
 /// One broker under test: a subject (stream, queue) of the test's own, a
 /// consumer group on it, and its dead-letter destination.
