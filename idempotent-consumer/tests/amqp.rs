@@ -149,7 +149,7 @@ impl Rabbit {
         .await;
         let letters = self.dead_letters().await;
         assert_eq!(letters[0].id.as_deref(), Some(id));
-        assert_eq!(letters[0].header(semantics::REASON), None);
+        assert_eq!(letters[0].header(DeadLetter::REASON_HEADER), None);
     }
 
     /// The next message ready in `queue`, taken (acknowledged) from it.
@@ -452,7 +452,7 @@ async fn odd_headers_and_no_id_reach_the_dead_letter_intact() {
             assert_eq!(letter.inner().get(name), Some(value), "{name}");
         }
     }
-    let reason = letter.inner().get(semantics::REASON);
+    let reason = letter.inner().get(DeadLetter::REASON_HEADER);
     assert_eq!(reason, Some(&AMQPValue::LongString("no-key".into())));
     assert!(letter.contains_key("Idempotent-Dead-Letter-Detail"));
     assert_eq!(got.data, b"odd");

@@ -149,30 +149,8 @@ impl Broker for Nats {
     }
 }
 
-macro_rules! scenarios {
-    ($($scenario:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $scenario() {
-            semantics::$scenario(&Nats::new(stringify!($scenario)).await).await;
-        }
-    )*};
-}
-
-scenarios!(
-    republished_runs_once,
-    redelivery_after_a_crash_replays,
-    failures_redeliver_then_dead_letter,
-    poison_is_dead_lettered,
-    no_key_is_dead_lettered,
-    twins_at_two_members_run_once,
-    store_down_holds_messages,
-);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_transaction_commits_effect_and_record() {
-    let broker = Nats::new("same_transaction").await;
-    semantics::same_transaction_commits_effect_and_record(&broker, "nats_tx").await;
-}
+// Every shared scenario, each on a stream of its own (named after it).
+support::semantics::scenarios!(Nats::new, "nats_tx");
 
 /// JetStream's own deduplication: a second publish of one id within the
 /// window is not stored, and the publisher says so.

@@ -18,9 +18,6 @@ use idempotent_core::redis::RedisStore;
 use super::postgres_schema::Schema;
 use super::redis_server::RedisServer;
 
-/// The header a dead letter's reason is in: [`DeadLetter::REASON_HEADER`].
-pub const REASON: &str = DeadLetter::REASON_HEADER;
-
 /// One broker under test: a subject (stream, queue) of the test's own, a
 /// consumer group on it, and its dead-letter destination.
 pub trait Broker: Send + Sync {
@@ -159,7 +156,7 @@ fn never(_: &Message, _: usize) -> bool {
 }
 
 fn reason(letter: &Message) -> Option<&str> {
-    letter.header(REASON)
+    letter.header(DeadLetter::REASON_HEADER)
 }
 
 /// A republished message (a producer's retry: same id, same payload) runs
