@@ -32,9 +32,9 @@ const MAX_STORE_PAUSE: Duration = Duration::from_secs(2);
 /// |---|---|
 /// | new key | the handler runs; `Ok` is recorded, then the message acknowledged |
 /// | key recorded, same payload (a redelivery, a republish) | acknowledged, the handler not run ([`Outcome::Replayed`]) |
-/// | handler `Err` | the key is released and the message redelivered after a growing delay, up to [`max_attempts`](ConsumerBuilder::max_attempts) deliveries; then dead-lettered |
+/// | handler `Err` | the key is released and the message redelivered after a growing delay, up to [`max_attempts`](crate::ConsumerBuilder::max_attempts) deliveries; then dead-lettered |
 /// | key recorded with another payload (a poison message) | dead-lettered, never run, logged |
-/// | a duplicate running elsewhere | waits for it (up to [`wait`](ConsumerBuilder::wait)), then replays or is redelivered later |
+/// | a duplicate running elsewhere | waits for it (up to [`wait`](crate::ConsumerBuilder::wait)), then replays or is redelivered later |
 /// | the store down | nothing runs and nothing is acknowledged: the delivery waits for the store and goes on when it is back |
 /// | no key, or a malformed one | dead-lettered, never run |
 ///

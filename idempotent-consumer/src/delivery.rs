@@ -9,10 +9,11 @@ use crate::error::BrokerError;
 use crate::message::Message;
 
 /// One delivered message, not yet settled, and how to settle it on its
-/// broker. The [`nats`](crate::nats), [`amqp`](crate::amqp) and
-/// [`redis`](crate::redis) modules implement it; implement it for another
-/// broker and [`Consumer::handle`](crate::Consumer::handle) gives it the
-/// same semantics.
+/// broker. The broker modules `nats`, `amqp` and `redis` (each behind its
+/// feature, [listed in the crate's docs](crate)) implement it; implement
+/// it for another broker and
+/// [`Consumer::handle`](crate::Consumer::handle) gives it the same
+/// semantics.
 ///
 /// Exactly one of [`ack`](Delivery::ack), [`retry`](Delivery::retry) and
 /// [`dead_letter`](Delivery::dead_letter) is called, once, after the

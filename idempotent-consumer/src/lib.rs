@@ -16,13 +16,37 @@
 //! is left where the effect is outside the store (an HTTP call, a write to
 //! another database): a crash after the effect and before its result is
 //! recorded runs it again once the lease runs out. Close it with PostgreSQL's
-//! same-transaction mode ([`Consumer::handle_in_transaction`], feature
+#![cfg_attr(
+    feature = "postgres",
+    doc = "same-transaction mode ([`Consumer::handle_in_transaction`], feature"
+)]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "same-transaction mode (`Consumer::handle_in_transaction`, feature"
+)]
 //! `postgres`), where the effect and the record commit together, or with
 //! journaled steps ([`idempotent_core::Steps`]).
 //!
-//! The brokers, each behind a feature: [`nats`] (JetStream, async-nats),
-//! [`amqp`] (RabbitMQ, lapin), [`redis`] (Redis Streams, redis-rs).
-
+//! The brokers, each behind the feature of its module's name:
+//!
+#![cfg_attr(
+    feature = "nats",
+    doc = "- [`nats`]: NATS JetStream, through async-nats;"
+)]
+#![cfg_attr(
+    not(feature = "nats"),
+    doc = "- `nats`: NATS JetStream, through async-nats;"
+)]
+#![cfg_attr(feature = "amqp", doc = "- [`amqp`]: RabbitMQ, through lapin;")]
+#![cfg_attr(not(feature = "amqp"), doc = "- `amqp`: RabbitMQ, through lapin;")]
+#![cfg_attr(
+    feature = "redis",
+    doc = "- [`redis`]: Redis Streams, through redis-rs."
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "- `redis`: Redis Streams, through redis-rs."
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "amqp")]

@@ -1,6 +1,7 @@
 //! A delivery that only records how it was settled: for a handler's unit
 //! tests, and the examples in these docs. The brokers' own deliveries are
-//! in [`nats`](crate::nats), [`amqp`](crate::amqp) and [`redis`](crate::redis).
+//! in the modules `nats`, `amqp` and `redis`, each behind its feature
+//! ([listed in the crate's docs](crate)).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
