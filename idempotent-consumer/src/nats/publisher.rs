@@ -60,9 +60,13 @@ impl Publisher {
     /// Connects to `url` to publish to `subject`, and declares the stream
     /// capturing it (named after it, JetStream's default duplicate window)
     /// if none does yet.
-    pub async fn connect(url: &str, subject: &str) -> Result<Self, BrokerError> {
-        let jetstream = jetstream_at(url, async_nats::ConnectOptions::new()).await?;
-        declare_stream(&jetstream, subject, None).await?;
+    pub async fn connect(
+        url: impl Into<String>,
+        subject: impl Into<String>,
+    ) -> Result<Self, BrokerError> {
+        let subject = subject.into();
+        let jetstream = jetstream_at(&url.into(), async_nats::ConnectOptions::new()).await?;
+        declare_stream(&jetstream, &subject, None).await?;
         Ok(Self {
             jetstream,
             subject: subject.into(),

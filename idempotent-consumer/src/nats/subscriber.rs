@@ -196,7 +196,11 @@ impl Subscriber {
     /// after it) and the group's durable consumer `group` if missing, and
     /// joins the group; with the default settings ([`builder`](Self::builder)
     /// for others).
-    pub async fn connect(url: &str, subject: &str, group: &str) -> Result<Self, BrokerError> {
+    pub async fn connect(
+        url: impl Into<String>,
+        subject: impl Into<String>,
+        group: impl Into<String>,
+    ) -> Result<Self, BrokerError> {
         Self::builder(url, subject, group).connect().await
     }
 
