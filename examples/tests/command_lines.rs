@@ -48,6 +48,25 @@ fn help_and_version_print_on_stdout_and_exit_zero() {
                 "--no-steps",
             ][..],
         ),
+        (
+            "orders-producer",
+            &[
+                "[default: orders]",
+                "[default: 1000]",
+                "[default: 0.1]",
+                "[default: order]",
+            ][..],
+        ),
+        (
+            "orders-consumer",
+            &[
+                "[default: orders]",
+                "[default: memory]",
+                "--no-dedup",
+                "--exit-when-idle",
+                "--work-ms",
+            ][..],
+        ),
     ] {
         let help = run(name, &["--help"]);
         assert_eq!(help.status.code(), Some(0), "{name} --help");
@@ -88,6 +107,22 @@ fn a_bad_argument_is_refused_with_exit_2_and_says_why() {
         (
             "checkout",
             &["--store", "mysql://x"][..],
+            "expected `memory`",
+        ),
+        (
+            "orders-producer",
+            &["--broker", "kafka://x"][..],
+            "expected nats://",
+        ),
+        ("orders-producer", &[][..], "--broker"),
+        (
+            "orders-producer",
+            &["--broker", "nats://127.0.0.1:1", "--duplicates", "2"][..],
+            "a share from 0 to 1",
+        ),
+        (
+            "orders-consumer",
+            &["--broker", "nats://127.0.0.1:1", "--store", "mysql://x"][..],
             "expected `memory`",
         ),
     ] {
