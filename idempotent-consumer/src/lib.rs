@@ -84,3 +84,14 @@ pub use error::BrokerError;
 pub use key::{Derive, KeySource};
 pub use message::Message;
 pub use outcome::Outcome;
+
+// The guide's examples (docs/consumers.md), doctested with every broker.
+#[cfg(all(
+    doctest,
+    feature = "nats",
+    feature = "amqp",
+    feature = "redis",
+    feature = "postgres"
+))]
+#[doc = include_str!("../../docs/consumers.md")]
+struct ConsumersGuideDoctests;
