@@ -211,6 +211,11 @@ impl Bench {
 
 #[tokio::main]
 async fn main() {
+    // A delivery that cannot be received or settled says why, on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let messages = args.next().and_then(|n| n.parse().ok()).unwrap_or(5000);
     let rounds = args.next().and_then(|n| n.parse().ok()).unwrap_or(2);

@@ -46,6 +46,10 @@ pub struct AmqpDelivery {
     acker: Option<lapin::Acker>,
     properties: BasicProperties,
     shared: Arc<Shared>,
+    /// The member's channel, kept open while one of its deliveries is
+    /// unsettled: a stream dropped to stop consuming (`take_until`) lets its
+    /// deliveries in flight settle, and the channel closes after the last.
+    _channel: lapin::Channel,
 }
 
 impl fmt::Debug for AmqpDelivery {
@@ -57,7 +61,11 @@ impl fmt::Debug for AmqpDelivery {
 }
 
 impl AmqpDelivery {
-    pub(super) fn new(shared: &Arc<Shared>, delivery: lapin::message::Delivery) -> Self {
+    pub(super) fn new(
+        shared: &Arc<Shared>,
+        channel: &lapin::Channel,
+        delivery: lapin::message::Delivery,
+    ) -> Self {
         let lapin::message::Delivery {
             redelivered,
             properties,
@@ -70,6 +78,7 @@ impl AmqpDelivery {
             acker: Some(acker),
             properties,
             shared: Arc::clone(shared),
+            _channel: channel.clone(),
         }
     }
 

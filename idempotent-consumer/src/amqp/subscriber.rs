@@ -226,8 +226,11 @@ impl Subscriber {
     /// (after an error item): call `deliveries` again to rejoin (on a new
     /// connection if the last one closed).
     ///
-    /// Dropping the stream closes the channel, and RabbitMQ delivers what
-    /// the member had not settled to the other members.
+    /// Dropping the stream, and the deliveries it gave that are not
+    /// settled, closes the channel; RabbitMQ delivers what the member had
+    /// not settled to the other members. Deliveries still being handled
+    /// when the stream is dropped (a shutdown) keep it open until they are
+    /// settled.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -297,8 +300,8 @@ impl Member {
         })
     }
 
-    /// The consumer's deliveries; the channel lives (and stays open) as
-    /// long as the stream.
+    /// The consumer's deliveries; the channel stays open as long as the
+    /// stream or one of its deliveries lives.
     fn deliveries(self) -> impl Stream<Item = Result<AmqpDelivery, BrokerError>> + Send + 'static {
         let Self {
             shared,
@@ -306,9 +309,8 @@ impl Member {
             consumer,
         } = self;
         consumer.map(move |delivery| {
-            let _open = &channel;
             delivery
-                .map(|delivery| AmqpDelivery::new(&shared, delivery))
+                .map(|delivery| AmqpDelivery::new(&shared, &channel, delivery))
                 .map_err(|e| BrokerError::new("receive", e))
         })
     }

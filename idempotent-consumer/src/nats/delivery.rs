@@ -59,9 +59,19 @@ impl NatsDelivery {
         }
     }
 
+    /// Sends `kind`, then flushes the connection: the acknowledgement has
+    /// reached the server when this returns, so a consumer that stops
+    /// right after (its stream ended at a shutdown) loses none, and the
+    /// ack's error, if any, is this call's.
     async fn settle(&self, action: &'static str, kind: AckKind) -> Result<(), BrokerError> {
         self.delivery
             .ack_with(kind)
+            .await
+            .map_err(|e| BrokerError::new(action, e))?;
+        self.delivery
+            .context
+            .client()
+            .flush()
             .await
             .map_err(|e| BrokerError::new(action, e))
     }

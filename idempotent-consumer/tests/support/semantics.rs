@@ -183,8 +183,11 @@ impl<D: Delivery> Delivery for Unacknowledged<D> {
     }
 
     async fn ack(self) -> Result<(), BrokerError> {
-        // The process dies here: the result is recorded, the ack never sent.
-        std::mem::forget(self);
+        // The process dies here: the result is recorded, the ack never
+        // sent. The delivery is dropped unsettled, as the process's end
+        // drops it (its broker hands it back: at once, or when its
+        // redelivery time is up).
+        drop(self);
         Ok(())
     }
 
@@ -340,6 +343,30 @@ pub async fn store_down_holds_messages<B: Broker>(broker: &B) {
     assert!(broker.dead_letters().await.is_empty());
 }
 
+/// A consumer stopped by ending its stream (`take`, `take_until` a
+/// shutdown signal) settles the deliveries it is still handling: each is
+/// acknowledged, none handed back or lost.
+pub async fn stopping_settles_what_is_in_flight<B: Broker>(broker: &B) {
+    let runs = Runs::default();
+    let consumer = consumer(memory());
+    for i in 0..12 {
+        broker.publish(Some(&format!("stop-{i}")), b"order").await;
+    }
+    let deliveries = broker.deliveries("a").await;
+    let counted = &runs;
+    let consumed = consumer
+        .consume(deliveries.take(12), |message| async move {
+            // Still running when the stream has given its last delivery.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            counted.count(&message, true);
+            Ok::<_, String>(())
+        })
+        .await;
+    assert_eq!((consumed.ran, consumed.failed), (12, 0), "{consumed:?}");
+    drained(broker).await;
+    assert!((0..12).all(|i| runs.ran(&format!("stop-{i}")) == 1));
+}
+
 /// PostgreSQL's same-transaction mode: the handler's INSERT and the record
 /// commit together, then the message is acknowledged. A handler that fails
 /// after its INSERT leaves no row; a republished copy replays.
@@ -417,6 +444,7 @@ macro_rules! scenarios {
             no_key_is_dead_lettered,
             twins_at_two_members_run_once,
             store_down_holds_messages,
+            stopping_settles_what_is_in_flight,
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
