@@ -14,6 +14,8 @@ use crate::key::StorageKey;
 use crate::record::{ClaimOutcome, LeaseToken};
 
 mod cache;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod lease_tokens;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
