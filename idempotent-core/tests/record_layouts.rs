@@ -23,7 +23,12 @@ const FINGERPRINT: Fingerprint = Fingerprint::from_u128(0x0123_4567_89ab_cdef_00
 const TOKEN: u128 = 0x00ff_00ff_00ff_00ff_0000_0000_0000_0001;
 
 fn key(id: &str) -> StorageKey {
-    StorageKey::new("idem", "", "shop.charge", &IdempotencyKey::parse(id).unwrap())
+    StorageKey::new(
+        "idem",
+        "",
+        "shop.charge",
+        &IdempotencyKey::parse(id).unwrap(),
+    )
 }
 
 /// What release 0.1 writes in Redis: `'C' | fingerprint | response`, and
@@ -57,7 +62,11 @@ async fn redis_reads_records_of_the_previous_layout_and_refuses_later_ones() {
     };
     set("done", redis_v1(b'C', b"O{\"receipt\":7}")).await;
     set("running", redis_v1(b'P', &TOKEN.to_be_bytes())).await;
-    set("waited-on", redis_v1(b'P', &[&TOKEN.to_be_bytes()[..], b"w"].concat())).await;
+    set(
+        "waited-on",
+        redis_v1(b'P', &[&TOKEN.to_be_bytes()[..], b"w"].concat()),
+    )
+    .await;
     let mut future = redis_v1(b'C', b"O1");
     future.insert(0, LAYOUT + 1);
     set("future", future).await;
@@ -68,7 +77,10 @@ async fn redis_reads_records_of_the_previous_layout_and_refuses_later_ones() {
         "replayed byte for byte"
     );
     assert_eq!(
-        store.claim(&key("done"), Fingerprint::from_u128(9), LEASE).await.unwrap(),
+        store
+            .claim(&key("done"), Fingerprint::from_u128(9), LEASE)
+            .await
+            .unwrap(),
         ClaimOutcome::KeyReused,
         "its fingerprint is read too"
     );
@@ -80,18 +92,33 @@ async fn redis_reads_records_of_the_previous_layout_and_refuses_later_ones() {
         );
         // Its owner (a process of the previous release) is not this store.
         let stranger = idempotent_core::record::LeaseToken::from_u128(TOKEN);
-        assert!(store.release(&key(id), stranger).await.unwrap_err().is_lease_lost());
+        assert!(
+            store
+                .release(&key(id), stranger)
+                .await
+                .unwrap_err()
+                .is_lease_lost()
+        );
     }
     // A waiter marks a record of the previous release where it marks it.
-    store.wait(&key("running"), Duration::from_millis(10)).await.unwrap();
+    store
+        .wait(&key("running"), Duration::from_millis(10))
+        .await
+        .unwrap();
     let marked: Vec<u8> = redis::cmd("GET")
         .arg(store.redis_key(&key("running")))
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert_eq!(marked, redis_v1(b'P', &[&TOKEN.to_be_bytes()[..], b"w"].concat()));
+    assert_eq!(
+        marked,
+        redis_v1(b'P', &[&TOKEN.to_be_bytes()[..], b"w"].concat())
+    );
 
-    let error = store.claim(&key("future"), FINGERPRINT, LEASE).await.unwrap_err();
+    let error = store
+        .claim(&key("future"), FINGERPRINT, LEASE)
+        .await
+        .unwrap_err();
     assert!(is_layout_error(&error, LAYOUT + 1), "{error}");
 
     // What this release writes starts with its version.
@@ -135,7 +162,9 @@ async fn postgres_reads_rows_of_the_previous_layout_and_refuses_later_ones() {
         (namespace, scope, operation, key, fingerprint, token, response, deadline)
         VALUES ('idem', '', 'shop.charge', $1, $2, $3, $4, now() + interval '1 minute')";
     let fingerprint = FINGERPRINT.as_u128().to_be_bytes().to_vec();
-    let rows: [(&str, Option<Vec<u8>>, Option<&[u8]>); 3] = [
+    // (key, lease token, response): in progress holds a token, completed a response.
+    type Row<'a> = (&'a str, Option<Vec<u8>>, Option<&'a [u8]>);
+    let rows: [Row<'_>; 3] = [
         ("done", None, Some(b"O{\"receipt\":7}")),
         ("running", Some(TOKEN.to_be_bytes().to_vec()), None),
         ("future", None, Some(b"O1")),
@@ -168,18 +197,28 @@ async fn postgres_reads_rows_of_the_previous_layout_and_refuses_later_ones() {
         store.claim(&key("done"), FINGERPRINT, LEASE).await.unwrap(),
         ClaimOutcome::Completed(b"O{\"receipt\":7}"[..].into())
     );
-    let outcome = store.claim(&key("running"), FINGERPRINT, LEASE).await.unwrap();
-    assert!(matches!(outcome, ClaimOutcome::InProgress { .. }), "{outcome:?}");
-    let error = store.claim(&key("future"), FINGERPRINT, LEASE).await.unwrap_err();
+    let outcome = store
+        .claim(&key("running"), FINGERPRINT, LEASE)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, ClaimOutcome::InProgress { .. }),
+        "{outcome:?}"
+    );
+    let error = store
+        .claim(&key("future"), FINGERPRINT, LEASE)
+        .await
+        .unwrap_err();
     assert!(is_layout_error(&error, LAYOUT + 1), "{error}");
 
     // A row this release claims is in its layout, and a second migration
     // changes nothing.
     store.claim(&key("new"), FINGERPRINT, LEASE).await.unwrap();
     store.migrate().await.unwrap();
-    let layout: i16 = sqlx::query_scalar("SELECT layout FROM idempotency_records WHERE key = 'new'")
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
+    let layout: i16 =
+        sqlx::query_scalar("SELECT layout FROM idempotency_records WHERE key = 'new'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
     assert_eq!(layout, i16::from(LAYOUT));
 }
