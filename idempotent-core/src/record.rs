@@ -66,7 +66,7 @@ pub fn millis(duration: Duration) -> Millis {
 /// - Layout 1 (0.1): no version marker.
 /// - Layout 2: a version marker in every record (a first byte `2` in Redis,
 ///   a `layout` column in PostgreSQL), and lease tokens that carry the time
-///   of their claim (what the admin operations read).
+///   of their claim (what [`Admin::stuck`](crate::admin::Admin::stuck) reads).
 ///
 /// ```
 /// use idempotent_core::record::{LAYOUT, readable_layout};

@@ -28,7 +28,8 @@
 //! The cases, by concern: `claims` (what a claim answers), `keys` (the four
 //! parts of a storage key), `fencing` (only the live lease writes),
 //! `lifetimes` (renewal and retention), `waiting` and `concurrency`, and
-//! `steps` (journaled steps, run by [`run_steps`]); this
+//! `steps` (journaled steps, run by [`run_steps`]), and `admin` (the
+//! operations of [`Admin`](crate::admin::Admin), run by [`run_admin`]); this
 //! file holds the list of cases, [`run_all`] and the helpers they share.
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 use crate::record::{ClaimOutcome, LeaseToken, StorageKey};
 use crate::{Fingerprint, IdempotencyKey, Store, StoreError};
 
+mod admin;
 mod claims;
 mod concurrency;
 mod fencing;
@@ -45,6 +47,7 @@ mod lifetimes;
 mod steps;
 mod waiting;
 
+pub use admin::*;
 pub use claims::*;
 pub use concurrency::*;
 pub use fencing::*;

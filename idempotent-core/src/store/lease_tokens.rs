@@ -40,7 +40,9 @@ impl LeaseTokens {
         let count = self.next.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         let time = u128::from(now & TIME_MASK) << 16;
         LeaseToken::from_u128(self.base | time | u128::from(count))
     }
@@ -71,7 +73,10 @@ mod tests {
         let (a, b) = (tokens.next(), tokens.next());
         assert_ne!(a, b);
         let claimed = claimed_at(a);
-        assert!(claimed >= before && claimed <= SystemTime::now(), "{claimed:?}");
+        assert!(
+            claimed >= before && claimed <= SystemTime::now(),
+            "{claimed:?}"
+        );
         assert!(running_for(a) < Duration::from_secs(5));
         assert_ne!(LeaseTokens::new().next(), LeaseTokens::new().next());
     }

@@ -13,6 +13,7 @@ use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{ClaimOutcome, LeaseToken};
 
+pub mod admin;
 mod cache;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod lease_tokens;

@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor as _, Row as _};
 
+mod admin;
 mod layout;
 mod steps;
 mod transaction;

@@ -86,6 +86,7 @@
 //! `standalone` or `cluster`), `notifier` (completion notices for waiters)
 //! and `steps` (journaled steps); this file holds the store itself.
 
+mod admin;
 mod builder;
 mod cluster;
 mod connection;

@@ -71,6 +71,33 @@ end
 return 1
 ";
 
+/// Evicts a record (the admin's): answers `{0}` if there is none, `{1}` if
+/// it deleted a record that was not in progress, `{2}` if it deleted one in
+/// progress (only with `ARGV[1]` = `'1'`, forced: its owner is fenced, and
+/// waiters are told), and `{3, pttl}` if it refused one in progress. A
+/// record of any layout is in progress if its tag, after a version byte
+/// (below `' '`) if there is one, is `'P'`.
+pub(super) const EVICT: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return {0}
+end
+local tag = string.sub(v, 1, 1)
+if string.byte(v, 1) < 32 then
+  tag = string.sub(v, 2, 2)
+end
+if tag ~= 'P' then
+  redis.call('DEL', KEYS[1])
+  return {1}
+end
+if ARGV[1] ~= '1' then
+  return {3, redis.call('PTTL', KEYS[1])}
+end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], KEYS[1])
+return {2}
+";
+
 /// The record and its remaining time to live, read together: the in-progress
 /// answer's `retry_after` must be the lease of the record it saw, not the
 /// retention of one completed in between.
@@ -105,6 +132,7 @@ pub(super) struct Scripts {
     pub(super) record_step: Lua,
     pub(super) mark_waiting: Lua,
     pub(super) look: Lua,
+    pub(super) evict: Lua,
 }
 
 /// A script: its source, and its SHA1 for `EVALSHA`.
@@ -131,6 +159,7 @@ impl Scripts {
             record_step: Lua::new(RECORD_STEP),
             mark_waiting: Lua::new(MARK_WAITING),
             look: Lua::new(LOOK),
+            evict: Lua::new(EVICT),
         }
     }
 }
