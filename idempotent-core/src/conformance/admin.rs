@@ -18,26 +18,14 @@ use crate::admin::{Admin, Eviction, RecordInfo, RecordStatus};
 /// # }
 /// ```
 pub async fn run_admin<S: Store + Admin + ?Sized>(store: Arc<S>) {
-    macro_rules! spawn {
-        ($($case:ident),* $(,)?) => {
-            vec![$(
-                (
-                    stringify!($case),
-                    tokio::spawn({
-                        let store = Arc::clone(&store);
-                        async move { $case(&store, stringify!($case)).await }
-                    }),
-                ),
-            )*]
-        };
-    }
-    report(spawn![
+    report(spawn_cases! {
+        { store }
         inspect_shows_a_record_in_progress_then_completed,
         evicting_a_completed_record_lets_its_key_run_again,
         a_live_lease_is_evicted_only_when_forced_and_its_owner_is_fenced,
         stuck_lists_calls_in_progress_longer_than_the_bound,
         count_tallies_live_records_per_operation,
-    ])
+    })
     .await;
 }
 

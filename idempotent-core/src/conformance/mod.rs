@@ -101,23 +101,27 @@ macro_rules! for_each_case {
     };
 }
 
+/// `spawn_cases! { { store } case, case, ... }`: each case in a task of its
+/// own on `store`, named, for [`report`].
+macro_rules! spawn_cases {
+    ({ $store:ident } $($case:ident),* $(,)?) => {
+        vec![$(
+            (
+                stringify!($case),
+                tokio::spawn({
+                    let store = Arc::clone(&$store);
+                    async move { $case(&store, stringify!($case)).await }
+                }),
+            ),
+        )*]
+    };
+}
+use spawn_cases;
+
 /// Runs every case concurrently on one shared store, and names the cases
 /// that failed.
 pub async fn run_all<S: Store + ?Sized>(store: Arc<S>) {
-    macro_rules! spawn_all {
-        ({} $($case:ident),* $(,)?) => {
-            vec![$(
-                (
-                    stringify!($case),
-                    tokio::spawn({
-                        let store = Arc::clone(&store);
-                        async move { $case(&store, stringify!($case)).await }
-                    }),
-                ),
-            )*]
-        };
-    }
-    report(for_each_case! { spawn_all {} }).await;
+    report(for_each_case! { spawn_cases { store } }).await;
 }
 
 /// Waits for every case, and panics naming those that failed.
