@@ -152,6 +152,6 @@ struct ClientGuideDoctests;
 #[doc = include_str!("../../docs/failure-modes.md")]
 struct FailureModesGuideDoctests;
 
-#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../../docs/operations.md")]
 struct OperationsGuideDoctests;
