@@ -75,7 +75,8 @@ pub(crate) struct RecordArgs {
     /// The scope (tenant) of the key; empty for none.
     #[arg(long, default_value = "")]
     scope: String,
-    /// The operation: the function's `name`, or the HTTP layer's.
+    /// The operation: the function's `name`, or for the HTTP layer the
+    /// method and path ("POST /payments"); `stuck` lists them.
     #[arg(long)]
     operation: String,
     /// The idempotency key.

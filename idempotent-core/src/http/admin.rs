@@ -13,7 +13,9 @@
 //! Records are the JSON of [`RecordInfo`](crate::admin::RecordInfo) (a
 //! response only with `show_body=true`), evictions that of
 //! [`Eviction`](crate::admin::Eviction). The namespace defaults to
-//! [`DEFAULT_NAMESPACE`](crate::DEFAULT_NAMESPACE), the scope to none.
+//! [`DEFAULT_NAMESPACE`](crate::DEFAULT_NAMESPACE), the scope to none; the
+//! operation of a record the HTTP layer wrote is the request's method and
+//! path (`operation=POST%20/payments`), that of a function its `name`.
 //! Errors are `{"error": "..."}`: `400` a bad key or query, `503` the store
 //! is unreachable, `500` anything else.
 //!
