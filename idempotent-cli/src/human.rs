@@ -83,7 +83,7 @@ pub(crate) fn inspected(key: &StorageKey, found: Option<&RecordInfo>, show_body:
 /// `evict`'s output.
 pub(crate) fn eviction(key: &StorageKey, eviction: &Eviction) -> String {
     let key = key_path(key);
-    match eviction {
+    let said = match eviction {
         Eviction::Evicted { in_progress: false } => {
             format!("evicted {key}: the next call with this key runs again")
         }
@@ -97,7 +97,8 @@ pub(crate) fn eviction(key: &StorageKey, eviction: &Eviction) -> String {
             duration(*lease_left)
         ),
         _ => format!("no live record for {key}: nothing to evict"),
-    }
+    };
+    said + "\n"
 }
 
 /// Rows under a header, each column as wide as its widest cell.

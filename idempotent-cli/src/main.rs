@@ -41,44 +41,47 @@ const REFUSED: u8 = 3;
 
 async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let store = store::open(&args.store).await?;
-    let json = args.json;
-    match args.command {
+    // The JSON or the text of an answer (both are small: computing the
+    // one not printed costs nothing that matters).
+    let show = |json: serde_json::Result<String>, text: String| -> serde_json::Result<()> {
+        if args.json {
+            println!("{}", json?);
+        } else {
+            print!("{text}");
+        }
+        Ok(())
+    };
+    match &args.command {
         Command::Inspect { record, show_body } => {
             let key = record.storage_key()?;
-            let found = store.inspect(&key, show_body).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&found)?);
-            } else {
-                print!("{}", human::inspected(&key, found.as_ref(), show_body));
-            }
+            let found = store.inspect(&key, *show_body).await?;
+            let text = human::inspected(&key, found.as_ref(), *show_body);
+            show(serde_json::to_string_pretty(&found), text)?;
         }
         Command::Evict { record, force } => {
             let key = record.storage_key()?;
-            let eviction = store.evict(&key, force).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&eviction)?);
-            } else {
-                println!("{}", human::eviction(&key, &eviction));
-            }
+            let eviction = store.evict(&key, *force).await?;
+            show(
+                serde_json::to_string_pretty(&eviction),
+                human::eviction(&key, &eviction),
+            )?;
             if matches!(eviction, Eviction::Refused { .. }) {
                 return Ok(ExitCode::from(REFUSED));
             }
         }
         Command::Stuck { older_than, limit } => {
-            let stuck = store.stuck(older_than.0, limit).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stuck)?);
-            } else {
-                print!("{}", human::stuck(&stuck, older_than.0));
-            }
+            let stuck = store.stuck(older_than.0, *limit).await?;
+            show(
+                serde_json::to_string_pretty(&stuck),
+                human::stuck(&stuck, older_than.0),
+            )?;
         }
         Command::Stats => {
             let counts = store.count().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&counts)?);
-            } else {
-                print!("{}", human::counts(&counts));
-            }
+            show(
+                serde_json::to_string_pretty(&counts),
+                human::counts(&counts),
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -125,30 +125,19 @@ async fn session(store: &dyn Store, url: &str) {
     let inspected = json(url, &["inspect", "--operation", OPERATION, "order-8"]);
     assert_eq!(inspected["response_bytes"], 15);
     assert!(inspected.get("response").is_none(), "{inspected}");
-    let with_body = run(
-        url,
-        &[
-            "inspect",
-            "--operation",
-            OPERATION,
-            "order-8",
-            "--show-body",
-        ],
-    );
+    let show_body = [
+        "inspect",
+        "--operation",
+        OPERATION,
+        "order-8",
+        "--show-body",
+    ];
+    let with_body = run(url, &show_body);
     assert!(
         with_body.ends_with("\n{\"card\":\"4242\"}\n"),
         "{with_body}"
     );
-    let inspected = json(
-        url,
-        &[
-            "inspect",
-            "--operation",
-            OPERATION,
-            "order-8",
-            "--show-body",
-        ],
-    );
+    let inspected = json(url, &show_body);
     assert_eq!(inspected["response"], "{\"card\":\"4242\"}");
 
     let counted = json(url, &["stats"]);

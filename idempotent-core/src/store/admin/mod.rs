@@ -230,8 +230,9 @@ impl OperationCount {
 pub(crate) struct Tally(std::collections::BTreeMap<(String, String), (u64, u64)>);
 
 impl Tally {
-    pub(crate) fn add(&mut self, key: &StorageKey, in_progress: bool) {
-        let (namespace, _, operation, _) = key.parts();
+    pub(crate) fn add(&mut self, record: &RecordInfo) {
+        let in_progress = matches!(record.status, RecordStatus::InProgress { .. });
+        let (namespace, _, operation, _) = record.key.parts();
         let counts = self
             .0
             .entry((namespace.to_owned(), operation.to_owned()))
@@ -253,24 +254,40 @@ impl Tally {
     }
 }
 
-/// Keeps the stuck records of `records` (in progress for at least
-/// `older_than`, or for an unknown time), longest first and unknown last,
-/// at most `limit` (the stores that filter record by record share it).
-pub(crate) fn keep_stuck(
-    records: impl IntoIterator<Item = RecordInfo>,
+/// Collects the stuck records among those offered (in progress for at
+/// least `older_than`, or for an unknown time): longest first, unknown
+/// last, at most `limit` (the stores that look record by record share it).
+pub(crate) struct StuckRecords {
     older_than: Duration,
     limit: usize,
-) -> Vec<RecordInfo> {
-    let running_for = |record: &RecordInfo| match record.status {
-        RecordStatus::InProgress { running_for, .. } => running_for,
-        RecordStatus::Completed { .. } => Some(Duration::ZERO),
-    };
-    let mut stuck: Vec<RecordInfo> = records
-        .into_iter()
-        .filter(|record| matches!(record.status, RecordStatus::InProgress { .. }))
-        .filter(|record| running_for(record).is_none_or(|age| age >= older_than))
-        .collect();
-    stuck.sort_by_key(|record| std::cmp::Reverse(running_for(record)));
-    stuck.truncate(limit);
-    stuck
+    found: Vec<RecordInfo>,
+}
+
+impl StuckRecords {
+    pub(crate) fn new(older_than: Duration, limit: usize) -> Self {
+        Self {
+            older_than,
+            limit,
+            found: Vec::new(),
+        }
+    }
+
+    pub(crate) fn offer(&mut self, record: RecordInfo) {
+        if let RecordStatus::InProgress { running_for, .. } = record.status
+            && running_for.is_none_or(|age| age >= self.older_than)
+        {
+            self.found.push(record);
+        }
+    }
+
+    pub(crate) fn into_list(mut self) -> Vec<RecordInfo> {
+        let running_for = |record: &RecordInfo| match record.status {
+            RecordStatus::InProgress { running_for, .. } => running_for,
+            RecordStatus::Completed { .. } => None,
+        };
+        self.found
+            .sort_by_key(|record| std::cmp::Reverse(running_for(record)));
+        self.found.truncate(self.limit);
+        self.found
+    }
 }

@@ -12,7 +12,7 @@ use crate::key::StorageKey;
 use crate::record::{LAYOUT, Millis};
 use crate::store::StoreError;
 use crate::store::admin::{
-    Admin, Eviction, OperationCount, RecordInfo, RecordStatus, Tally, keep_stuck,
+    Admin, Eviction, OperationCount, RecordInfo, RecordStatus, StuckRecords, Tally,
 };
 
 /// A live slot as the admin sees it (its own layout: records never leave
@@ -41,15 +41,15 @@ fn info(key: StorageKey, slot: &Slot, now: Millis, with_response: bool) -> Recor
 }
 
 impl MemoryStore {
-    /// Every live record, as `visit` sees it, one shard locked at a time.
-    fn each_live(&self, mut visit: impl FnMut(StorageKey, &Slot, Millis)) {
+    /// Every live record (without its response), one shard locked at a time.
+    fn each_live(&self, mut visit: impl FnMut(RecordInfo)) {
         for shard in &self.inner.shards {
             let shard = lock(shard);
             let now = self.now();
             for slot in shard.table.iter().filter(|slot| slot.is_live(now)) {
                 let stored = std::str::from_utf8(slot.key()).ok();
                 if let Some(key) = stored.and_then(StorageKey::from_stored) {
-                    visit(key, slot, now);
+                    visit(info(key, slot, now, false));
                 }
             }
         }
@@ -109,20 +109,14 @@ impl Admin for MemoryStore {
         older_than: Duration,
         limit: usize,
     ) -> Result<Vec<RecordInfo>, StoreError> {
-        let mut running = Vec::new();
-        self.each_live(|key, slot, now| {
-            if matches!(slot.state, SlotState::InProgress { .. }) {
-                running.push(info(key, slot, now, false));
-            }
-        });
-        Ok(keep_stuck(running, older_than, limit))
+        let mut stuck = StuckRecords::new(older_than, limit);
+        self.each_live(|record| stuck.offer(record));
+        Ok(stuck.into_list())
     }
 
     async fn count(&self) -> Result<Vec<OperationCount>, StoreError> {
         let mut tally = Tally::default();
-        self.each_live(|key, slot, _| {
-            tally.add(&key, matches!(slot.state, SlotState::InProgress { .. }));
-        });
+        self.each_live(|record| tally.add(&record));
         Ok(tally.into_counts())
     }
 }

@@ -14,7 +14,9 @@ use super::layout::{check_layout, check_storable, corrupt, decode_columns, keyed
 use crate::key::{IdempotencyKey, StorageKey};
 use crate::record::RecordState;
 use crate::store::StoreError;
-use crate::store::admin::{Admin, Eviction, OperationCount, RecordInfo, RecordStatus, keep_stuck};
+use crate::store::admin::{
+    Admin, Eviction, OperationCount, RecordInfo, RecordStatus, StuckRecords,
+};
 use crate::store::lease_tokens;
 
 /// The columns [`info`] reads, after the four parts of the key.
@@ -157,11 +159,11 @@ impl Admin for PostgresStore {
         let rows = self
             .bounded(async { sqlx::query(&sql).fetch_all(self.pool()).await })
             .await?;
-        let mut running = Vec::with_capacity(rows.len());
+        let mut stuck = StuckRecords::new(older_than, limit);
         for row in &rows {
-            running.push(info(&row_key(row)?, row, None)?);
+            stuck.offer(info(&row_key(row)?, row, None)?);
         }
-        Ok(keep_stuck(running, older_than, limit))
+        Ok(stuck.into_list())
     }
 
     async fn count(&self) -> Result<Vec<OperationCount>, StoreError> {

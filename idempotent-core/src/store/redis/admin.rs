@@ -24,7 +24,7 @@ use crate::key::StorageKey;
 use crate::record::{Record, RecordState};
 use crate::store::StoreError;
 use crate::store::admin::{
-    Admin, Eviction, OperationCount, RecordInfo, RecordStatus, Tally, keep_stuck,
+    Admin, Eviction, OperationCount, RecordInfo, RecordStatus, StuckRecords, Tally,
 };
 use crate::store::lease_tokens;
 
@@ -320,23 +320,14 @@ impl Admin for RedisStore {
         older_than: Duration,
         limit: usize,
     ) -> Result<Vec<RecordInfo>, StoreError> {
-        let mut running = Vec::new();
-        self.walk(|record| {
-            if matches!(record.status, RecordStatus::InProgress { .. }) {
-                running.push(record);
-            }
-        })
-        .await?;
-        Ok(keep_stuck(running, older_than, limit))
+        let mut stuck = StuckRecords::new(older_than, limit);
+        self.walk(|record| stuck.offer(record)).await?;
+        Ok(stuck.into_list())
     }
 
     async fn count(&self) -> Result<Vec<OperationCount>, StoreError> {
         let mut tally = Tally::default();
-        self.walk(|record| {
-            let in_progress = matches!(record.status, RecordStatus::InProgress { .. });
-            tally.add(&record.key, in_progress);
-        })
-        .await?;
+        self.walk(|record| tally.add(&record)).await?;
         Ok(tally.into_counts())
     }
 }
