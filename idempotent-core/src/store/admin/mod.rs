@@ -226,9 +226,11 @@ impl OperationCount {
 
 /// Counts records by namespace and operation, sorted (the stores that
 /// count record by record share it).
+#[cfg(any(feature = "memory", feature = "redis"))]
 #[derive(Default)]
 pub(crate) struct Tally(std::collections::BTreeMap<(String, String), (u64, u64)>);
 
+#[cfg(any(feature = "memory", feature = "redis"))]
 impl Tally {
     pub(crate) fn add(&mut self, record: &RecordInfo) {
         let in_progress = matches!(record.status, RecordStatus::InProgress { .. });
@@ -257,12 +259,14 @@ impl Tally {
 /// Collects the stuck records among those offered (in progress for at
 /// least `older_than`, or for an unknown time): longest first, unknown
 /// last, at most `limit` (the stores that look record by record share it).
+#[cfg(any(feature = "memory", feature = "redis", feature = "postgres"))]
 pub(crate) struct StuckRecords {
     older_than: Duration,
     limit: usize,
     found: Vec<RecordInfo>,
 }
 
+#[cfg(any(feature = "memory", feature = "redis", feature = "postgres"))]
 impl StuckRecords {
     pub(crate) fn new(older_than: Duration, limit: usize) -> Self {
         Self {
