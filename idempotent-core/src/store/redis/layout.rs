@@ -243,6 +243,57 @@ mod tests {
         assert!(!is_own_claim(&completed, &ours));
     }
 
+    /// What this release writes decodes to what it wrote; so does the same
+    /// record in layout 1 (no version byte); a later version or anything
+    /// else is an error naming what it is, never a panic.
+    #[test]
+    fn both_layouts_decode_and_later_ones_are_refused() {
+        let key = StorageKey::new("ns", "", "op", &"k".parse().unwrap());
+        let token = LeaseToken::from_u128(42);
+        let running = in_progress([7; 16], token);
+        let done = completed([7; 16], b"response");
+        for (value, layout) in [
+            (running.to_vec(), 2),
+            ([&running[..], b"w"].concat(), 2),
+            (running[1..].to_vec(), 1),
+            ([&running[1..], b"w"].concat(), 1),
+        ] {
+            let (found, record) = decode_versioned(&key, &value).unwrap();
+            assert_eq!(found, layout);
+            assert_eq!(
+                record.fingerprint,
+                Fingerprint::from_u128(u128::from_be_bytes([7; 16]))
+            );
+            assert!(matches!(record.state, RecordState::InProgress { token: t, .. } if t == token));
+        }
+        for (value, layout) in [(done.clone(), 2), (done[1..].to_vec(), 1)] {
+            let (found, record) = decode_versioned(&key, &value).unwrap();
+            assert_eq!(found, layout);
+            assert!(
+                matches!(&record.state, RecordState::Completed { response, .. } if &response[..] == b"response")
+            );
+        }
+        let mut later = done.clone();
+        later[0] = record::LAYOUT + 1;
+        let error = decode_versioned(&key, &later).unwrap_err();
+        assert!(error.to_string().contains("record layout 3,"), "{error}");
+        for junk in [
+            &b""[..],
+            b"\x02",
+            b"\x02P",
+            b"hello",
+            b"\x02X0123456789abcdef0",
+        ] {
+            assert!(
+                matches!(
+                    decode_versioned(&key, junk),
+                    Err(StoreError::Corrupt { .. })
+                ),
+                "{junk:?}"
+            );
+        }
+    }
+
     /// The steps key of a call is in the slot of its record, whatever
     /// braces the storage key holds, and whatever balanced braces (or an
     /// open `{`) the prefix holds.
