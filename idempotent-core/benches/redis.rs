@@ -56,8 +56,8 @@ struct Setup {
 
 /// The store's completion script, the one `RedisStore` sends.
 const COMPLETE: &str = include_str!("../src/store/redis/complete.lua");
-/// What a claim writes: 'P', a fingerprint and a lease token (33 bytes).
-const IN_PROGRESS: [u8; 33] = [b'P'; 33];
+/// What a claim writes: the layout, 'P', a fingerprint and a lease token (34 bytes).
+const IN_PROGRESS: [u8; 34] = [b'P'; 34];
 
 fn setup() -> Setup {
     let server = RedisServer::start();
@@ -172,11 +172,11 @@ async fn floor_claim(raw: &mut ConnectionManager, key: &str) -> Option<Vec<u8>> 
 }
 
 /// The store's completion: its script, with a record of the size the
-/// engine writes ('C', a fingerprint, the engine's `O` tag of an `Ok`, the
-/// response as JSON).
+/// engine writes (the layout, 'C', a fingerprint, the engine's `O` tag of
+/// an `Ok`, the response as JSON).
 async fn floor_complete(raw: &mut ConnectionManager, sha: &str, key: &str) {
-    let mut completed = Vec::with_capacity(20 + RESPONSE.len());
-    completed.push(b'C');
+    let mut completed = Vec::with_capacity(21 + RESPONSE.len());
+    completed.extend_from_slice(&[2, b'C']);
     completed.extend_from_slice(&[0; 16]);
     completed.push(b'O');
     completed.push(b'"');

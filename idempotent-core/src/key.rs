@@ -243,10 +243,17 @@ impl StorageKey {
         &self.0
     }
 
-    /// The four parts: namespace, scope, operation and key (for stores that
-    /// keep them in separate columns).
-    #[cfg(feature = "postgres")]
-    pub(crate) fn parts(&self) -> (&str, &str, &str, &str) {
+    /// The four parts: namespace, scope, operation and key.
+    ///
+    /// ```
+    /// use idempotent_core::IdempotencyKey;
+    /// use idempotent_core::record::StorageKey;
+    ///
+    /// let key = StorageKey::new("idem", "tenant|1", "shop.charge", &IdempotencyKey::parse("k")?);
+    /// assert_eq!(key.parts(), ("idem", "tenant|1", "shop.charge", "k"));
+    /// # Ok::<(), idempotent_core::KeyError>(())
+    /// ```
+    pub fn parts(&self) -> (&str, &str, &str, &str) {
         fn part(s: &str) -> (&str, &str) {
             // Always well-formed: built only by `new`.
             let (len, rest) = s.split_once(':').unwrap_or(("0", s));
@@ -258,6 +265,17 @@ impl StorageKey {
         let (scope, rest) = part(rest);
         let (operation, key) = part(rest);
         (namespace, scope, operation, key)
+    }
+
+    /// The storage key `stored` is the text of ([`as_str`](Self::as_str)),
+    /// or `None` if it is not one (a key of something else in a store).
+    #[cfg(any(feature = "memory", feature = "redis"))]
+    pub(crate) fn from_stored(stored: &str) -> Option<Self> {
+        let candidate = Self(Arc::from(stored));
+        let (namespace, scope, operation, key) = candidate.parts();
+        let key = IdempotencyKey::from_token(key).ok()?;
+        let rebuilt = Self::new(namespace, scope, operation, &key);
+        (rebuilt == candidate).then_some(rebuilt)
     }
 
     /// The same allocation, as bytes.
@@ -366,13 +384,34 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "postgres")]
     #[test]
     fn a_storage_key_splits_back_into_its_parts() {
         let key = IdempotencyKey::parse("k|1:x").unwrap();
         for (n, s, o) in [("idem", "", "op"), ("a|0:", "t:1|", "x|y"), ("", "", "")] {
             let storage = StorageKey::new(n, s, o, &key);
             assert_eq!(storage.parts(), (n, s, o, "k|1:x"));
+        }
+    }
+
+    #[cfg(feature = "memory")]
+    #[test]
+    fn only_a_storage_keys_text_is_read_back_as_one() {
+        let quoted = IdempotencyKey::from_token("\"q\"").unwrap();
+        for key in [
+            StorageKey::new("idem", "t:1|", "op", &IdempotencyKey::parse("k").unwrap()),
+            StorageKey::new("", "", "", &quoted),
+        ] {
+            assert_eq!(StorageKey::from_stored(key.as_str()), Some(key));
+        }
+        for junk in [
+            "",
+            "hello",
+            "4:idem|0:|2:op|",
+            "4:idem|0:|9:op|k",
+            "4:idem|0:|2:op|a b",
+            "s4:idem|0:|2:op|k",
+        ] {
+            assert_eq!(StorageKey::from_stored(junk), None, "{junk:?}");
         }
     }
 

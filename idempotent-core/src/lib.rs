@@ -45,6 +45,7 @@
 //!   cluster, TLS) and [`postgres`] (with its same-transaction mode).
 //! - HTTP: [`http`], a tower layer for axum and any tower service.
 //! - Metric and span names: [`telemetry`].
+//! - Operations (inspect, evict, stuck work, counts): [`admin`].
 //! - For people writing their own store: [`Store`] (and
 //!   [`TransactionalStore`] for the same-transaction mode), [`StoreError`],
 //!   the [`record`] state machine, and the conformance suite (feature
@@ -114,6 +115,7 @@ pub use key::{IdempotencyKey, KeyError, MAX_KEY_LEN};
 pub use runtime::{
     DEFAULT_LEASE, DEFAULT_NAMESPACE, DEFAULT_TTL, Idempotency, IdempotencyBuilder, MIN_LEASE,
 };
+pub use store::admin;
 #[cfg(feature = "memory")]
 pub use store::memory;
 #[cfg(feature = "postgres")]
@@ -150,6 +152,6 @@ struct ClientGuideDoctests;
 #[doc = include_str!("../../docs/failure-modes.md")]
 struct FailureModesGuideDoctests;
 
-#[cfg(all(doctest, feature = "http", feature = "redis", feature = "postgres"))]
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "postgres"))]
 #[doc = include_str!("../../docs/operations.md")]
 struct OperationsGuideDoctests;

@@ -54,6 +54,45 @@ pub fn millis(duration: Duration) -> Millis {
     millis.max(1)
 }
 
+/// The version of the record layout this release writes: how a store lays
+/// a record out in its bytes or columns (each backend documents its own).
+///
+/// A release reads the layout it writes and the one before it, so that a
+/// rolling upgrade finds the records of the release it replaces readable.
+/// A record in a later layout (written by a newer release) is refused as
+/// [`StoreError::Corrupt`](crate::StoreError::Corrupt), naming its version,
+/// and the call fails closed: it is never run again for want of a record.
+///
+/// - Layout 1 (0.1): no version marker.
+/// - Layout 2: a version marker in every record (a first byte `2` in Redis,
+///   a `layout` column in PostgreSQL), and lease tokens that carry the time
+///   of their claim (what [`Admin::stuck`](crate::admin::Admin::stuck) reads).
+///
+/// ```
+/// use idempotent_core::record::{LAYOUT, readable_layout};
+///
+/// assert!(readable_layout(LAYOUT) && readable_layout(LAYOUT - 1));
+/// assert!(!readable_layout(LAYOUT + 1));
+/// ```
+pub const LAYOUT: u8 = 2;
+
+/// Whether this release reads records in layout `version`: [`LAYOUT`] and
+/// the one before it.
+pub const fn readable_layout(version: u8) -> bool {
+    version == LAYOUT || version == LAYOUT - 1
+}
+
+/// Why a record in layout `version` cannot be read, for the detail of a
+/// [`StoreError::Corrupt`](crate::StoreError::Corrupt).
+pub fn unreadable_layout(version: impl fmt::Display) -> String {
+    format!(
+        "written in record layout {version}, which this release does not read (it reads \
+         layouts {} and {LAYOUT}): a newer release wrote it; upgrade every process to it, \
+         or evict the record",
+        LAYOUT - 1
+    )
+}
+
 /// A fencing token: proves that the holder owns the current lease on a key.
 ///
 /// Tokens are unique per claim within a store, so an owner whose lease

@@ -1,7 +1,7 @@
 //! `LocalCache` in front of a real Redis: a replay of a record this process
 //! completed is answered without a round trip (Redis is stopped to prove
 //! it), a reused key is still refused, an entry ends with its record's
-//! TTL, the bound holds, and a purged entry is gone.
+//! TTL, the bound holds, and a purged entry is gone, as is an evicted one.
 #![cfg(feature = "redis")]
 
 mod support;
@@ -110,4 +110,39 @@ async fn an_entry_ends_with_its_records_ttl_and_the_bound_holds() {
     // Evicted entries still replay, from the store.
     let first = call(&CHARGE, "many-0".into()).await.unwrap();
     assert!(first.replayed);
+}
+
+/// An eviction through the cache drops its entry too: the next call with
+/// the key runs again, instead of replaying what this process remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_record_is_not_replayed_from_the_cache() {
+    use idempotent_core::admin::{Admin, Eviction};
+
+    let server = RedisServer::start();
+    let cache = cached(&server, 1 << 20).await;
+    let idempotency = Idempotency::new(cache.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let call = || {
+        let (idempotency, runs) = (idempotency.clone(), runs.clone());
+        async move {
+            idempotency
+                .call(&CHARGE)
+                .key("k1")
+                .payload(&100)
+                .run(async move { Ok::<_, Error>(runs.fetch_add(1, Ordering::SeqCst) + 1) })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(call().await.value, 1);
+    assert!(call().await.replayed);
+    let key =
+        idempotent_core::record::StorageKey::new("idem", "", CHARGE.name(), &"k1".parse().unwrap());
+    assert_eq!(
+        cache.evict(&key, false).await.unwrap(),
+        Eviction::Evicted { in_progress: false }
+    );
+    let again = call().await;
+    assert!(!again.replayed);
+    assert_eq!(again.value, 2, "the body ran again");
 }

@@ -32,6 +32,12 @@ async fn conformance_steps() {
         .await;
 }
 
+/// The admin operations' cases (inspect, evict, stuck work, counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_conformance() {
+    idempotent_core::conformance::run_admin(Arc::new(MemoryStore::new())).await;
+}
+
 fn key(i: usize) -> StorageKey {
     StorageKey::new("t", "", "op", &format!("k{i}").parse().unwrap())
 }

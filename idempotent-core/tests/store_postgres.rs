@@ -28,6 +28,13 @@ async fn steps_conformance_on_postgres() {
     idempotent_core::conformance::run_steps(Arc::new(store)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_conformance_on_postgres() {
+    let schema = Schema::create("admin_conformance").await;
+    let store = schema.store().await;
+    idempotent_core::conformance::run_admin(Arc::new(store)).await;
+}
+
 /// A claim of `key` (a fresh one) for a lease of a minute; its token.
 async fn acquire(store: &PostgresStore, key: &StorageKey) -> idempotent_core::record::LeaseToken {
     match store.claim(key, FP, Duration::from_secs(60)).await.unwrap() {

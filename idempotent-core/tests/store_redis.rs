@@ -1,5 +1,6 @@
 //! `RedisStore`: the conformance suite (and its journaled steps) on a
-//! standalone server and on a 3-master cluster, each started for the test;
+//! standalone server and on a 3-master cluster, each started for the test,
+//! with the admin operations' cases;
 //! records and completion notices on every master of the cluster.
 #![cfg(feature = "redis")]
 
@@ -37,6 +38,7 @@ async fn conformance_on_standalone_redis() {
         .unwrap();
     let store = Arc::new(store);
     idempotent_core::conformance::run_all(Arc::clone(&store)).await;
+    idempotent_core::conformance::run_admin(Arc::clone(&store)).await;
     idempotent_core::conformance::run_steps(store).await;
 }
 
@@ -45,6 +47,8 @@ async fn conformance_on_a_three_master_cluster() {
     let cluster = RedisCluster::start(3);
     let store = Arc::new(on_cluster(&cluster).await);
     idempotent_core::conformance::run_all(Arc::clone(&store)).await;
+    // On every master: the walks of `stuck` and `count` visit each.
+    idempotent_core::conformance::run_admin(Arc::clone(&store)).await;
     idempotent_core::conformance::run_steps(store).await;
     // A prefix whose first braces are empty makes the cluster hash whole
     // keys: no tag puts a call's steps in its record's slot, and recording

@@ -28,7 +28,8 @@
 //! The cases, by concern: `claims` (what a claim answers), `keys` (the four
 //! parts of a storage key), `fencing` (only the live lease writes),
 //! `lifetimes` (renewal and retention), `waiting` and `concurrency`, and
-//! `steps` (journaled steps, run by [`run_steps`]); this
+//! `steps` (journaled steps, run by [`run_steps`]), and `admin` (the
+//! operations of [`Admin`](crate::admin::Admin), run by [`run_admin`]); this
 //! file holds the list of cases, [`run_all`] and the helpers they share.
 
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 use crate::record::{ClaimOutcome, LeaseToken, StorageKey};
 use crate::{Fingerprint, IdempotencyKey, Store, StoreError};
 
+mod admin;
 mod claims;
 mod concurrency;
 mod fencing;
@@ -45,6 +47,7 @@ mod lifetimes;
 mod steps;
 mod waiting;
 
+pub use admin::*;
 pub use claims::*;
 pub use concurrency::*;
 pub use fencing::*;
@@ -98,23 +101,27 @@ macro_rules! for_each_case {
     };
 }
 
+/// `spawn_cases! { { store } case, case, ... }`: each case in a task of its
+/// own on `store`, named, for [`report`].
+macro_rules! spawn_cases {
+    ({ $store:ident } $($case:ident),* $(,)?) => {
+        vec![$(
+            (
+                stringify!($case),
+                tokio::spawn({
+                    let store = Arc::clone(&$store);
+                    async move { $case(&store, stringify!($case)).await }
+                }),
+            ),
+        )*]
+    };
+}
+use spawn_cases;
+
 /// Runs every case concurrently on one shared store, and names the cases
 /// that failed.
 pub async fn run_all<S: Store + ?Sized>(store: Arc<S>) {
-    macro_rules! spawn_all {
-        ({} $($case:ident),* $(,)?) => {
-            vec![$(
-                (
-                    stringify!($case),
-                    tokio::spawn({
-                        let store = Arc::clone(&store);
-                        async move { $case(&store, stringify!($case)).await }
-                    }),
-                ),
-            )*]
-        };
-    }
-    report(for_each_case! { spawn_all {} }).await;
+    report(for_each_case! { spawn_cases { store } }).await;
 }
 
 /// Waits for every case, and panics naming those that failed.

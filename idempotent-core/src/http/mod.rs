@@ -150,6 +150,9 @@
 
 pub(crate) mod codec;
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod admin;
 mod body;
 mod config;
 mod future;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use super::admin::{Admin, Eviction, OperationCount, RecordInfo};
 use super::{StepLog, StepWrite, Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
@@ -212,5 +213,40 @@ impl<S: Store> Store for LocalCache<S> {
 
     async fn clear_steps(&self, key: &StorageKey) -> Result<(), StoreError> {
         self.inner.clear_steps(key).await
+    }
+}
+
+/// The admin operations of the store behind the cache; an eviction also
+/// drops the key's entry here, so that this process stops replaying it.
+/// (Other processes' caches keep their entries until the record's TTL, or
+/// until they [`purge`](LocalCache::purge) it.)
+#[async_trait]
+impl<S: Store + Admin> Admin for LocalCache<S> {
+    async fn inspect(
+        &self,
+        key: &StorageKey,
+        with_response: bool,
+    ) -> Result<Option<RecordInfo>, StoreError> {
+        self.inner.inspect(key, with_response).await
+    }
+
+    async fn evict(&self, key: &StorageKey, force: bool) -> Result<Eviction, StoreError> {
+        let eviction = self.inner.evict(key, force).await?;
+        if !matches!(eviction, Eviction::Refused { .. }) {
+            self.purge(key);
+        }
+        Ok(eviction)
+    }
+
+    async fn stuck(
+        &self,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<RecordInfo>, StoreError> {
+        self.inner.stuck(older_than, limit).await
+    }
+
+    async fn count(&self) -> Result<Vec<OperationCount>, StoreError> {
+        self.inner.count().await
     }
 }

@@ -13,7 +13,10 @@ use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
 use crate::record::{ClaimOutcome, LeaseToken};
 
+pub mod admin;
 mod cache;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod lease_tokens;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use hashbrown::hash_table::Entry;
 use tokio::time::Instant;
 
+mod admin;
 mod shard;
 mod steps;
 
@@ -105,6 +106,10 @@ const EVICTION_WARNING_EVERY: Millis = 60_000;
 const MAX_SHARDS: usize = 1 << 16;
 // A lease token is a shard's count shifted past the shard's index.
 const _: () = assert!(MAX_SHARDS <= 1 << 16, "the shard index must fit in 16 bits");
+
+/// Where a lease token keeps the time of its claim ([`MemoryStore::now`]),
+/// above the shard's count of leases and the shard's index.
+const CLAIMED_AT_SHIFT: u32 = 80;
 
 /// With a bound on entries, the fewest records a shard is made to hold.
 const MIN_PER_SHARD: usize = 256;
@@ -342,9 +347,12 @@ impl Store for MemoryStore {
             // Unique in the store: the shard's count of leases, then the
             // shard. A counter per shard, under its lock, instead of one the
             // two worker threads of a runtime would bounce between them.
+            // Above them, the time of the claim (for `admin`).
             shard.leases += 1;
             let token = LeaseToken::from_u128(
-                u128::from(shard.leases) << 16 | self.shard_index(hash) as u128,
+                u128::from(now) << CLAIMED_AT_SHIFT
+                    | u128::from(shard.leases) << 16
+                    | self.shard_index(hash) as u128,
             );
             let state = SlotState::InProgress {
                 token,

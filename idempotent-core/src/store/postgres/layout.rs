@@ -69,6 +69,7 @@ pub(super) fn corrupt(key: &StorageKey, detail: impl Into<String>) -> StoreError
 /// relative to "now" = 0).
 pub(super) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError> {
     let get = |e: sqlx::Error| corrupt(key, e.to_string());
+    check_layout(key, row.try_get("layout").map_err(get)?)?;
     decode_columns(
         key,
         &row.try_get::<Vec<u8>, _>("fingerprint").map_err(get)?,
@@ -80,6 +81,15 @@ pub(super) fn decode(key: &StorageKey, row: &PgRow) -> Result<Record, StoreError
             .as_deref(),
         row.try_get("remaining_ms").map_err(get)?,
     )
+}
+
+/// Refuses a row of a layout this release does not read (a newer
+/// release's).
+pub(super) fn check_layout(key: &StorageKey, layout: i16) -> Result<(), StoreError> {
+    match u8::try_from(layout) {
+        Ok(version) if record::readable_layout(version) => Ok(()),
+        _ => Err(corrupt(key, record::unreadable_layout(layout))),
+    }
 }
 
 /// A record from the columns of its row: whatever they hold, a record or
@@ -142,14 +152,14 @@ macro_rules! claim_statement {
         concat!(
             "
 WITH live AS (
-    SELECT fingerprint, token, response, deadline FROM idempotency_records
+    SELECT fingerprint, token, response, deadline, layout FROM idempotency_records
     WHERE namespace = $1 AND scope = $2 AND operation = $3 AND key = $4 AND deadline > now()",
             $live_filter,
             "
 ), claimed AS (
     INSERT INTO idempotency_records AS r
-        (namespace, scope, operation, key, fingerprint, token, response, deadline)
-    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond'
+        (namespace, scope, operation, key, fingerprint, token, response, deadline, layout)
+    SELECT $1, $2, $3, $4, $5, $6, NULL, now() + $7 * interval '1 millisecond', 2
     WHERE NOT EXISTS (SELECT 1 FROM live)",
             $insert_filter,
             "
@@ -158,10 +168,11 @@ WITH live AS (
         token       = CASE WHEN r.deadline <= now() THEN EXCLUDED.token ELSE r.token END,
         response    = CASE WHEN r.deadline <= now() THEN NULL ELSE r.response END,
         deadline    = CASE WHEN r.deadline <= now()
-            THEN clock_timestamp() + $7 * interval '1 millisecond' ELSE r.deadline END
-    RETURNING fingerprint, token, response, deadline
+            THEN clock_timestamp() + $7 * interval '1 millisecond' ELSE r.deadline END,
+        layout      = CASE WHEN r.deadline <= now() THEN EXCLUDED.layout ELSE r.layout END
+    RETURNING fingerprint, token, response, deadline, layout
 )
-SELECT fingerprint, token, response,
+SELECT fingerprint, token, response, layout,
     (token IS NOT DISTINCT FROM $6) AS acquired,
     ceil(extract(epoch FROM (deadline - now())) * 1000)::bigint AS remaining_ms
 FROM (SELECT * FROM claimed UNION ALL SELECT * FROM live) AS row
@@ -170,3 +181,14 @@ LIMIT 1"
     };
 }
 pub(super) use claim_statement;
+
+#[cfg(test)]
+mod tests {
+    /// The claim writes rows in this release's layout.
+    #[test]
+    fn the_claim_writes_the_current_layout() {
+        let claim = claim_statement!("", "");
+        let written = format!("interval '1 millisecond', {}\n", crate::record::LAYOUT);
+        assert!(claim.contains(&written), "{claim}");
+    }
+}

@@ -7,7 +7,8 @@
 //! - `idempotency_records`: one row per record (namespace, scope,
 //!   operation, key; the payload's fingerprint; the lease token while in
 //!   progress, or the response once completed; the `deadline`, the end of
-//!   the lease or of the retention), indexed on `deadline` for the purge.
+//!   the lease or of the retention; the `layout` version the row was
+//!   written in, [`record::LAYOUT`]), indexed on `deadline` for the purge.
 //! - `idempotency_records_steps`: one row per journaled step of a call
 //!   (the record's four parts and the step's name; its value, the call's
 //!   fingerprint, and `expires_at`), indexed on `expires_at` for the purge.
@@ -26,15 +27,14 @@
 //! `sqlx` is re-exported: use `idempotent_core::postgres::sqlx` rather than
 //! a `sqlx` dependency of your own, whose version could differ from ours.
 
-use std::hash::{BuildHasher, RandomState};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor as _, Row as _};
 
+mod admin;
 mod layout;
 mod steps;
 mod transaction;
@@ -45,6 +45,7 @@ use layout::{PgQuery, check_storable, claim_statement, corrupt, decode, keyed, m
 
 pub use sqlx;
 
+use super::lease_tokens::LeaseTokens;
 use super::{StepLog, StepWrite, Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
@@ -107,28 +108,7 @@ pub const MAX_KEY_BYTES: usize = 2_048;
 pub struct PostgresStore {
     pool: PgPool,
     timeout: Duration,
-    tokens: std::sync::Arc<Tokens>,
-}
-
-/// Lease tokens unique across processes: 64 random bits, then a counter.
-#[derive(Debug)]
-struct Tokens {
-    base: u128,
-    next: AtomicU64,
-}
-
-impl Tokens {
-    fn new() -> Self {
-        let random = RandomState::new().hash_one(std::process::id());
-        Self {
-            base: u128::from(random) << 64,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn next(&self) -> LeaseToken {
-        LeaseToken::from_u128(self.base | u128::from(self.next.fetch_add(1, Ordering::Relaxed)))
-    }
+    tokens: std::sync::Arc<LeaseTokens>,
 }
 
 impl PostgresStore {
@@ -163,6 +143,12 @@ impl PostgresStore {
     /// release deletes the row, and the retry must still find the steps.
     /// Hence no foreign key to the record, and an expiry of their own
     /// (`expires_at`, purged by [`PURGE_STEPS`](Self::PURGE_STEPS)).
+    ///
+    /// The `layout` column is the version of the record layout a row was
+    /// written in ([`record::LAYOUT`]); a table made by release 0.1 gains
+    /// it, with the version 1 of its rows (a constant default: no rewrite of
+    /// the table). The previous release ignores the column, so run the
+    /// migration before the new release starts, and both run side by side.
     pub const MIGRATION: &str = "
 CREATE TABLE IF NOT EXISTS idempotency_records (
     namespace   TEXT        NOT NULL,
@@ -176,6 +162,7 @@ CREATE TABLE IF NOT EXISTS idempotency_records (
     PRIMARY KEY (namespace, scope, operation, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_records_deadline ON idempotency_records (deadline);
+ALTER TABLE idempotency_records ADD COLUMN IF NOT EXISTS layout SMALLINT NOT NULL DEFAULT 1;
 CREATE TABLE IF NOT EXISTS idempotency_records_steps (
     namespace   TEXT        NOT NULL,
     scope       TEXT        NOT NULL,
@@ -214,7 +201,7 @@ CREATE INDEX IF NOT EXISTS idempotency_records_steps_expires_at
         Self {
             pool,
             timeout,
-            tokens: std::sync::Arc::new(Tokens::new()),
+            tokens: std::sync::Arc::new(LeaseTokens::new()),
         }
     }
 

@@ -1,8 +1,6 @@
 //! Configuring a [`RedisStore`].
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use redis::aio::ConnectionManagerConfig;
@@ -14,6 +12,7 @@ use super::scripts::Scripts;
 use super::standalone::Standalone;
 use super::{DEFAULT_TIMEOUT, DEFAULT_WAIT_RECHECK, Inner, RedisStore};
 use crate::store::StoreError;
+use crate::store::lease_tokens::LeaseTokens;
 
 /// Builds a [`RedisStore`].
 #[derive(Debug, Clone, Default)]
@@ -191,8 +190,7 @@ impl RedisStoreBuilder {
                 channel: channel.into_boxed_str(),
                 timeout,
                 wait_recheck: self.wait_recheck.unwrap_or(DEFAULT_WAIT_RECHECK),
-                token_base: u128::from(RandomState::new().hash_one(std::process::id())) << 64,
-                next_token: AtomicU64::new(1),
+                tokens: LeaseTokens::new(),
                 waiters,
                 notifier,
                 scripts: Scripts::new(),

@@ -8,7 +8,7 @@ if v ~= ARGV[1] and v ~= ARGV[1] .. 'w' then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if #v > 33 then
+if #v > #ARGV[1] then
   redis.call('PUBLISH', ARGV[4], KEYS[1])
 end
 return 1

@@ -22,6 +22,8 @@ pub(super) enum Request<'a> {
     Command(&'a redis::Cmd),
     /// The script's command, by hash (`true`) or by source.
     Script(&'a (dyn Fn(bool) -> redis::Cmd + Sync)),
+    /// Commands in one round trip (the admin's reads), answered as an array.
+    Pipeline(&'a redis::Pipeline),
 }
 
 impl Request<'_> {
@@ -42,6 +44,10 @@ impl Request<'_> {
                 }
                 answer => answer,
             },
+            Self::Pipeline(pipeline) => pipeline
+                .query_async::<Vec<Value>>(connection)
+                .await
+                .map(Value::Array),
         }
     }
 }

@@ -127,15 +127,25 @@ pub(super) fn with_key(error: StoreError, key: &StorageKey) -> StoreError {
     }
 }
 
-/// `'P'`, fingerprint, token (and a `'w'` when waited on).
-pub(super) const IN_PROGRESS_LEN: usize = 1 + 16 + 16;
+/// The version marker, layout, fingerprint, token (and a `'w'` when waited on).
+pub(super) const IN_PROGRESS_LEN: usize = 2 + 16 + 16;
 
 /// The value of a record in progress, as a claim writes it.
 pub(super) fn in_progress(fingerprint: [u8; 16], token: LeaseToken) -> [u8; IN_PROGRESS_LEN] {
     let mut value = [0; IN_PROGRESS_LEN];
-    value[0] = b'P';
-    value[1..17].copy_from_slice(&fingerprint);
-    value[17..].copy_from_slice(&token.as_u128().to_be_bytes());
+    value[0] = record::LAYOUT;
+    value[1] = b'P';
+    value[2..18].copy_from_slice(&fingerprint);
+    value[18..].copy_from_slice(&token.as_u128().to_be_bytes());
+    value
+}
+
+/// The value of a completed record.
+pub(super) fn completed(fingerprint: [u8; 16], response: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(18 + response.len());
+    value.extend_from_slice(&[record::LAYOUT, b'C']);
+    value.extend_from_slice(&fingerprint);
+    value.extend_from_slice(response);
     value
 }
 
@@ -147,25 +157,49 @@ pub(super) fn is_own_claim(stored: &[u8], ours: &[u8; IN_PROGRESS_LEN]) -> bool 
         .is_some_and(|rest| rest.is_empty() || rest == b"w")
 }
 
+/// A stored value's layout version, and the value after its marker. Layout
+/// 1 had no marker: its first byte is the state's tag, `'P'` or `'C'`. A
+/// version is a byte below `' '`, never a tag.
+fn split_layout(key: &StorageKey, bytes: &[u8]) -> Result<(u8, usize), StoreError> {
+    match bytes.first() {
+        Some(b'P' | b'C') => Ok((1, 0)),
+        Some(&record::LAYOUT) => Ok((record::LAYOUT, 1)),
+        Some(&version) if version < b' ' => Err(corrupt(key, record::unreadable_layout(version))),
+        _ => Err(corrupt(
+            key,
+            "not an idempotency record (unknown tag, or truncated)",
+        )),
+    }
+}
+
 /// Decodes a stored value into a [`Record`] whose deadline is "alive" (Redis
 /// keeps the expiry itself and only hands out live keys).
 pub(crate) fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreError> {
+    decode_versioned(key, &bytes).map(|(_, record)| record)
+}
+
+/// [`decode`], with the layout version the value was written in.
+pub(super) fn decode_versioned(key: &StorageKey, bytes: &[u8]) -> Result<(u8, Record), StoreError> {
+    let (layout, at) = split_layout(key, bytes)?;
+    let body = &bytes[at..];
     let u128_at = |at: usize| {
-        let raw: [u8; 16] = bytes[at..at + 16].try_into().unwrap_or_default();
+        let raw: [u8; 16] = body[at..at + 16].try_into().unwrap_or_default();
         u128::from_be_bytes(raw)
     };
-    let state = match bytes.first() {
+    // Layout 1's in-progress value and layout 2's after the marker: 33 bytes.
+    const BODY_LEN: usize = IN_PROGRESS_LEN - 1;
+    let state = match body.first() {
         Some(b'P')
-            if bytes.len() == IN_PROGRESS_LEN
-                || (bytes.len() == IN_PROGRESS_LEN + 1 && bytes.last() == Some(&b'w')) =>
+            if body.len() == BODY_LEN
+                || (body.len() == BODY_LEN + 1 && body.last() == Some(&b'w')) =>
         {
             RecordState::InProgress {
                 token: LeaseToken::from_u128(u128_at(17)),
                 lease_until: Millis::MAX,
             }
         }
-        Some(b'C') if bytes.len() >= 17 => RecordState::Completed {
-            response: Arc::from(&bytes[17..]),
+        Some(b'C') if body.len() >= 17 => RecordState::Completed {
+            response: Arc::from(&body[17..]),
             expires_at: Millis::MAX,
         },
         _ => {
@@ -175,10 +209,11 @@ pub(crate) fn decode(key: &StorageKey, bytes: Vec<u8>) -> Result<Record, StoreEr
             ));
         }
     };
-    Ok(Record {
+    let record = Record {
         fingerprint: Fingerprint::from_u128(u128_at(1)),
         state,
-    })
+    };
+    Ok((layout, record))
 }
 
 pub(super) fn millis_arg(duration: Duration) -> String {
@@ -201,11 +236,62 @@ mod tests {
         assert!(!is_own_claim(&other_token, &ours));
         let other_payload = in_progress([8; 16], LeaseToken::from_u128(42));
         assert!(!is_own_claim(&other_payload, &ours));
-        assert!(!is_own_claim(&ours[..32], &ours), "truncated");
+        assert!(!is_own_claim(&ours[..33], &ours), "truncated");
         assert!(!is_own_claim(&[&ours[..], b"ww"].concat(), &ours));
         let mut completed = ours.to_vec();
-        completed[0] = b'C';
+        completed[1] = b'C';
         assert!(!is_own_claim(&completed, &ours));
+    }
+
+    /// What this release writes decodes to what it wrote; so does the same
+    /// record in layout 1 (no version byte); a later version or anything
+    /// else is an error naming what it is, never a panic.
+    #[test]
+    fn both_layouts_decode_and_later_ones_are_refused() {
+        let key = StorageKey::new("ns", "", "op", &"k".parse().unwrap());
+        let token = LeaseToken::from_u128(42);
+        let running = in_progress([7; 16], token);
+        let done = completed([7; 16], b"response");
+        for (value, layout) in [
+            (running.to_vec(), 2),
+            ([&running[..], b"w"].concat(), 2),
+            (running[1..].to_vec(), 1),
+            ([&running[1..], b"w"].concat(), 1),
+        ] {
+            let (found, record) = decode_versioned(&key, &value).unwrap();
+            assert_eq!(found, layout);
+            assert_eq!(
+                record.fingerprint,
+                Fingerprint::from_u128(u128::from_be_bytes([7; 16]))
+            );
+            assert!(matches!(record.state, RecordState::InProgress { token: t, .. } if t == token));
+        }
+        for (value, layout) in [(done.clone(), 2), (done[1..].to_vec(), 1)] {
+            let (found, record) = decode_versioned(&key, &value).unwrap();
+            assert_eq!(found, layout);
+            assert!(
+                matches!(&record.state, RecordState::Completed { response, .. } if &response[..] == b"response")
+            );
+        }
+        let mut later = done.clone();
+        later[0] = record::LAYOUT + 1;
+        let error = decode_versioned(&key, &later).unwrap_err();
+        assert!(error.to_string().contains("record layout 3,"), "{error}");
+        for junk in [
+            &b""[..],
+            b"\x02",
+            b"\x02P",
+            b"hello",
+            b"\x02X0123456789abcdef0",
+        ] {
+            assert!(
+                matches!(
+                    decode_versioned(&key, junk),
+                    Err(StoreError::Corrupt { .. })
+                ),
+                "{junk:?}"
+            );
+        }
     }
 
     /// The steps key of a call is in the slot of its record, whatever

@@ -12,9 +12,16 @@
 //! completed record past its TTL, is simply gone; there is no sweeper.
 //!
 //! ```text
-//! InProgress: 'P' | fingerprint (16 bytes) | lease token (16 bytes) [| 'w']   PX = lease
-//! Completed:  'C' | fingerprint (16 bytes) | response bytes           PX = ttl
+//! InProgress: 0x02 | 'P' | fingerprint (16 bytes) | lease token (16 bytes) [| 'w']   PX = lease
+//! Completed:  0x02 | 'C' | fingerprint (16 bytes) | response bytes           PX = ttl
 //! ```
+//!
+//! The first byte is the record layout's version ([`record::LAYOUT`]).
+//! Layout 1 (release 0.1) had none: its values start at the tag, `'P'` or
+//! `'C'`, and are read as they are (a version is a byte below `' '`, never
+//! a tag). A value of a later layout is [`StoreError::Corrupt`], naming its
+//! version. Lease tokens carry the time of their claim (bits 63 to 16, Unix
+//! milliseconds), which tells how long a record has been in progress.
 //!
 //! Each transition is one atomic round trip:
 //!
@@ -79,6 +86,7 @@
 //! `standalone` or `cluster`), `notifier` (completion notices for waiters)
 //! and `steps` (journaled steps); this file holds the store itself.
 
+mod admin;
 mod builder;
 mod cluster;
 mod connection;
@@ -90,7 +98,6 @@ mod standalone;
 mod steps;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -100,11 +107,13 @@ pub use builder::RedisStoreBuilder;
 use connection::{Connection, Request, bounded};
 pub(crate) use layout::decode;
 use layout::{
-    IN_PROGRESS_LEN, NO_TAG, RedisKey, corrupt, in_progress, is_own_claim, millis_arg, with_key,
+    IN_PROGRESS_LEN, NO_TAG, RedisKey, completed, corrupt, in_progress, is_own_claim, millis_arg,
+    with_key,
 };
 use notifier::Waiters;
 use scripts::{Lua, Scripts};
 
+use super::lease_tokens::LeaseTokens;
 use super::{StepLog, StepWrite, Store, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StorageKey;
@@ -154,8 +163,7 @@ struct Inner {
     channel: Box<str>,
     timeout: Duration,
     wait_recheck: Duration,
-    token_base: u128,
-    next_token: AtomicU64,
+    tokens: LeaseTokens,
     waiters: Arc<Waiters>,
     notifier: tokio::task::JoinHandle<()>,
     scripts: Scripts,
@@ -202,10 +210,7 @@ impl RedisStore {
     }
 
     fn new_token(&self) -> LeaseToken {
-        // A random per-store base plus a counter: unique within the store,
-        // and across processes with overwhelming probability.
-        let n = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
-        LeaseToken::from_u128(self.inner.token_base | u128::from(n))
+        self.inner.tokens.next()
     }
 
     /// `EVALSHA` (or, with `by_hash` false, `EVAL`) of `lua` on the record
@@ -436,10 +441,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let fingerprint = fingerprint.as_u128().to_be_bytes();
-        let mut completed = Vec::with_capacity(17 + response.len());
-        completed.push(b'C');
-        completed.extend_from_slice(&fingerprint);
-        completed.extend_from_slice(response);
+        let completed = completed(fingerprint, response);
         let ttl = millis_arg(ttl);
         let args: [&[u8]; 4] = [
             &in_progress(fingerprint, token),
