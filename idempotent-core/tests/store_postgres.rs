@@ -907,3 +907,29 @@ async fn purges_through_its_index(
         "the expired rows, and only them"
     );
 }
+
+/// A new instance's `migrate` beside running ones (a rolling deploy): with
+/// the schema current it takes no table lock, so a transaction holding
+/// rows of the records table (a same-transaction call in flight) does not
+/// block it, and it does not block that transaction.
+#[tokio::test]
+async fn migrating_a_current_schema_waits_for_no_transaction() {
+    use sqlx::Executor as _;
+    let schema = Schema::create("migrate_beside").await;
+    let store = schema.store().await;
+    let mut running = store.pool().begin().await.unwrap();
+    running
+        .execute(
+            "INSERT INTO idempotency_records (namespace, scope, operation, key, fingerprint, deadline) \
+             VALUES ('n', 's', 'o', 'k', '\\x00', now() + interval '1 minute')",
+        )
+        .await
+        .unwrap();
+    let migrated = tokio::time::timeout(std::time::Duration::from_secs(2), store.migrate()).await;
+    // Ended before the assertion: a failing run must not leave it holding
+    // the schema the test drops.
+    running.rollback().await.unwrap();
+    migrated
+        .expect("migrate waited for the running transaction")
+        .unwrap();
+}

@@ -207,15 +207,43 @@ CREATE INDEX IF NOT EXISTS idempotency_records_steps_expires_at
 
     /// Creates the tables and their indexes if they are missing ([`MIGRATION`](Self::MIGRATION)),
     /// under an advisory lock so concurrent starts do not race.
+    ///
+    /// A schema that is already current is only read: no DDL runs, so no
+    /// table lock is taken, and an instance starting beside running ones
+    /// (a rolling deploy) neither blocks their transactions nor deadlocks
+    /// with them (`ALTER TABLE ... IF NOT EXISTS` takes its lock first).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.bounded(async {
+            let current: bool = sqlx::query_scalar(Self::CURRENT)
+                .fetch_one(&self.pool)
+                .await?;
+            if current {
+                return Ok(());
+            }
             let mut tx = self.pool.begin().await?;
             tx.execute("SELECT pg_advisory_xact_lock(7171001)").await?;
-            tx.execute(Self::MIGRATION).await?;
+            // Another instance may have migrated while this one waited for
+            // the lock, and be running calls already.
+            let current: bool = sqlx::query_scalar(Self::CURRENT)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !current {
+                tx.execute(Self::MIGRATION).await?;
+            }
             tx.commit().await
         })
         .await
     }
+
+    /// Whether everything [`MIGRATION`](Self::MIGRATION) makes is there
+    /// (its last index, and the `layout` column it adds), on the
+    /// connection's `search_path`.
+    const CURRENT: &str = "
+SELECT to_regclass('idempotency_records_steps_expires_at') IS NOT NULL
+   AND to_regclass('idempotency_records_deadline') IS NOT NULL
+   AND EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = to_regclass('idempotency_records')
+                 AND attname = 'layout' AND NOT attisdropped)";
 
     /// Deletes up to `batch` records whose deadline has passed, and up to
     /// `batch` step rows whose expiry has passed; returns how many rows in
