@@ -95,3 +95,15 @@ pub use outcome::Outcome;
 ))]
 #[doc = include_str!("../../docs/consumers.md")]
 struct ConsumersGuideDoctests;
+
+// The README's examples (every crate's), doctested here: the one crate
+// whose dev-dependencies reach them all.
+#[cfg(all(
+    doctest,
+    feature = "nats",
+    feature = "amqp",
+    feature = "redis",
+    feature = "postgres"
+))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
