@@ -86,7 +86,7 @@ where
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     op(n).await;
                     done += 1;
-                    if done % 16 == 0 && Instant::now() >= deadline {
+                    if done.is_multiple_of(16) && Instant::now() >= deadline {
                         stop.store(true, Ordering::Relaxed);
                     }
                 }
