@@ -3,6 +3,14 @@
 //! before its first attempt) against plain reqwest, same requests, same
 //! local server, at 1, 16 and 256 concurrent sends, in one run.
 //!
+//! Beside them, the **floor**: the same request sent by plain reqwest with
+//! an `Idempotency-Key` header, between two hand-written redb commits of
+//! its own file (one before the send, the intent's JSON, as `FileJournal`
+//! writes it; one after, the same intent marked answered), so the same
+//! bytes are written and fsynced per intent, with none of the client's
+//! code. Its commits are one per write, each on a blocking thread: no group
+//! commit, which is what the client adds with many sends in flight.
+//!
 //! Run: `cargo bench -p idempotent-client --bench journal`. Prints a
 //! Markdown table (BENCHMARKS.md). With `--test` (as `cargo test --benches`
 //! passes) it runs a few requests only, to check that it works.
@@ -13,7 +21,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use idempotent_client::{IdempotentClient, RetryBudget};
+use idempotent_client::{IDEMPOTENCY_KEY, IdempotentClient, Intent, RetryBudget};
+use redb::ReadableTable as _;
 use tokio::sync::Semaphore;
 
 async fn server() -> String {
@@ -49,6 +58,35 @@ where
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+const INTENTS: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("intents");
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One durable redb commit of `intent`, on a blocking thread: `begin`
+/// also reads the name first (an existing intent is kept, as the client's
+/// journal does).
+async fn floor_commit(db: Arc<redb::Database>, intent: Intent, begin: bool) {
+    tokio::task::spawn_blocking(move || {
+        let bytes = serde_json::to_vec(&intent).expect("JSON");
+        let tx = db.begin_write().expect("a write transaction");
+        {
+            let mut table = tx.open_table(INTENTS).expect("the table");
+            if !begin || table.get(intent.name.as_str()).expect("read").is_none() {
+                table
+                    .insert(intent.name.as_str(), bytes.as_slice())
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("a durable commit");
+    })
+    .await
+    .expect("the commit's thread");
+}
+
 fn main() {
     let test_mode =
         std::env::args().any(|a| a == "--test") || !std::env::args().any(|a| a == "--bench");
@@ -70,8 +108,13 @@ fn main() {
             .retry_budget(RetryBudget::unlimited())
             .build()
             .expect("the client");
-        println!("| concurrent sends | plain reqwest (req/s) | with durable journal (intents/s) | ratio |");
-        println!("|---|---|---|---|");
+        let floor_db = Arc::new(
+            redb::Database::create(dir.join("floor.redb")).expect("the floor's database"),
+        );
+        println!(
+            "| concurrent sends | ours (intents/s) | floor (intents/s) | baseline (req/s) | ours / floor | ours / baseline | floor / baseline |"
+        );
+        println!("|---|---|---|---|---|---|---|");
         for (round, concurrency) in [1usize, 16, 256].into_iter().enumerate() {
             let total = if test_mode { 20 } else if concurrency == 1 { 2_000 } else { 20_000 };
             let plain = {
@@ -100,12 +143,47 @@ fn main() {
                 })
                 .await
             };
+            let floor = {
+                let (http, url, db) = (http.clone(), url.clone(), Arc::clone(&floor_db));
+                measure(total, concurrency, move |i| {
+                    let (http, url, db) = (http.clone(), url.clone(), Arc::clone(&db));
+                    async move {
+                        let mut intent = Intent {
+                            name: format!("floor-{round}-{i}"),
+                            key: uuid::Uuid::new_v4().to_string(),
+                            method: "POST".to_owned(),
+                            url: url.clone(),
+                            headers: Vec::new(),
+                            body: b"{\"amount\":1000}".to_vec(),
+                            created_at_ms: now_ms(),
+                            done: false,
+                            answered_at_ms: 0,
+                        };
+                        floor_commit(Arc::clone(&db), intent.clone(), true).await;
+                        let response = http
+                            .post(&url)
+                            .header(IDEMPOTENCY_KEY, &intent.key)
+                            .body("{\"amount\":1000}")
+                            .send()
+                            .await
+                            .expect("a response");
+                        assert_eq!(response.status(), 201);
+                        intent.done = true;
+                        intent.answered_at_ms = now_ms();
+                        floor_commit(db, intent, false).await;
+                    }
+                })
+                .await
+            };
             println!(
-                "| {concurrency} | {plain:.0} | {journal:.0} | {:.0}% |",
-                100.0 * journal / plain
+                "| {concurrency} | {journal:.0} | {floor:.0} | {plain:.0} | {:.0}% | {:.0}% | {:.0}% |",
+                100.0 * journal / floor,
+                100.0 * journal / plain,
+                100.0 * floor / plain
             );
         }
         drop(journaled);
+        drop(floor_db);
         tokio::time::sleep(Duration::from_millis(10)).await;
         let _ = std::fs::remove_dir_all(&dir);
     });

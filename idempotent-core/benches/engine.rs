@@ -148,10 +148,14 @@ async fn replay_calls<C: Charge>(charger: &C, keys: u64, seed: u64, calls: u64) 
     }
 }
 
-/// A reference point, not a competitor: what a lookup costs in a plain
-/// `Mutex<HashMap<String, Vec<u8>>>` holding the same keys and responses, so
+/// The floor: the same work by hand in a plain
+/// `Mutex<HashMap<String, Vec<u8>>>` holding the same keys and responses. A
+/// replay builds the key, looks it up, copies the response out and decodes
+/// it; a fresh call builds the key, encodes the response (the engine's `O`
+/// tag and the JSON) and inserts it if the key is free. It checks no
+/// fingerprint and keeps no lease or expiry: a partial floor. It also tells
 /// the growth from 1K to 1M keys that comes from the memory hierarchy alone
-/// (cache and TLB misses) can be told apart from the store's own.
+/// (cache and TLB misses) apart from the store's own.
 struct PlainMap(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
 
 impl PlainMap {
@@ -176,8 +180,18 @@ impl PlainMap {
         Self(std::sync::Mutex::new(map))
     }
 
+    fn filled_in(_: &Runtime, keys: u64) -> Arc<Self> {
+        let map = Arc::new(Self::filled(keys));
+        assert_eq!(map.len(), keys, "every key is stored");
+        map
+    }
+
     fn replay(&self, keys: u64, calls: u64) {
-        let mut rng = XorShift::new(calls);
+        self.replay_seeded(keys, calls, calls);
+    }
+
+    fn replay_seeded(&self, keys: u64, seed: u64, calls: u64) {
+        let mut rng = XorShift::new(seed);
         let mut key = String::new();
         for _ in 0..calls {
             Self::key(&mut key, rng.next() % keys);
@@ -186,6 +200,32 @@ impl PlainMap {
                 serde_json::from_slice(&response.expect("stored")).expect("decodes");
             black_box(receipt);
         }
+    }
+
+    /// Inserts the keys `first..first + calls`, none of them stored yet.
+    fn fresh(&self, first: u64, calls: u64) {
+        let mut key = String::new();
+        for id in first..first + calls {
+            Self::key(&mut key, id);
+            let receipt = receipt(id, amount_for(id)).expect("a receipt");
+            let mut response = Vec::with_capacity(128);
+            response.push(b'O');
+            serde_json::to_writer(&mut response, &receipt).expect("a receipt encodes");
+            let mut map = self.0.lock().expect("not poisoned");
+            let inserted = match map.entry(key.clone()) {
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(response);
+                    true
+                }
+                std::collections::hash_map::Entry::Occupied(_) => false,
+            };
+            drop(map);
+            assert!(black_box(inserted), "a fresh key");
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.0.lock().expect("not poisoned").len() as u64
     }
 }
 
@@ -240,8 +280,10 @@ struct Setup {
     large_keys: u64,
     small: OnceCell<Arc<Payments>>,
     large: OnceCell<Arc<Payments>>,
-    fresh_small: FreshStore,
-    fresh_large: FreshStore,
+    fresh_small: FreshStore<Payments>,
+    fresh_large: FreshStore<Payments>,
+    map_small: FreshStore<PlainMap>,
+    map_large: FreshStore<PlainMap>,
 }
 
 impl Setup {
@@ -262,8 +304,20 @@ impl Setup {
             large_keys,
             small: OnceCell::new(),
             large: OnceCell::new(),
-            fresh_small: FreshStore::new(SMALL, SMALL_ROOM, 0),
-            fresh_large: FreshStore::new(large_keys, LARGE_ROOM, LARGE_ROOM_AHEAD),
+            fresh_small: FreshStore::new(SMALL, SMALL_ROOM, 0, Payments::filled),
+            fresh_large: FreshStore::new(
+                large_keys,
+                LARGE_ROOM,
+                LARGE_ROOM_AHEAD,
+                Payments::filled,
+            ),
+            map_small: FreshStore::new(SMALL, SMALL_ROOM, 0, PlainMap::filled_in),
+            map_large: FreshStore::new(
+                large_keys,
+                LARGE_ROOM,
+                LARGE_ROOM_AHEAD,
+                PlainMap::filled_in,
+            ),
         }
     }
 
@@ -280,22 +334,25 @@ impl Setup {
 
 /// A store taking fresh keys, replaced by a newly filled one once it has
 /// taken `room` of them, or before a sample once it has less than `ahead` left.
-struct FreshStore {
+struct FreshStore<T> {
     keys: u64,
     room: u64,
     ahead: u64,
+    /// Makes a store holding `keys` keys.
+    fill: fn(&Runtime, u64) -> Arc<T>,
     /// The service, and its next never-used key.
-    current: RefCell<Option<(Arc<Payments>, u64)>>,
+    current: RefCell<Option<(Arc<T>, u64)>>,
     /// How many stores were filled.
     filled: Cell<u64>,
 }
 
-impl FreshStore {
-    fn new(keys: u64, room: u64, ahead: u64) -> Self {
+impl<T> FreshStore<T> {
+    fn new(keys: u64, room: u64, ahead: u64, fill: fn(&Runtime, u64) -> Arc<T>) -> Self {
         Self {
             keys,
             room,
             ahead,
+            fill,
             current: RefCell::new(None),
             filled: Cell::new(0),
         }
@@ -321,13 +378,13 @@ impl FreshStore {
     }
 
     /// Up to `wanted` never-used keys: the service, the first key, and how many.
-    fn take(&self, rt: &Runtime, wanted: u64) -> (Arc<Payments>, u64, u64) {
+    fn take(&self, rt: &Runtime, wanted: u64) -> (Arc<T>, u64, u64) {
         self.retire(1);
         let mut current = self.current.borrow_mut();
         let end = self.keys + self.room;
         let (payments, next) = current.get_or_insert_with(|| {
             self.filled.set(self.filled.get() + 1);
-            (Payments::filled(rt, self.keys), self.keys)
+            ((self.fill)(rt, self.keys), self.keys)
         });
         let calls = wanted.min(end - *next);
         let first = *next;
@@ -341,7 +398,7 @@ impl FreshStore {
         &self,
         rt: &Runtime,
         iters: u64,
-        mut run: impl FnMut(Arc<Payments>, u64, u64) -> Duration,
+        mut run: impl FnMut(Arc<T>, u64, u64) -> Duration,
     ) -> Duration {
         let mut total = Duration::ZERO;
         let mut left = iters;
@@ -420,11 +477,23 @@ fn replay(c: &mut Criterion, setup: &Setup) {
             assert_eq!(payments.stored(), keys, "replays store nothing");
         });
     }
+    for (label, keys) in [("1K", SMALL), ("1M", setup.large_keys)] {
+        two.bench_function(format!("plain_map/{label}"), |b| {
+            let map = Arc::new(PlainMap::filled(keys));
+            b.iter_custom(|iters| {
+                two_threads(&setup.multi, iters, |task, calls| {
+                    let map = Arc::clone(&map);
+                    async move { map.replay_seeded(keys, 2 * iters + task, calls) }
+                })
+            });
+        });
+    }
     two.finish();
 }
 
 fn fresh(c: &mut Criterion, setup: &Setup) {
     let fresh_stores = [("1K", &setup.fresh_small), ("1M", &setup.fresh_large)];
+    let fresh_maps = [("1K", &setup.map_small), ("1M", &setup.map_large)];
 
     let mut one = group(c, "fresh_1_thread");
     one.bench_function("bare", |b| {
@@ -436,6 +505,18 @@ fn fresh(c: &mut Criterion, setup: &Setup) {
             b.iter_custom(|iters| {
                 store.time(&setup.current, iters, |payments, first, calls| {
                     one_thread(&setup.current, fresh_calls(&*payments, first, calls))
+                })
+            });
+        });
+    }
+    for (label, map) in fresh_maps {
+        one.bench_function(format!("plain_map/{label}"), |b| {
+            map.prepare(&setup.current);
+            b.iter_custom(|iters| {
+                map.time(&setup.current, iters, |map, first, calls| {
+                    let started = Instant::now();
+                    map.fresh(first, calls);
+                    started.elapsed()
                 })
             });
         });
@@ -459,6 +540,20 @@ fn fresh(c: &mut Criterion, setup: &Setup) {
                     two_threads(&setup.multi, calls, |task, calls| {
                         let payments = Arc::clone(&payments);
                         async move { fresh_calls(&*payments, first + task * half, calls).await }
+                    })
+                })
+            });
+        });
+    }
+    for (label, map) in fresh_maps {
+        two.bench_function(format!("plain_map/{label}"), |b| {
+            map.prepare(&setup.current);
+            b.iter_custom(|iters| {
+                map.time(&setup.current, iters, |map, first, calls| {
+                    let half = calls / 2;
+                    two_threads(&setup.multi, calls, |task, calls| {
+                        let map = Arc::clone(&map);
+                        async move { map.fresh(first + task * half, calls) }
                     })
                 })
             });

@@ -330,7 +330,7 @@ fn bench(c: &mut Criterion) {
                             } else {
                                 let key = floor_key("replay", n % REPLAY_KEYS);
                                 let record = floor_claim(&mut raw, &key).await;
-                                assert!(record.is_some_and(|r| r[0] == b'C'), "a completed record");
+                                assert!(record.is_some_and(|r| r[1] == b'C'), "a completed record");
                             }
                         }
                     })
