@@ -18,7 +18,11 @@ mod nats_server;
 #[path = "../../idempotent-core/tests/support/redis_server.rs"]
 mod redis_server;
 
+use std::future::Future;
 use std::time::{Duration, Instant};
+
+/// Every message's payload.
+const ORDER: &str = r#"{"amount":4200}"#;
 
 use futures_util::{Stream, StreamExt as _};
 use idempotent_consumer::{BrokerError, Consumer, Delivery, amqp, nats, redis};
@@ -140,8 +144,15 @@ impl Bench {
         )
     }
 
-    fn ids(&self) -> impl Iterator<Item = String> {
-        (0..self.messages).map(|i| format!("order-{i}"))
+    /// Publishes `messages` orders with distinct ids through `publish(id)`.
+    async fn publish<F, Fut>(&self, publish: F)
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<(), BrokerError>>,
+    {
+        for i in 0..self.messages {
+            publish(format!("order-{i}")).await.expect("publish");
+        }
     }
 
     async fn nats(&self, url: &str, mode: Mode) -> f64 {
@@ -152,12 +163,9 @@ impl Bench {
         let publisher = nats::Publisher::connect(url, &subject)
             .await
             .expect("publisher");
-        for id in self.ids() {
-            publisher
-                .publish(&id, r#"{"amount":4200}"#)
-                .await
-                .expect("publish");
-        }
+        let publisher = &publisher;
+        self.publish(|id| async move { publisher.publish(&id, ORDER).await.map(drop) })
+            .await;
         self.time(&self.consumer(mode).await, mode, subscriber.deliveries())
             .await
     }
@@ -170,12 +178,9 @@ impl Bench {
         let publisher = amqp::Publisher::connect(url, &queue)
             .await
             .expect("publisher");
-        for id in self.ids() {
-            publisher
-                .publish(&id, r#"{"amount":4200}"#)
-                .await
-                .expect("publish");
-        }
+        let publisher = &publisher;
+        self.publish(|id| async move { publisher.publish(&id, ORDER).await.map(drop) })
+            .await;
         let rate = self
             .time(&self.consumer(mode).await, mode, subscriber.deliveries())
             .await;
@@ -198,12 +203,9 @@ impl Bench {
         let publisher = redis::Publisher::connect(url, &stream)
             .await
             .expect("publisher");
-        for id in self.ids() {
-            publisher
-                .publish(&id, r#"{"amount":4200}"#)
-                .await
-                .expect("publish");
-        }
+        let publisher = &publisher;
+        self.publish(|id| async move { publisher.publish(&id, ORDER).await.map(drop) })
+            .await;
         self.time(&self.consumer(mode).await, mode, subscriber.deliveries())
             .await
     }
