@@ -71,12 +71,9 @@ impl Drop for ConsumerProcess {
 }
 
 /// Rows in the effects table, and distinct orders among them.
-async fn effects(url: &str) -> (i64, i64) {
-    let pool = sqlx::PgPool::connect(url)
-        .await
-        .expect("connect to the effects database");
+async fn effects(pool: &sqlx::PgPool) -> (i64, i64) {
     sqlx::query_as("SELECT count(*), count(DISTINCT order_id) FROM order_effects")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap_or((0, 0))
 }
@@ -105,8 +102,11 @@ async fn orders_with_a_sigkill(broker: &str, name: &str, dedup: bool) -> (i64, i
         &store,
         "--effects",
         &url,
+        // Long enough that the SIGKILL lands while the killed consumer has
+        // effects written and not yet acknowledged (8 at once), and that
+        // the batch (about 2.5 s) is far from done when it does.
         "--work-ms",
-        "20",
+        "200",
         "--exit-when-idle",
         "4",
         "--redelivery-ms",
@@ -132,17 +132,25 @@ async fn orders_with_a_sigkill(broker: &str, name: &str, dedup: bool) -> (i64, i
     println!("{}", String::from_utf8_lossy(&producer.stdout));
 
     // Mid-batch: a third of the orders have their effect.
+    let pool = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect to the effects database");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while effects(&url).await.0 < (ORDERS / 3) as i64 {
+    while effects(&pool).await.0 < (ORDERS / 3) as i64 {
         assert!(Instant::now() < deadline, "the consumers made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(consumers.remove(0)); // SIGKILL
+    let at_kill = effects(&pool).await.1;
+    assert!(
+        at_kill < ORDERS as i64 * 2 / 3,
+        "the SIGKILL came too late to test anything: {at_kill} orders had their effect"
+    );
     consumers.push(ConsumerProcess::start(&args));
     for consumer in consumers {
         consumer.wait(Duration::from_secs(60));
     }
-    effects(&url).await
+    effects(&pool).await
 }
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
