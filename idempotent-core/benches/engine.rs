@@ -24,6 +24,10 @@ use idempotent_core::{Idempotency, idempotent};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
+#[path = "support/map_floor.rs"]
+mod map_floor;
+use map_floor::MapFloor;
+
 /// The keys stored before the small runs.
 const SMALL: u64 = 1_000;
 /// The keys stored before the large runs (outside test mode).
@@ -148,84 +152,27 @@ async fn replay_calls<C: Charge>(charger: &C, keys: u64, seed: u64, calls: u64) 
     }
 }
 
-/// The floor: the same work by hand in a plain
-/// `Mutex<HashMap<String, Vec<u8>>>` holding the same keys and responses. A
-/// replay builds the key, looks it up, copies the response out and decodes
-/// it; a fresh call builds the key, encodes the response (the engine's `O`
-/// tag and the JSON) and inserts it if the key is free. It checks no
-/// fingerprint and keeps no lease or expiry: a partial floor. It also tells
-/// the growth from 1K to 1M keys that comes from the memory hierarchy alone
-/// (cache and TLB misses) apart from the store's own.
-struct PlainMap(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+/// The floor: the same calls through a hand-written map that does the
+/// work any idempotent call must (`support/map_floor.rs`): the key, the
+/// payload's fingerprint, a lease while the body runs, an expiry, the
+/// stored value encoded and decoded.
+struct Floor(MapFloor);
 
-impl PlainMap {
-    fn key(buffer: &mut String, id: u64) {
-        use std::fmt::Write as _;
-        buffer.clear();
-        let _ = write!(buffer, "4:idem|0:|24:engine::Payments::charge|{id}");
+impl Floor {
+    /// A floor holding the keys `0..keys`, each completed.
+    fn filled(rt: &Runtime, keys: u64) -> Arc<Self> {
+        let floor = Arc::new(Self(MapFloor::new()));
+        rt.block_on(fresh_calls(&*floor, 0, keys));
+        assert_eq!(floor.0.len() as u64, keys, "every fill call stores its key");
+        floor
     }
+}
 
-    fn filled(keys: u64) -> Self {
-        let mut map = std::collections::HashMap::with_capacity(keys as usize);
-        let mut key = String::new();
-        for id in 0..keys {
-            Self::key(&mut key, id);
-            let response = serde_json::to_vec(&Receipt {
-                id,
-                amount: amount_for(id),
-            })
-            .expect("a receipt encodes");
-            map.insert(key.clone(), response);
-        }
-        Self(std::sync::Mutex::new(map))
-    }
-
-    fn filled_in(_: &Runtime, keys: u64) -> Arc<Self> {
-        let map = Arc::new(Self::filled(keys));
-        assert_eq!(map.len(), keys, "every key is stored");
-        map
-    }
-
-    fn replay(&self, keys: u64, calls: u64) {
-        self.replay_seeded(keys, calls, calls);
-    }
-
-    fn replay_seeded(&self, keys: u64, seed: u64, calls: u64) {
-        let mut rng = XorShift::new(seed);
-        let mut key = String::new();
-        for _ in 0..calls {
-            Self::key(&mut key, rng.next() % keys);
-            let response = self.0.lock().expect("not poisoned").get(&key).cloned();
-            let receipt: Receipt =
-                serde_json::from_slice(&response.expect("stored")).expect("decodes");
-            black_box(receipt);
-        }
-    }
-
-    /// Inserts the keys `first..first + calls`, none of them stored yet.
-    fn fresh(&self, first: u64, calls: u64) {
-        let mut key = String::new();
-        for id in first..first + calls {
-            Self::key(&mut key, id);
-            let receipt = receipt(id, amount_for(id)).expect("a receipt");
-            let mut response = Vec::with_capacity(128);
-            response.push(b'O');
-            serde_json::to_writer(&mut response, &receipt).expect("a receipt encodes");
-            let mut map = self.0.lock().expect("not poisoned");
-            let inserted = match map.entry(key.clone()) {
-                std::collections::hash_map::Entry::Vacant(slot) => {
-                    slot.insert(response);
-                    true
-                }
-                std::collections::hash_map::Entry::Occupied(_) => false,
-            };
-            drop(map);
-            assert!(black_box(inserted), "a fresh key");
-        }
-    }
-
-    fn len(&self) -> u64 {
-        self.0.lock().expect("not poisoned").len() as u64
+impl Charge for Floor {
+    async fn charge(&self, id: u64, amount: u64) -> Result<Receipt, BenchError> {
+        let key = format!("4:idem|0:|24:engine::Payments::charge|{id}");
+        let body = async move { receipt(id, amount).expect("a receipt") };
+        Ok(self.0.call(&key, &amount, body).await.expect("not refused"))
     }
 }
 
@@ -282,8 +229,10 @@ struct Setup {
     large: OnceCell<Arc<Payments>>,
     fresh_small: FreshStore<Payments>,
     fresh_large: FreshStore<Payments>,
-    map_small: FreshStore<PlainMap>,
-    map_large: FreshStore<PlainMap>,
+    small_floor: OnceCell<Arc<Floor>>,
+    large_floor: OnceCell<Arc<Floor>>,
+    fresh_small_floor: FreshStore<Floor>,
+    fresh_large_floor: FreshStore<Floor>,
 }
 
 impl Setup {
@@ -311,12 +260,14 @@ impl Setup {
                 LARGE_ROOM_AHEAD,
                 Payments::filled,
             ),
-            map_small: FreshStore::new(SMALL, SMALL_ROOM, 0, PlainMap::filled_in),
-            map_large: FreshStore::new(
+            small_floor: OnceCell::new(),
+            large_floor: OnceCell::new(),
+            fresh_small_floor: FreshStore::new(SMALL, SMALL_ROOM, 0, Floor::filled),
+            fresh_large_floor: FreshStore::new(
                 large_keys,
                 LARGE_ROOM,
                 LARGE_ROOM_AHEAD,
-                PlainMap::filled_in,
+                Floor::filled,
             ),
         }
     }
@@ -329,6 +280,16 @@ impl Setup {
     fn large(&self) -> &Arc<Payments> {
         self.large
             .get_or_init(|| Payments::filled(&self.current, self.large_keys))
+    }
+
+    fn small_floor(&self) -> &Arc<Floor> {
+        self.small_floor
+            .get_or_init(|| Floor::filled(&self.current, SMALL))
+    }
+
+    fn large_floor(&self) -> &Arc<Floor> {
+        self.large_floor
+            .get_or_init(|| Floor::filled(&self.current, self.large_keys))
     }
 }
 
@@ -411,11 +372,14 @@ impl<T> FreshStore<T> {
     }
 }
 
-/// How to get the service holding one of the stores.
-type StoreOf = fn(&Setup) -> &Arc<Payments>;
+/// How to get a service holding one of the stores.
+type ServiceOf<T> = fn(&Setup) -> &Arc<T>;
 
-/// The stored-key counts, and the services holding them.
-const STORES: [(&str, StoreOf); 2] = [("1K", Setup::small), ("1M", Setup::large)];
+/// The stored-key counts, and the services holding them: ours and the floor.
+const STORES: [(&str, ServiceOf<Payments>, ServiceOf<Floor>); 2] = [
+    ("1K", Setup::small, Setup::small_floor),
+    ("1M", Setup::large, Setup::large_floor),
+];
 
 fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut group = c.benchmark_group(name);
@@ -426,142 +390,93 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     group
 }
 
-fn replay(c: &mut Criterion, setup: &Setup) {
-    let mut one = group(c, "replay_1_thread");
-    one.bench_function("bare", |b| {
-        b.iter_custom(|iters| one_thread(&setup.current, replay_calls(&Bare, LARGE, 1, iters)));
-    });
-    for (label, payments) in STORES {
-        one.bench_function(format!("wrapped/{label}"), |b| {
-            let payments = payments(setup);
-            let keys = payments.stored();
-            b.iter_custom(|iters| {
-                one_thread(
-                    &setup.current,
-                    replay_calls(&**payments, keys, iters, iters),
-                )
-            });
-            assert_eq!(payments.stored(), keys, "replays store nothing");
-        });
-    }
-    for (label, keys) in [("1K", SMALL), ("1M", setup.large_keys)] {
-        one.bench_function(format!("plain_map/{label}"), |b| {
-            let map = PlainMap::filled(keys);
-            b.iter_custom(|iters| {
-                let started = Instant::now();
-                map.replay(keys, iters);
-                started.elapsed()
-            });
-        });
-    }
-    one.finish();
-
-    let mut two = group(c, "replay_2_threads");
-    two.bench_function("bare", |b| {
+/// Replays of random stored keys through `service`, on one thread or two.
+fn replay_case<C: Charge>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    setup: &Setup,
+    two: bool,
+    name: &str,
+    service: &Arc<C>,
+    keys: u64,
+) {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
+            if !two {
+                return one_thread(&setup.current, replay_calls(&**service, keys, iters, iters));
+            }
             two_threads(&setup.multi, iters, |task, calls| {
-                replay_calls(&Bare, LARGE, 2 * iters + task, calls)
+                let service = Arc::clone(service);
+                async move { replay_calls(&*service, keys, 2 * iters + task, calls).await }
             })
         });
     });
-    for (label, payments) in STORES {
-        two.bench_function(format!("wrapped/{label}"), |b| {
+}
+
+fn replay(c: &mut Criterion, setup: &Setup) {
+    for (name, two) in [("replay_1_thread", false), ("replay_2_threads", true)] {
+        let mut group = group(c, name);
+        replay_case(&mut group, setup, two, "bare", &Arc::new(Bare), LARGE);
+        for (label, payments, floor) in STORES {
             let payments = payments(setup);
             let keys = payments.stored();
-            b.iter_custom(|iters| {
-                two_threads(&setup.multi, iters, |task, calls| {
-                    let payments = Arc::clone(payments);
-                    async move { replay_calls(&*payments, keys, 2 * iters + task, calls).await }
-                })
-            });
+            let wrapped = format!("wrapped/{label}");
+            replay_case(&mut group, setup, two, &wrapped, payments, keys);
             assert_eq!(payments.stored(), keys, "replays store nothing");
-        });
+            let floor_name = format!("floor/{label}");
+            replay_case(&mut group, setup, two, &floor_name, floor(setup), keys);
+        }
+        group.finish();
     }
-    for (label, keys) in [("1K", SMALL), ("1M", setup.large_keys)] {
-        two.bench_function(format!("plain_map/{label}"), |b| {
-            let map = Arc::new(PlainMap::filled(keys));
-            b.iter_custom(|iters| {
-                two_threads(&setup.multi, iters, |task, calls| {
-                    let map = Arc::clone(&map);
-                    async move { map.replay_seeded(keys, 2 * iters + task, calls) }
+}
+
+/// Fresh calls through the services of `store`, on one thread or two.
+fn fresh_case<C: Charge>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    setup: &Setup,
+    two: bool,
+    name: &str,
+    store: &FreshStore<C>,
+) {
+    group.bench_function(name, |b| {
+        store.prepare(&setup.current);
+        b.iter_custom(|iters| {
+            store.time(&setup.current, iters, |service, first, calls| {
+                if !two {
+                    return one_thread(&setup.current, fresh_calls(&*service, first, calls));
+                }
+                let half = calls / 2;
+                two_threads(&setup.multi, calls, |task, calls| {
+                    let service = Arc::clone(&service);
+                    async move { fresh_calls(&*service, first + task * half, calls).await }
                 })
-            });
+            })
         });
-    }
-    two.finish();
+    });
 }
 
 fn fresh(c: &mut Criterion, setup: &Setup) {
-    let fresh_stores = [("1K", &setup.fresh_small), ("1M", &setup.fresh_large)];
-    let fresh_maps = [("1K", &setup.map_small), ("1M", &setup.map_large)];
-
-    let mut one = group(c, "fresh_1_thread");
-    one.bench_function("bare", |b| {
-        b.iter_custom(|iters| one_thread(&setup.current, fresh_calls(&Bare, LARGE, iters)));
-    });
-    for (label, store) in fresh_stores {
-        one.bench_function(format!("wrapped/{label}"), |b| {
-            store.prepare(&setup.current);
+    for (name, two) in [("fresh_1_thread", false), ("fresh_2_threads", true)] {
+        let mut group = group(c, name);
+        group.bench_function("bare", |b| {
             b.iter_custom(|iters| {
-                store.time(&setup.current, iters, |payments, first, calls| {
-                    one_thread(&setup.current, fresh_calls(&*payments, first, calls))
+                if !two {
+                    return one_thread(&setup.current, fresh_calls(&Bare, LARGE, iters));
+                }
+                two_threads(&setup.multi, iters, |task, calls| {
+                    fresh_calls(&Bare, LARGE + task * calls, calls)
                 })
             });
         });
+        for (label, store, floor) in [
+            ("1K", &setup.fresh_small, &setup.fresh_small_floor),
+            ("1M", &setup.fresh_large, &setup.fresh_large_floor),
+        ] {
+            fresh_case(&mut group, setup, two, &format!("wrapped/{label}"), store);
+            fresh_case(&mut group, setup, two, &format!("floor/{label}"), floor);
+        }
+        group.finish();
     }
-    for (label, map) in fresh_maps {
-        one.bench_function(format!("plain_map/{label}"), |b| {
-            map.prepare(&setup.current);
-            b.iter_custom(|iters| {
-                map.time(&setup.current, iters, |map, first, calls| {
-                    let started = Instant::now();
-                    map.fresh(first, calls);
-                    started.elapsed()
-                })
-            });
-        });
-    }
-    one.finish();
-
-    let mut two = group(c, "fresh_2_threads");
-    two.bench_function("bare", |b| {
-        b.iter_custom(|iters| {
-            two_threads(&setup.multi, iters, |task, calls| {
-                fresh_calls(&Bare, LARGE + task * calls, calls)
-            })
-        });
-    });
-    for (label, store) in fresh_stores {
-        two.bench_function(format!("wrapped/{label}"), |b| {
-            store.prepare(&setup.current);
-            b.iter_custom(|iters| {
-                store.time(&setup.current, iters, |payments, first, calls| {
-                    let half = calls / 2;
-                    two_threads(&setup.multi, calls, |task, calls| {
-                        let payments = Arc::clone(&payments);
-                        async move { fresh_calls(&*payments, first + task * half, calls).await }
-                    })
-                })
-            });
-        });
-    }
-    for (label, map) in fresh_maps {
-        two.bench_function(format!("plain_map/{label}"), |b| {
-            map.prepare(&setup.current);
-            b.iter_custom(|iters| {
-                map.time(&setup.current, iters, |map, first, calls| {
-                    let half = calls / 2;
-                    two_threads(&setup.multi, calls, |task, calls| {
-                        let map = Arc::clone(&map);
-                        async move { map.fresh(first + task * half, calls) }
-                    })
-                })
-            });
-        });
-    }
-    two.finish();
-
-    for (label, store) in fresh_stores {
+    for (label, store) in [("1K", &setup.fresh_small), ("1M", &setup.fresh_large)] {
         eprintln!(
             "fresh runs at {label}: {} stores filled, each taking up to {} fresh keys",
             store.filled.get(),
@@ -577,6 +492,8 @@ fn main() {
     // The replay stores are done with: free their memory.
     setup.small.take();
     setup.large.take();
+    setup.small_floor.take();
+    setup.large_floor.take();
     fresh(&mut c, &setup);
     c.final_summary();
 }

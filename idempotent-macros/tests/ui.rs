@@ -1,4 +1,6 @@
 //! Compile tests of `#[idempotent]`: what it accepts, and the errors it gives.
+//! (The one that needs idempotent-core without `postgres` is in
+//! idempotent-core's `tests/ui_no_postgres.rs`.)
 
 #[test]
 fn ui() {

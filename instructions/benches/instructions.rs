@@ -11,7 +11,9 @@
 //! - `http-fresh`, `http-replay`: a `POST` through the HTTP layer (an axum
 //!   router behind it, called as a tower service, no socket);
 //! - `journal`: the client's `FileJournal` recording an intent (a redb
-//!   commit), then marking it answered.
+//!   commit), then marking it answered;
+//! - `floor-fresh`, `floor-replay`: the floor of `fresh` and `replay`, the
+//!   same calls through a hand-written map (`support/map_floor.rs`).
 
 use std::time::Duration;
 
@@ -25,12 +27,17 @@ use idempotent_core::memory::MemoryStore;
 use idempotent_core::{Error, Idempotency, Operation};
 use tower::ServiceExt as _;
 
+#[path = "../../idempotent-core/benches/support/map_floor.rs"]
+mod map_floor;
+
 static CHARGE: Operation = Operation::new("bench.charge");
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let (Some(path), Some(n)) = (args.next(), args.next()) else {
-        eprintln!("usage: instructions fresh|replay|http-fresh|http-replay|journal <n>");
+        eprintln!(
+            "usage: instructions fresh|replay|floor-fresh|floor-replay|http-fresh|http-replay|journal <n>"
+        );
         std::process::exit(2);
     };
     let n: u64 = n.parse().expect("a count");
@@ -41,6 +48,8 @@ fn main() {
     match path.as_str() {
         "fresh" => engine(&runtime, n, false),
         "replay" => engine(&runtime, n, true),
+        "floor-fresh" => floor(&runtime, n, false),
+        "floor-replay" => floor(&runtime, n, true),
         "http-fresh" => http(&runtime, n, false),
         "http-replay" => http(&runtime, n, true),
         "journal" => journal(&runtime, n),
@@ -71,6 +80,33 @@ fn engine(runtime: &tokio::runtime::Runtime, n: u64, replay: bool) {
             std::hint::black_box(call(i).await.expect("a call"));
         }
     });
+}
+
+/// The same calls as [`engine`], through the hand-written floor.
+fn floor(runtime: &tokio::runtime::Runtime, n: u64, replay: bool) {
+    use std::fmt::Write as _;
+
+    let map = map_floor::MapFloor::new();
+    let mut key = String::new();
+    let call = |key: &mut String, i: u64| {
+        let id = if replay { 0 } else { i + 1 };
+        key.clear();
+        let _ = write!(key, "4:idem|0:|12:bench.charge|{id}");
+        id
+    };
+    let id = call(&mut key, 0);
+    runtime
+        .block_on(map.call(&key, &1000_u64, async move { format!("receipt {id}") }))
+        .expect("a call");
+    measured(runtime, async {
+        for i in 1..=n {
+            let id = call(&mut key, i);
+            let answer = map.call(&key, &1000_u64, async move { format!("receipt {id}") });
+            std::hint::black_box(answer.await.expect("a call"));
+        }
+    });
+    let stored = if replay { 1 } else { n as usize + 1 };
+    assert_eq!(map.len(), stored, "one record per key");
 }
 
 fn http(runtime: &tokio::runtime::Runtime, n: u64, replay: bool) {
