@@ -216,9 +216,10 @@ impl<'a> Reader<'a> {
         // A field takes at least 7 bytes (two lengths and a one-byte name),
         // so a corrupt count cannot ask for more room than the bytes could
         // fill; past `HeaderMap`'s own limit, `with_capacity` and `append`
-        // panic.
-        let mut fields = HeaderMap::try_with_capacity(usize::from(count).min(self.0.len() / 7))
-            .map_err(|_| "too many headers")?;
+        // panic. One more: a replay adds `Idempotent-Replayed`, which would
+        // otherwise grow (and rehash) a full map on every replay.
+        let room = usize::from(count).min(self.0.len() / 7) + 1;
+        let mut fields = HeaderMap::try_with_capacity(room).map_err(|_| "too many headers")?;
         for _ in 0..count {
             let len = self.u16()?;
             let name = HeaderName::from_bytes(self.take(usize::from(len))?)
