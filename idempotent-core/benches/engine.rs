@@ -2,7 +2,9 @@
 //! function, on the fresh path (a never-used key: the body runs and its value
 //! is stored) and the replay path (a stored key: the value is decoded from the
 //! store), on one thread and with two threads contending, with 1 thousand and
-//! 1 million keys already stored in a [`MemoryStore`].
+//! 1 million keys already stored in a [`MemoryStore`]; and the floor, the same
+//! calls through what any idempotent call must do, written by hand
+//! (`support/map_floor.rs`).
 //!
 //! Every figure is the time of one call: `iters` calls run in one loop inside
 //! one `block_on` (criterion's `iter_custom`); with two threads, two tasks on a
